@@ -1,0 +1,2 @@
+/* placeholder: being written */
+typedef int tq_placeholder_t;
