@@ -1,2 +1,475 @@
-/* placeholder: being written */
-typedef int tq_placeholder_t;
+/*
+ * client.c - libtenantq: synchronous calls to tenantqd over nanomsg REQ.
+ *
+ * Implements client/tenantq.h on top of the shared codec (proto/tq_proto.h).
+ * Not thread-safe per handle (see tenantq.h); there is no global mutable
+ * state, so separate handles may be used from separate threads.  Never calls
+ * nn_term(): that would close every nanomsg socket of the host process.
+ *
+ * Several endpoints ("ipc:///a.sock,tcp://10.0.0.2:5555"): one cooked REQ
+ * socket per endpoint, opened on first use.  A tenant always goes to the same
+ * endpoint by rendezvous hashing: for each endpoint the score is
+ *     fmix64(FNV-1a-64(endpoint || 0x00 || tenant))
+ * (fmix64 is the MurmurHash3 64-bit finalizer, added because FNV-1a alone
+ * mixes the last bytes poorly into the high bits) and the highest score wins,
+ * ties going to the endpoint listed first.  The choice depends only on the
+ * endpoint strings and the tenant, never on list order or on the process, so
+ * every client with the same endpoint set agrees, and removing an endpoint
+ * moves only that endpoint's tenants.  There is no failover yet: if a
+ * tenant's endpoint is down its calls time out (TQ_E_TIMEOUT); they are not
+ * redirected to the next-highest endpoint.
+ *
+ * Duplicates: cooked REQ resends a request when its pipe reconnects and every
+ * NN_REQ_RESEND_IVL; resending cannot be disabled (TECHNOTES §1).  We set the
+ * interval well above the call timeout and close the socket after a timeout
+ * or receive error, so an abandoned request is not resent later and a late
+ * reply cannot answer the next call.  A reconnect during a call may still
+ * deliver a request twice: use an idempotency key for edits.
+ */
+#include "tenantq.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <msgpack.h>
+#include <nanomsg/nn.h>
+#include <nanomsg/reqrep.h>
+
+#include "tq_proto.h"
+
+#define TQ_DEFAULT_TIMEOUT_MS 15000
+/* Bounded replies: the daemon's max_draft_bytes (1 MiB default) plus
+ * envelope overhead fit easily; a larger announced size drops the
+ * connection instead of allocating it (TECHNOTES §1 NN_RCVMAXSIZE). */
+#define TQ_RCVMAXSIZE (8 * 1024 * 1024)
+/* Resend interval = timeout * 2 + this, so no timed resend happens while a
+ * call is still waiting. */
+#define TQ_RESEND_MARGIN_MS 5000
+
+struct tq_endpoint {
+    char *url;      /* owned, NUL-terminated */
+    int sock;       /* nanomsg socket or -1 if not open */
+    int sock_timeout_ms; /* timeout the socket options were last set for */
+};
+
+struct tq_client {
+    struct tq_endpoint *eps; /* owned array of n_eps */
+    size_t n_eps;
+    int timeout_ms;
+    bool last_replayed;
+    msgpack_sbuffer sb;      /* request encoding buffer, reused per call */
+};
+
+/* Fill st (if not NULL); retryable follows tq_code_retryable.  Returns -1. */
+__attribute__((format(printf, 3, 4)))
+static int status_set(tq_status *st, tq_code code, const char *fmt, ...)
+{
+    if (st == NULL)
+        return -1;
+    st->code = code;
+    st->retryable = tq_code_retryable(code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->message, sizeof st->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static void status_ok(tq_status *st)
+{
+    if (st == NULL)
+        return;
+    st->code = TQ_OK;
+    st->retryable = false;
+    st->message[0] = '\0';
+}
+
+static uint64_t fnv1a64(uint64_t h, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= UINT64_C(0x100000001b3);
+    }
+    return h;
+}
+
+static uint64_t fmix64(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= UINT64_C(0xff51afd7ed558ccd);
+    k ^= k >> 33;
+    k *= UINT64_C(0xc4ceb9fe1a85ec53);
+    k ^= k >> 33;
+    return k;
+}
+
+/* Rendezvous score of (endpoint, tenant); see the top of this file. */
+static uint64_t rendezvous_score(const char *url, const char *tenant)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    h = fnv1a64(h, url, strlen(url));
+    h = fnv1a64(h, "", 1);
+    h = fnv1a64(h, tenant, strlen(tenant));
+    return fmix64(h);
+}
+
+static struct tq_endpoint *endpoint_for_tenant(tq_client *c, const char *tenant)
+{
+    size_t best = 0;
+    uint64_t best_score = 0;
+    for (size_t i = 0; i < c->n_eps; i++) {
+        uint64_t s = rendezvous_score(c->eps[i].url, tenant);
+        if (i == 0 || s > best_score) {
+            best = i;
+            best_score = s;
+        }
+    }
+    return &c->eps[best];
+}
+
+static void endpoint_close(struct tq_endpoint *ep)
+{
+    if (ep->sock >= 0) {
+        /* Errors only mean the socket is already gone. */
+        (void)nn_close(ep->sock);
+        ep->sock = -1;
+    }
+}
+
+static bool valid_endpoint_syntax(const char *url)
+{
+    static const char *const schemes[] = {"ipc://", "tcp://", "inproc://", "ws://"};
+    size_t len = strlen(url);
+    if (len == 0 || len >= NN_SOCKADDR_MAX)
+        return false;
+    for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++) {
+        size_t sl = strlen(schemes[i]);
+        if (len > sl && strncmp(url, schemes[i], sl) == 0)
+            return true;
+    }
+    return false;
+}
+
+static int setopt_int(int sock, int level, int opt, int value)
+{
+    return nn_setsockopt(sock, level, opt, &value, sizeof value);
+}
+
+/* Open ep's socket if it is not open.  Returns 0 or -1 with st set. */
+static int endpoint_open(struct tq_endpoint *ep, tq_status *st)
+{
+    if (ep->sock >= 0)
+        return 0;
+    int s = nn_socket(AF_SP, NN_REQ);
+    if (s < 0)
+        return status_set(st, TQ_E_TRANSPORT, "endpoint %s: cannot create socket: %s",
+                          ep->url, nn_strerror(nn_errno()));
+    if (setopt_int(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, TQ_RCVMAXSIZE) < 0)
+        goto fail;
+    if (nn_connect(s, ep->url) < 0)
+        goto fail;
+    ep->sock = s;
+    ep->sock_timeout_ms = -1;
+    return 0;
+fail:;
+    int e = nn_errno();
+    (void)nn_close(s);
+    return status_set(st, TQ_E_TRANSPORT, "endpoint %s: %s", ep->url, nn_strerror(e));
+}
+
+/* Set send/receive timeouts and the resend interval for timeout_ms. */
+static int endpoint_set_timeout(struct tq_endpoint *ep, int timeout_ms, tq_status *st)
+{
+    if (ep->sock_timeout_ms == timeout_ms)
+        return 0;
+    int resend = timeout_ms > (INT_MAX - TQ_RESEND_MARGIN_MS) / 2
+                     ? INT_MAX
+                     : timeout_ms * 2 + TQ_RESEND_MARGIN_MS;
+    if (setopt_int(ep->sock, NN_SOL_SOCKET, NN_SNDTIMEO, timeout_ms) < 0 ||
+        setopt_int(ep->sock, NN_SOL_SOCKET, NN_RCVTIMEO, timeout_ms) < 0 ||
+        setopt_int(ep->sock, NN_REQ, NN_REQ_RESEND_IVL, resend) < 0) {
+        int e = nn_errno();
+        endpoint_close(ep);
+        return status_set(st, TQ_E_TRANSPORT, "endpoint %s: cannot set socket options: %s",
+                          ep->url, nn_strerror(e));
+    }
+    ep->sock_timeout_ms = timeout_ms;
+    return 0;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * One request/reply exchange on ep.  On success returns 0 and *reply is a
+ * nanomsg message the caller frees with nn_freemsg.  On any failure the
+ * socket is closed (to be reopened by the next call) and -1 returned with st
+ * set: TQ_E_TIMEOUT if the request may have been delivered, TQ_E_TRANSPORT if
+ * the socket could not be opened.
+ */
+static int exchange(struct tq_endpoint *ep, const void *req, size_t req_len,
+                    int timeout_ms, void **reply, size_t *reply_len, tq_status *st)
+{
+    if (endpoint_open(ep, st) < 0)
+        return -1;
+    if (endpoint_set_timeout(ep, timeout_ms, st) < 0)
+        return -1;
+    int64_t deadline = now_ms() + timeout_ms;
+
+    /* Cooked REQ queues the request until a pipe exists, so send rarely
+     * blocks; the receive gets whatever time is left. */
+    while (nn_send(ep->sock, req, req_len, 0) < 0) {
+        int e = nn_errno();
+        if (e == EINTR && now_ms() < deadline)
+            continue;
+        endpoint_close(ep);
+        if (e == EAGAIN || e == ETIMEDOUT || e == EINTR)
+            return status_set(st, TQ_E_TIMEOUT, "endpoint %s: could not send within %d ms",
+                              ep->url, timeout_ms);
+        return status_set(st, TQ_E_TRANSPORT, "endpoint %s: send failed: %s", ep->url,
+                          nn_strerror(e));
+    }
+
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        if (left < 1)
+            left = 1;
+        if (left != ep->sock_timeout_ms) {
+            if (setopt_int(ep->sock, NN_SOL_SOCKET, NN_RCVTIMEO, (int)left) < 0)
+                break;
+            /* Force a full reset of the options on the next call. */
+            ep->sock_timeout_ms = -1;
+        }
+        void *buf = NULL;
+        int n = nn_recv(ep->sock, &buf, NN_MSG, 0);
+        if (n >= 0) {
+            *reply = buf;
+            *reply_len = (size_t)n;
+            return 0;
+        }
+        /* A signal interrupts the wait but not the request: keep waiting
+         * for its reply until the deadline, like SA_RESTART would. */
+        if (nn_errno() != EINTR || now_ms() >= deadline)
+            break;
+    }
+    int e = nn_errno();
+    endpoint_close(ep);
+    if (e == ETIMEDOUT || e == EAGAIN || e == EINTR)
+        return status_set(st, TQ_E_TIMEOUT,
+                          "endpoint %s: no reply within %d ms (outcome unknown)", ep->url,
+                          timeout_ms);
+    return status_set(st, TQ_E_TIMEOUT, "endpoint %s: receive failed after up to %d ms: %s "
+                      "(outcome unknown)", ep->url, timeout_ms, nn_strerror(e));
+}
+
+tq_client *tq_connect(const char *endpoint, tq_status *st)
+{
+    if (endpoint == NULL) {
+        status_set(st, TQ_E_USAGE, "endpoint is NULL");
+        return NULL;
+    }
+    tq_client *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        goto oom;
+    c->timeout_ms = TQ_DEFAULT_TIMEOUT_MS;
+    msgpack_sbuffer_init(&c->sb);
+
+    size_t cap = 1;
+    for (const char *p = endpoint; *p; p++)
+        cap += *p == ',';
+    c->eps = calloc(cap, sizeof *c->eps);
+    if (c->eps == NULL)
+        goto oom;
+
+    const char *p = endpoint;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        const char *end = comma ? comma : p + strlen(p);
+        /* Tolerate blanks around the commas ("a, b"). */
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        char *url = strndup(p, (size_t)(end - p));
+        if (url == NULL)
+            goto oom;
+        if (!valid_endpoint_syntax(url)) {
+            status_set(st, TQ_E_USAGE,
+                       "invalid endpoint \"%s\" in \"%s\": expected ipc://PATH, "
+                       "tcp://HOST:PORT, inproc://NAME or ws://HOST:PORT, under %d bytes",
+                       url, endpoint, NN_SOCKADDR_MAX);
+            free(url);
+            tq_close(c);
+            return NULL;
+        }
+        c->eps[c->n_eps].url = url;
+        c->eps[c->n_eps].sock = -1;
+        c->n_eps++;
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    status_ok(st);
+    return c;
+oom:
+    tq_close(c);
+    status_set(st, TQ_E_TRANSPORT, "out of memory");
+    return NULL;
+}
+
+void tq_close(tq_client *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->n_eps; i++) {
+        endpoint_close(&c->eps[i]);
+        free(c->eps[i].url);
+    }
+    free(c->eps);
+    msgpack_sbuffer_destroy(&c->sb);
+    free(c);
+}
+
+void tq_set_timeout(tq_client *c, int timeout_ms)
+{
+    if (c != NULL)
+        c->timeout_ms = timeout_ms > 0 ? timeout_ms : TQ_DEFAULT_TIMEOUT_MS;
+}
+
+bool tq_last_replayed(const tq_client *c)
+{
+    return c != NULL && c->last_replayed;
+}
+
+static const char *json_type_name(const json_t *j)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "an unknown value";
+}
+
+int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_json,
+            const tq_call_opts *opts, char **result_json, tq_status *st)
+{
+    if (result_json != NULL)
+        *result_json = NULL;
+    if (c == NULL)
+        return status_set(st, TQ_E_USAGE, "client handle is NULL");
+    if (tenant == NULL)
+        return status_set(st, TQ_E_USAGE, "tenant is NULL");
+    if (op == NULL)
+        return status_set(st, TQ_E_USAGE, "op is NULL");
+
+    json_t *args = NULL;
+    if (args_json != NULL) {
+        json_error_t jerr;
+        args = json_loads(args_json, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+        if (args == NULL)
+            return status_set(st, TQ_E_USAGE, "args: invalid JSON at line %d column %d: %s",
+                              jerr.line, jerr.column, jerr.text);
+        if (!json_is_object(args)) {
+            const char *what = json_type_name(args);
+            json_decref(args);
+            return status_set(st, TQ_E_USAGE, "args must be a JSON object, got %s", what);
+        }
+    }
+
+    const char *key = opts ? opts->key : NULL;
+    uint64_t deadline_ms = opts ? opts->deadline_ms : 0;
+    int timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : c->timeout_ms;
+
+    msgpack_sbuffer_clear(&c->sb);
+    int rc = tq_request_encode(&c->sb, tenant, op, args, key, deadline_ms);
+    json_decref(args);
+    if (rc < 0)
+        return status_set(st, TQ_E_USAGE,
+                          "cannot encode the request for tenant \"%s\" op \"%s\" "
+                          "(args not representable or out of memory)", tenant, op);
+
+    struct tq_endpoint *ep = endpoint_for_tenant(c, tenant);
+    void *reply = NULL;
+    size_t reply_len = 0;
+    if (exchange(ep, c->sb.data, c->sb.size, timeout_ms, &reply, &reply_len, st) < 0)
+        return -1;
+
+    tq_response resp;
+    tq_error err;
+    rc = tq_response_decode(reply, reply_len, &resp, &err);
+    nn_freemsg(reply);
+    if (rc < 0)
+        return status_set(st, TQ_E_PROTOCOL, "endpoint %s: invalid reply: %s", ep->url,
+                          err.message);
+
+    if (!resp.ok) {
+        if (st != NULL) {
+            st->code = resp.code;
+            st->retryable = resp.retryable;
+            snprintf(st->message, sizeof st->message, "%s",
+                     resp.message ? resp.message : "");
+        }
+        tq_response_free(&resp);
+        return -1;
+    }
+
+    if (result_json != NULL) {
+        *result_json = json_dumps(resp.result, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (*result_json == NULL) {
+            tq_response_free(&resp);
+            return status_set(st, TQ_E_INTERNAL, "out of memory formatting the result");
+        }
+    }
+    c->last_replayed = resp.replayed;
+    tq_response_free(&resp);
+    status_ok(st);
+    return 0;
+}
+
+int tq_call_raw(tq_client *c, const void *req, size_t req_len, void **reply,
+                size_t *reply_len, int timeout_ms, tq_status *st)
+{
+    if (reply != NULL)
+        *reply = NULL;
+    if (reply_len != NULL)
+        *reply_len = 0;
+    if (c == NULL || reply == NULL || reply_len == NULL || (req == NULL && req_len > 0))
+        return status_set(st, TQ_E_USAGE, "tq_call_raw: NULL argument");
+    if (timeout_ms <= 0)
+        timeout_ms = c->timeout_ms;
+
+    /* No tenant to hash: raw calls go to the first endpoint listed. */
+    struct tq_endpoint *ep = &c->eps[0];
+    void *msg = NULL;
+    size_t len = 0;
+    if (exchange(ep, req == NULL ? "" : req, req_len, timeout_ms, &msg, &len, st) < 0)
+        return -1;
+    void *copy = malloc(len > 0 ? len : 1);
+    if (copy == NULL) {
+        nn_freemsg(msg);
+        return status_set(st, TQ_E_INTERNAL, "out of memory copying a %zu-byte reply", len);
+    }
+    memcpy(copy, msg, len);
+    nn_freemsg(msg);
+    *reply = copy;
+    *reply_len = len;
+    status_ok(st);
+    return 0;
+}

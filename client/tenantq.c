@@ -1,2 +1,202 @@
-/* placeholder */
-int main(void) { return 1; }
+/*
+ * tenantq.c - the tenantq command-line tool: one call to tenantqd per run.
+ *
+ * Uses only the public libtenantq API (tenantq.h) plus jansson to check the
+ * ping result.  Exit status: 0 success, 1 the daemon answered with an error,
+ * 2 usage error (bad options, bad ARGS-JSON), 3 no valid answer (TIMEOUT,
+ * TRANSPORT, PROTOCOL).  Results go to stdout as compact one-line JSON;
+ * errors go to stderr as "CODE: message".
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "tenantq.h"
+
+#define DEFAULT_ENDPOINT "ipc:///run/tenantq/tenantqd.sock"
+
+enum { EXIT_DAEMON_ERROR = 1, EXIT_USAGE = 2, EXIT_NO_ANSWER = 3 };
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: tenantq [OPTIONS] call TENANT OP [ARGS-JSON]\n"
+            "       tenantq [OPTIONS] ping [TENANT]\n"
+            "\n"
+            "Send one request to tenantqd and print the JSON result on one line.\n"
+            "\n"
+            "Options:\n"
+            "  -e, --endpoint ENDPOINT   daemon endpoint(s), comma-separated\n"
+            "                            (default: $TENANTQ_ENDPOINT, else\n"
+            "                            " DEFAULT_ENDPOINT ")\n"
+            "  -t, --timeout MS          client timeout in milliseconds (default 15000)\n"
+            "  -k, --key KEY             idempotency key (repeat it to retry safely)\n"
+            "  -d, --deadline MS         how long the daemon may hold the request\n"
+            "                            (default: the daemon's default_deadline_ms)\n"
+            "  -h, --help                show this help\n"
+            "\n"
+            "ARGS-JSON is a JSON object (default {}).  ping uses tenant \"_ping\" unless\n"
+            "one is given and prints \"pong\".\n"
+            "\n"
+            "Exit status: 0 ok, 1 the daemon returned an error, 2 usage error,\n"
+            "3 timeout, transport or protocol error (outcome unknown).\n"
+            "Example: tenantq call shop-42 section.remove '{\"id\":\"home-hero-main\"}'\n");
+}
+
+__attribute__((format(printf, 1, 2)))
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tenantq: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\n\n", stderr);
+    usage(stderr);
+    return EXIT_USAGE;
+}
+
+/* Parse a decimal in [min, max]; returns false on anything else. */
+static bool parse_ulong(const char *s, unsigned long min, unsigned long max,
+                        unsigned long *out)
+{
+    if (s == NULL || *s < '0' || *s > '9')
+        return false;
+    char *end = NULL;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+static int exit_for(const tq_status *st)
+{
+    fprintf(stderr, "%s: %s\n", tq_code_name(st->code), st->message);
+    switch (st->code) {
+    case TQ_E_USAGE:
+        return EXIT_USAGE;
+    case TQ_E_TIMEOUT:
+    case TQ_E_TRANSPORT:
+    case TQ_E_PROTOCOL:
+        return EXIT_NO_ANSWER;
+    default:
+        return EXIT_DAEMON_ERROR;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"endpoint", required_argument, NULL, 'e'},
+        {"timeout", required_argument, NULL, 't'},
+        {"key", required_argument, NULL, 'k'},
+        {"deadline", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *endpoint = getenv("TENANTQ_ENDPOINT");
+    if (endpoint == NULL || *endpoint == '\0')
+        endpoint = DEFAULT_ENDPOINT;
+    tq_call_opts opts = {.key = NULL, .deadline_ms = 0, .timeout_ms = 0};
+
+    /* '+': stop at the first non-option, so the command's own arguments
+     * (an ARGS-JSON or tenant starting with '-') are never taken as options. */
+    int ch;
+    unsigned long v;
+    while ((ch = getopt_long(argc, argv, "+e:t:k:d:h", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'e':
+            endpoint = optarg;
+            break;
+        case 't':
+            if (!parse_ulong(optarg, 1, INT_MAX, &v))
+                return usage_error("invalid timeout \"%s\": expected milliseconds > 0",
+                                   optarg);
+            opts.timeout_ms = (int)v;
+            break;
+        case 'k':
+            if (*optarg == '\0')
+                return usage_error("the idempotency key must not be empty");
+            opts.key = optarg;
+            break;
+        case 'd':
+            if (!parse_ulong(optarg, 1, UINT32_MAX, &v))
+                return usage_error("invalid deadline \"%s\": expected milliseconds > 0",
+                                   optarg);
+            opts.deadline_ms = (uint32_t)v;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            /* getopt already said what was wrong. */
+            fputc('\n', stderr);
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+
+    int nargs = argc - optind;
+    char **args = argv + optind;
+    if (nargs < 1)
+        return usage_error("missing command");
+
+    const char *tenant, *op, *args_json = NULL;
+    bool ping = false;
+    if (strcmp(args[0], "call") == 0) {
+        if (nargs < 3 || nargs > 4)
+            return usage_error("call needs TENANT OP [ARGS-JSON]");
+        tenant = args[1];
+        op = args[2];
+        if (nargs == 4)
+            args_json = args[3];
+    } else if (strcmp(args[0], "ping") == 0) {
+        if (nargs > 2)
+            return usage_error("ping takes at most one TENANT");
+        ping = true;
+        tenant = nargs == 2 ? args[1] : "_ping";
+        op = "ping";
+    } else {
+        return usage_error("unknown command \"%s\"", args[0]);
+    }
+
+    tq_status st;
+    tq_client *c = tq_connect(endpoint, &st);
+    if (c == NULL)
+        return exit_for(&st);
+
+    char *result = NULL;
+    int rc = tq_call(c, tenant, op, args_json, &opts, &result, &st);
+    tq_close(c);
+    if (rc < 0)
+        return exit_for(&st);
+
+    int status = 0;
+    if (ping) {
+        json_t *r = json_loads(result, JSON_DECODE_ANY, NULL);
+        if (r != NULL && json_is_true(json_object_get(r, "pong"))) {
+            puts("pong");
+        } else {
+            fprintf(stderr, "%s: unexpected ping result %s\n", tq_code_name(TQ_E_PROTOCOL),
+                    result);
+            status = EXIT_NO_ANSWER;
+        }
+        json_decref(r);
+    } else {
+        puts(result);
+    }
+    free(result);
+    if (fflush(stdout) != 0 && status == 0) {
+        perror("tenantq: stdout");
+        status = EXIT_NO_ANSWER;
+    }
+    return status;
+}

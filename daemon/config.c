@@ -1,2 +1,349 @@
-/* placeholder: being written */
-typedef int tq_placeholder_t;
+/*
+ * config.c - the table of settings and the INI/flag parser.
+ *
+ * Every key of SPEC "Configuration and operation" appears exactly once in
+ * `settings`, with its section, its flag name, its type, its range and its
+ * default.  Flags win over the file.  Values are validated here, so the rest
+ * of the daemon never sees an out-of-range setting.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+enum setting_type { SET_INT, SET_STR };
+
+struct setting {
+    const char *section;
+    const char *key;
+    const char *flag; /* without the leading "--" */
+    enum setting_type type;
+    size_t offset;
+    long min, max;    /* SET_INT range */
+    const char *def;
+    const char *help;
+};
+
+#define INT_SETTING(sec, key, flag, field, lo, hi, def, help)                  \
+    {sec, key, flag, SET_INT, offsetof(tq_config, field), lo, hi, def, help}
+#define STR_SETTING(sec, key, flag, field, def, help)                          \
+    {sec, key, flag, SET_STR, offsetof(tq_config, field), 0, 0, def, help}
+
+static const struct setting settings[] = {
+    STR_SETTING("daemon", "listen", "listen", listen, "ipc:///run/tenantq/tenantqd.sock",
+                "comma-separated nanomsg endpoints (ipc://PATH, tcp://HOST:PORT)"),
+    INT_SETTING("daemon", "shards", "shards", shards, 1, 256, "4", "worker threads"),
+    INT_SETTING("daemon", "connections_per_shard", "connections-per-shard",
+                connections_per_shard, 1, 64, "2", "PostgreSQL connections per shard"),
+    INT_SETTING("daemon", "max_batch", "max-batch", max_batch, 1, 10000, "64",
+                "edits of one tenant coalesced into one transaction"),
+    INT_SETTING("daemon", "max_queue_per_tenant", "max-queue-per-tenant",
+                max_queue_per_tenant, 1, 10000000, "1024", "queued requests per tenant"),
+    INT_SETTING("daemon", "max_pending", "max-pending", max_pending, 1, 100000000, "100000",
+                "requests admitted and not yet answered, daemon-wide"),
+    INT_SETTING("daemon", "max_message_bytes", "max-message-bytes", max_message_bytes, 256,
+                256 * 1024 * 1024, "1048576", "largest request accepted by the transport"),
+    INT_SETTING("daemon", "default_deadline_ms", "default-deadline-ms", default_deadline_ms, 1,
+                86400000, "10000", "deadline of requests that carry none"),
+    INT_SETTING("daemon", "shutdown_grace_ms", "shutdown-grace-ms", shutdown_grace_ms, 0,
+                3600000, "10000", "time to finish queued work on SIGTERM"),
+    INT_SETTING("daemon", "idempotency_ttl_s", "idempotency-ttl-s", idempotency_ttl_s, 1,
+                365 * 86400, "86400", "how long idempotency records are kept"),
+    STR_SETTING("daemon", "log_level", "log-level", log_level, "info",
+                "err, warning, notice, info or debug"),
+    STR_SETTING("database", "conninfo", "database", conninfo, "",
+                "libpq conninfo or URI; empty = libpq environment"),
+    STR_SETTING("database", "lock_key_sql", "lock-key-sql", lock_key_sql,
+                "hashtextextended('tenantq:' || $1, 0)",
+                "SQL expression over the tenant ($1) giving the bigint advisory-lock key"),
+    INT_SETTING("database", "lock_timeout_ms", "lock-timeout-ms", lock_timeout_ms, 1, 3600000,
+                "5000", "longest wait for a tenant's advisory lock"),
+    INT_SETTING("database", "statement_timeout_ms", "statement-timeout-ms", statement_timeout_ms,
+                1, 3600000, "10000", "server-side statement timeout"),
+    INT_SETTING("storefront", "max_draft_bytes", "max-draft-bytes", max_draft_bytes, 1024,
+                256 * 1024 * 1024, "1048576", "largest draft (compact JSON) an edit may leave"),
+    STR_SETTING("metrics", "listen", "metrics-listen", metrics_listen, "127.0.0.1:9464",
+                "HOST:PORT of the HTTP /metrics and /healthz endpoint; empty disables"),
+};
+#define N_SETTINGS (sizeof settings / sizeof settings[0])
+
+static int set_value(tq_config *cfg, const struct setting *s, const char *value,
+                     const char *where, char *errbuf, size_t errlen)
+{
+    char *field = (char *)cfg + s->offset;
+    if (s->type == SET_STR) {
+        char *copy = strdup(value);
+        if (!copy) {
+            snprintf(errbuf, errlen, "%s: out of memory", where);
+            return -1;
+        }
+        free(*(char **)(void *)field);
+        *(char **)(void *)field = copy;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end != '\0') {
+        snprintf(errbuf, errlen, "%s: [%s] %s must be an integer, got \"%.64s\"", where,
+                 s->section, s->key, value);
+        return -1;
+    }
+    if (v < s->min || v > s->max) {
+        snprintf(errbuf, errlen, "%s: [%s] %s must be between %ld and %ld, got %ld", where,
+                 s->section, s->key, s->min, s->max, v);
+        return -1;
+    }
+    *(int *)(void *)field = (int)v;
+    return 0;
+}
+
+static const struct setting *find_key(const char *section, const char *key)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (strcmp(settings[i].section, section) == 0 && strcmp(settings[i].key, key) == 0)
+            return &settings[i];
+    return NULL;
+}
+
+static const struct setting *find_flag(const char *flag, size_t len)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (strlen(settings[i].flag) == len && strncmp(settings[i].flag, flag, len) == 0)
+            return &settings[i];
+    return NULL;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+/* Value syntax: "double quoted" (no escapes) or bare up to a ';' or '#' that
+ * starts a comment (preceded by whitespace). */
+static int parse_value(char *raw, char **out)
+{
+    char *v = trim(raw);
+    if (*v == '"') {
+        char *close = strchr(v + 1, '"');
+        if (!close)
+            return -1;
+        *close = '\0';
+        char *rest = trim(close + 1);
+        if (*rest && *rest != ';' && *rest != '#')
+            return -1;
+        *out = v + 1;
+        return 0;
+    }
+    for (char *p = v; *p; p++) {
+        if ((*p == ';' || *p == '#') && (p == v || isspace((unsigned char)p[-1]))) {
+            *p = '\0';
+            break;
+        }
+    }
+    *out = trim(v);
+    return 0;
+}
+
+static int load_file(tq_config *cfg, const char *path, bool must_exist, char *errbuf,
+                     size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (!must_exist && errno == ENOENT)
+            return 0;
+        snprintf(errbuf, errlen, "cannot read config file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char line[4096], section[64] = "";
+    int lineno = 0, rc = 0;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        char where[300];
+        snprintf(where, sizeof where, "%s:%d", path, lineno);
+        if (!strchr(line, '\n') && !feof(f)) {
+            snprintf(errbuf, errlen, "%s: line too long", where);
+            rc = -1;
+            break;
+        }
+        char *s = trim(line);
+        if (*s == '\0' || *s == ';' || *s == '#')
+            continue;
+        if (*s == '[') {
+            char *close = strchr(s, ']');
+            if (!close || (size_t)(close - s - 1) >= sizeof section) {
+                snprintf(errbuf, errlen, "%s: bad section header", where);
+                rc = -1;
+                break;
+            }
+            *close = '\0';
+            snprintf(section, sizeof section, "%s", trim(s + 1));
+            if (strcmp(section, "daemon") && strcmp(section, "database") &&
+                strcmp(section, "storefront") && strcmp(section, "metrics")) {
+                snprintf(errbuf, errlen, "%s: unknown section [%s]", where, section);
+                rc = -1;
+                break;
+            }
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(errbuf, errlen, "%s: expected key = value", where);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *value;
+        if (parse_value(eq + 1, &value) < 0) {
+            snprintf(errbuf, errlen, "%s: [%s] %s: unterminated quoted value", where, section, key);
+            rc = -1;
+            break;
+        }
+        const struct setting *st = find_key(section, key);
+        if (!st) {
+            snprintf(errbuf, errlen, "%s: unknown key \"%s\" in section [%s]", where, key,
+                     section);
+            rc = -1;
+            break;
+        }
+        if (set_value(cfg, st, value, where, errbuf, errlen) < 0) {
+            rc = -1;
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+void config_usage(const char *prog)
+{
+    printf("usage: %s [-c FILE] [--check-config | --init-db] [--KEY VALUE ...]\n\n"
+           "  -c, --config FILE   INI file (default %s; absent is fine unless given)\n"
+           "  --check-config      validate the configuration and exit\n"
+           "  --init-db           create or upgrade the database schema and exit\n"
+           "  -h, --help          this text;  -V, --version  print the version\n\n"
+           "settings (flags win over the file):\n",
+           prog, TQ_DEFAULT_CONFIG);
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        printf("  --%-24s [%s] %s (default \"%s\"): %s\n", settings[i].flag,
+               settings[i].section, settings[i].key, settings[i].def, settings[i].help);
+}
+
+int config_load(tq_config *cfg, int argc, char **argv, tq_action *action, char *errbuf,
+                size_t errlen)
+{
+    memset(cfg, 0, sizeof *cfg);
+    *action = TQ_ACTION_RUN;
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (set_value(cfg, &settings[i], settings[i].def, "default", errbuf, errlen) < 0)
+            return -1;
+
+    /* pass 1: the file and the action; pass 2: settings, which win */
+    const char *path = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            if (i + 1 >= argc) {
+                snprintf(errbuf, errlen, "%s needs a file name", a);
+                return -1;
+            }
+            path = argv[++i];
+        } else if (strncmp(a, "--config=", 9) == 0) {
+            path = a + 9;
+        } else if (strcmp(a, "--check-config") == 0) {
+            *action = TQ_ACTION_CHECK_CONFIG;
+        } else if (strcmp(a, "--init-db") == 0) {
+            *action = TQ_ACTION_INIT_DB;
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            *action = TQ_ACTION_HELP;
+            return 0;
+        } else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
+            *action = TQ_ACTION_VERSION;
+            return 0;
+        } else if (strncmp(a, "--", 2) == 0) {
+            if (!strchr(a, '='))
+                i++; /* skip the value; validated in pass 2 */
+        } else {
+            snprintf(errbuf, errlen, "unexpected argument \"%.64s\" (see --help)", a);
+            return -1;
+        }
+    }
+    if (load_file(cfg, path ? path : TQ_DEFAULT_CONFIG, path != NULL, errbuf, errlen) < 0)
+        return -1;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (strncmp(a, "--config=", 9) == 0 || strcmp(a, "--check-config") == 0 ||
+            strcmp(a, "--init-db") == 0)
+            continue;
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct setting *st = find_flag(name, nlen);
+        if (!st) {
+            snprintf(errbuf, errlen, "unknown flag --%.*s (see --help)", (int)(nlen > 64 ? 64 : nlen),
+                     name);
+            return -1;
+        }
+        const char *value;
+        if (eq) {
+            value = eq + 1;
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            snprintf(errbuf, errlen, "flag --%s needs a value", st->flag);
+            return -1;
+        }
+        char where[80];
+        snprintf(where, sizeof where, "flag --%s", st->flag);
+        if (set_value(cfg, st, value, where, errbuf, errlen) < 0)
+            return -1;
+    }
+
+    /* cross-field checks */
+    if (log_parse_level(cfg->log_level) < 0) {
+        snprintf(errbuf, errlen, "[daemon] log_level: unknown level \"%.32s\"", cfg->log_level);
+        return -1;
+    }
+    if (cfg->listen[0] == '\0') {
+        snprintf(errbuf, errlen, "[daemon] listen: at least one endpoint is required");
+        return -1;
+    }
+    if (!strstr(cfg->lock_key_sql, "$1")) {
+        snprintf(errbuf, errlen, "[database] lock_key_sql: must use $1 (the tenant id)");
+        return -1;
+    }
+    if (cfg->max_queue_per_tenant > cfg->max_pending) {
+        snprintf(errbuf, errlen,
+                 "[daemon] max_queue_per_tenant: %d exceeds max_pending %d",
+                 cfg->max_queue_per_tenant, cfg->max_pending);
+        return -1;
+    }
+    return 0;
+}
+
+void config_free(tq_config *cfg)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        if (settings[i].type == SET_STR) {
+            char **p = (char **)(void *)((char *)cfg + settings[i].offset);
+            free(*p);
+            *p = NULL;
+        }
+    }
+}

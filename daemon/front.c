@@ -1,2 +1,265 @@
-/* placeholder: being written */
-typedef int tq_placeholder_t;
+/*
+ * front.c - nanomsg intake: decode, validate, admit, route.
+ *
+ * Runs on the main thread's event base.  Reads the raw REP socket through
+ * its level-triggered NN_RCVFD, draining with NN_DONTWAIT in bounded rounds
+ * so signals and timers still get their turn.  Bad requests are answered
+ * here and never reach a shard; good ones become jobs owned by a shard.
+ * Must not touch a shard's objects (only shard_submit).
+ */
+#include "front.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nanomsg/nn.h>
+#include <nanomsg/reqrep.h>
+
+#include "log.h"
+#include "shard.h"
+#include "siphash.h"
+
+#define FRONT_ROUND 256 /* messages per callback before yielding to the loop */
+
+struct front {
+    struct daemon *d;
+    struct event_base *base;
+    struct event *ev_recv;
+    msgpack_sbuffer sb;
+};
+
+static bool is_loopback_host(const char *host, size_t len)
+{
+    return (len >= 4 && strncmp(host, "127.", 4) == 0) ||
+           (len == 9 && strncmp(host, "localhost", 9) == 0) ||
+           (len == 5 && strncmp(host, "[::1]", 5) == 0);
+}
+
+/* Call fn for each trimmed, non-empty endpoint of the comma-separated list;
+ * stop at the first non-zero return. */
+static int each_endpoint(const char *listen, int (*fn)(const char *ep, void *arg), void *arg)
+{
+    char *copy = strdup(listen);
+    if (!copy)
+        return -1;
+    int rc = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ' || *tok == '\t')
+            tok++;
+        char *e = tok + strlen(tok);
+        while (e > tok && (e[-1] == ' ' || e[-1] == '\t'))
+            *--e = '\0';
+        if (*tok)
+            rc = fn(tok, arg);
+    }
+    free(copy);
+    return rc;
+}
+
+struct ep_ctx {
+    struct daemon *d;
+    char *err;
+    size_t errlen;
+};
+
+static int check_one(const char *ep, void *arg)
+{
+    struct ep_ctx *c = arg;
+    if (strncmp(ep, "ipc://", 6) == 0 && ep[6] != '\0')
+        return 0;
+    if (strncmp(ep, "tcp://", 6) == 0 && strrchr(ep + 6, ':'))
+        return 0;
+    snprintf(c->err, c->errlen,
+             "[daemon] listen: endpoint \"%.200s\" must be ipc://PATH or tcp://HOST:PORT", ep);
+    return -1;
+}
+
+int front_check_endpoints(const char *listen, char *err, size_t errlen)
+{
+    struct ep_ctx c = {NULL, err, errlen};
+    return each_endpoint(listen, check_one, &c);
+}
+
+static int bind_one(const char *ep, void *arg)
+{
+    struct ep_ctx *c = arg;
+    if (check_one(ep, c) < 0)
+        return -1;
+    if (strncmp(ep, "tcp://", 6) == 0) {
+        const char *host = ep + 6, *colon = strrchr(host, ':');
+        if (!is_loopback_host(host, (size_t)(colon - host)))
+            log_warn("listening on non-loopback %s: nanomsg tcp has no authentication or "
+                     "encryption; anyone who can reach it can edit any tenant",
+                     ep);
+    }
+    if (nn_bind(c->d->rep_sock, ep) < 0) {
+        snprintf(c->err, c->errlen, "[daemon] listen: cannot bind %.200s: %s", ep,
+                 nn_strerror(nn_errno()));
+        return -1;
+    }
+    log_info("listening on %s", ep);
+    return 0;
+}
+
+/* Validate and route one request.  body is borrowed. */
+static void handle(struct front *f, const void *body, size_t len, const uint8_t *hdr,
+                   size_t hdr_len)
+{
+    struct daemon *d = f->d;
+    tq_request req;
+    tq_error err;
+    if (tq_request_decode(body, len, &req, &err) < 0) {
+        reply_error_raw(d, &f->sb, hdr, hdr_len, err.code, err.message);
+        return;
+    }
+    sf_op op;
+    if (!sf_op_lookup(req.op, req.op_len, &op)) {
+        char msg[TQ_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "op: unknown operation \"%s\"", req.op);
+        reply_error_raw(d, &f->sb, hdr, hdr_len, TQ_E_UNKNOWN_OP, msg);
+        goto drop;
+    }
+    if (sf_validate_args(op, req.args, &err) < 0) {
+        reply_error_raw(d, &f->sb, hdr, hdr_len, err.code, err.message);
+        goto drop;
+    }
+    if (atomic_load(&d->draining)) {
+        reply_error_raw(d, &f->sb, hdr, hdr_len, TQ_E_SHUTTING_DOWN,
+                        "the daemon is shutting down; not executed");
+        goto drop;
+    }
+    if (atomic_fetch_add(&d->pending, 1) >= d->cfg->max_pending) {
+        atomic_fetch_sub(&d->pending, 1);
+        char msg[TQ_ERRMSG_MAX];
+        snprintf(msg, sizeof msg,
+                 "the daemon has %d requests pending (max_pending); nothing was queued",
+                 d->cfg->max_pending);
+        reply_error_raw(d, &f->sb, hdr, hdr_len, TQ_E_QUEUE_FULL, msg);
+        goto drop;
+    }
+    struct job *job = calloc(1, sizeof *job);
+    if (!job) {
+        atomic_fetch_sub(&d->pending, 1);
+        reply_error_raw(d, &f->sb, hdr, hdr_len, TQ_E_QUEUE_FULL, "out of memory; nothing was queued");
+        goto drop;
+    }
+    job->req = req; /* the job owns the request from here */
+    job->op = op;
+    job->hash = siphash24(d->hash_key, req.tenant, req.tenant_len);
+    job->recv_us = now_us();
+    uint64_t dl_ms = req.has_deadline ? req.deadline_ms : (uint64_t)d->cfg->default_deadline_ms;
+    job->deadline_us = job->recv_us + dl_ms * 1000u;
+    job->hdr_len = hdr_len;
+    memcpy(job->hdr, hdr, hdr_len);
+    struct shard *s = d->shards[job->hash % (uint64_t)d->nshards];
+    if (shard_submit(s, job) < 0) {
+        char msg[TQ_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "shard %u inbox is full; nothing was queued",
+                 (unsigned)(job->hash % (uint64_t)d->nshards));
+        job_finish_error(d, &f->sb, job, TQ_E_QUEUE_FULL, "%s", msg);
+    }
+    return;
+drop:
+    tq_request_free(&req);
+}
+
+static void on_recv(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct front *f = arg;
+    for (int n = 0; n < FRONT_ROUND; n++) {
+        void *body = NULL, *control = NULL;
+        struct nn_iovec iov = {.iov_base = &body, .iov_len = NN_MSG};
+        struct nn_msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                               .msg_controllen = NN_MSG};
+        int rc = nn_recvmsg(f->d->rep_sock, &mh, NN_DONTWAIT);
+        if (rc < 0) {
+            int e = nn_errno();
+            if (e != EAGAIN && e != EINTR && e != ETERM && e != EBADF)
+                log_err("receive: %s", nn_strerror(e));
+            return;
+        }
+        const uint8_t *hdr = NULL;
+        size_t hdr_len = 0;
+        for (struct nn_cmsghdr *c = NN_CMSG_FIRSTHDR(&mh); c; c = NN_CMSG_NXTHDR(&mh, c)) {
+            if (c->cmsg_level == PROTO_SP && c->cmsg_type == SP_HDR) {
+                const unsigned char *data = NN_CMSG_DATA(c);
+                memcpy(&hdr_len, data, sizeof hdr_len);
+                hdr = data + sizeof hdr_len;
+                break;
+            }
+        }
+        if (!hdr || hdr_len == 0 || hdr_len > TQ_SP_HDR_MAX)
+            log_debug("dropping a message with a %zu-byte routing header", hdr_len);
+        else
+            handle(f, body, (size_t)rc, hdr, hdr_len);
+        nn_freemsg(body);
+        if (control)
+            nn_freemsg(control);
+    }
+}
+
+struct front *front_open(struct daemon *d, struct event_base *base, char *err, size_t errlen)
+{
+    struct front *f = calloc(1, sizeof *f);
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    f->d = d;
+    f->base = base;
+    msgpack_sbuffer_init(&f->sb);
+    d->rep_sock = nn_socket(AF_SP_RAW, NN_REP);
+    if (d->rep_sock < 0) {
+        snprintf(err, errlen, "cannot create the REP socket: %s", nn_strerror(nn_errno()));
+        goto fail;
+    }
+    /* Same explicit limit the clients are told about (TECHNOTES: never -1). */
+    int maxsz = d->cfg->max_message_bytes;
+    if (nn_setsockopt(d->rep_sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsz, sizeof maxsz) < 0) {
+        snprintf(err, errlen, "[daemon] max_message_bytes: %s", nn_strerror(nn_errno()));
+        goto fail;
+    }
+    struct ep_ctx c = {d, err, errlen};
+    if (each_endpoint(d->cfg->listen, bind_one, &c) != 0)
+        goto fail;
+    return f;
+fail:
+    front_close(f);
+    return NULL;
+}
+
+int front_start(struct front *f)
+{
+    int rcvfd;
+    size_t sz = sizeof rcvfd;
+    if (nn_getsockopt(f->d->rep_sock, NN_SOL_SOCKET, NN_RCVFD, &rcvfd, &sz) < 0)
+        return -1;
+    f->ev_recv = event_new(f->base, rcvfd, EV_READ | EV_PERSIST, on_recv, f);
+    return f->ev_recv && event_add(f->ev_recv, NULL) == 0 ? 0 : -1;
+}
+
+void front_stop_reading(struct front *f)
+{
+    if (f->ev_recv) {
+        event_free(f->ev_recv);
+        f->ev_recv = NULL;
+    }
+}
+
+void front_close(struct front *f)
+{
+    if (!f)
+        return;
+    front_stop_reading(f);
+    if (f->d->rep_sock >= 0) {
+        nn_close(f->d->rep_sock);
+        f->d->rep_sock = -1;
+    }
+    msgpack_sbuffer_destroy(&f->sb);
+    free(f);
+}

@@ -1,2 +1,138 @@
-/* placeholder: being written */
-typedef int tq_placeholder_t;
+/*
+ * lane.c - lanes, their hash table (chained, doubling at load 1) and the
+ * ready list.  No locks: everything here belongs to one shard thread.
+ */
+#include "lane.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+
+int lane_table_init(struct lane_table *t)
+{
+    t->mask = 255;
+    t->count = 0;
+    t->buckets = calloc(t->mask + 1, sizeof *t->buckets);
+    return t->buckets ? 0 : -1;
+}
+
+void lane_table_destroy(struct lane_table *t)
+{
+    free(t->buckets);
+    t->buckets = NULL;
+}
+
+/* The low bits of the hash pick the shard; use the high ones for buckets. */
+static size_t bucket_of(const struct lane_table *t, uint64_t hash)
+{
+    return (size_t)(hash >> 32 ^ hash >> 13) & t->mask;
+}
+
+static void grow(struct lane_table *t)
+{
+    size_t nmask = t->mask * 2 + 1;
+    struct lane **nb = calloc(nmask + 1, sizeof *nb);
+    if (!nb)
+        return; /* keep the longer chains; still correct */
+    struct lane_table nt = {.buckets = nb, .mask = nmask, .count = t->count};
+    for (size_t i = 0; i <= t->mask; i++) {
+        struct lane *l = t->buckets[i];
+        while (l) {
+            struct lane *next = l->hnext;
+            size_t b = bucket_of(&nt, l->hash);
+            l->hnext = nb[b];
+            nb[b] = l;
+            l = next;
+        }
+    }
+    free(t->buckets);
+    *t = nt;
+}
+
+struct lane *lane_get(struct lane_table *t, const char *tenant, size_t len, uint64_t hash,
+                      bool create)
+{
+    size_t b = bucket_of(t, hash);
+    for (struct lane *l = t->buckets[b]; l; l = l->hnext)
+        if (l->hash == hash && l->tenant_len == len && memcmp(l->tenant, tenant, len) == 0)
+            return l;
+    if (!create)
+        return NULL;
+    struct lane *l = calloc(1, sizeof *l + len + 1);
+    if (!l)
+        return NULL;
+    l->hash = hash;
+    l->tenant_len = len;
+    memcpy(l->tenant, tenant, len);
+    if (t->count + 1 > t->mask + 1) {
+        grow(t);
+        b = bucket_of(t, hash);
+    }
+    l->hnext = t->buckets[b];
+    t->buckets[b] = l;
+    t->count++;
+    return l;
+}
+
+void lane_remove(struct lane_table *t, struct lane *lane)
+{
+    struct lane **pp = &t->buckets[bucket_of(t, lane->hash)];
+    while (*pp && *pp != lane)
+        pp = &(*pp)->hnext;
+    if (*pp) {
+        *pp = lane->hnext;
+        t->count--;
+    }
+    free(lane);
+}
+
+void lane_push(struct lane *lane, struct job *job)
+{
+    job->next = NULL;
+    if (lane->tail)
+        lane->tail->next = job;
+    else
+        lane->head = job;
+    lane->tail = job;
+    lane->depth++;
+}
+
+struct job *lane_pop(struct lane *lane)
+{
+    struct job *j = lane->head;
+    if (!j)
+        return NULL;
+    lane->head = j->next;
+    if (!lane->head)
+        lane->tail = NULL;
+    j->next = NULL;
+    lane->depth--;
+    return j;
+}
+
+void ready_push(struct ready_list *r, struct lane *lane)
+{
+    if (lane->ready)
+        return;
+    lane->ready = true;
+    lane->rnext = NULL;
+    if (r->tail)
+        r->tail->rnext = lane;
+    else
+        r->head = lane;
+    r->tail = lane;
+}
+
+struct lane *ready_pop(struct ready_list *r)
+{
+    struct lane *l = r->head;
+    if (!l)
+        return NULL;
+    r->head = l->rnext;
+    if (!r->head)
+        r->tail = NULL;
+    l->rnext = NULL;
+    l->ready = false;
+    return l;
+}

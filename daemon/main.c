@@ -1,2 +1,321 @@
-/* placeholder */
-int main(void) { return 1; }
+/*
+ * main.c - tenantqd startup order, signals, readiness, watchdog and drain.
+ *
+ * Startup: config -> (one-shot modes) -> evthread locking -> front socket
+ * bound -> shards created and started -> front reading -> READY=1 once every
+ * shard has a database connection.  Signals are handled on the main base
+ * only (libevent delivers them to one base); SIGTERM/SIGINT start the drain,
+ * SIGHUP re-reads the log level.  Shutdown follows TECHNOTES' nanomsg order:
+ * stop intake, let the shards finish, close sockets, nn_term last.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <nanomsg/nn.h>
+#include <systemd/sd-daemon.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "front.h"
+#include "log.h"
+#include "pg.h"
+#include "shard.h"
+
+#define MAIN_TICK_MS 20
+
+static const char SCHEMA_SQL[] =
+    "BEGIN;"
+    "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:init-db', 0));"
+    "CREATE TABLE IF NOT EXISTS tenantq_storefront ("
+    "  tenant     text PRIMARY KEY,"
+    "  draft      jsonb NOT NULL DEFAULT '{\"pages\":{}}',"
+    "  published  jsonb,"
+    "  version    bigint NOT NULL DEFAULT 0,"
+    "  updated_at timestamptz NOT NULL DEFAULT now());"
+    "COMMENT ON TABLE tenantq_storefront IS 'tenantq: per-tenant storefront draft and published config';"
+    "COMMIT;";
+
+struct main_ctx {
+    struct daemon d;
+    tq_config cfg;
+    struct event_base *base;
+    struct front *front;
+    struct event *ev_tick, *ev_term, *ev_int, *ev_hup;
+    int argc;
+    char **argv;
+    bool ready;
+    bool draining;
+    bool stopping;
+    uint64_t drain_deadline_us;
+    bool *drain_sent, *stop_sent;
+    uint64_t watchdog_usec, last_watchdog_us;
+    unsigned *last_beats;
+};
+
+static void begin_stop(struct main_ctx *m)
+{
+    if (m->stopping)
+        return;
+    m->stopping = true;
+    log_notice("stopping the shards");
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct main_ctx *m = arg;
+    struct daemon *d = &m->d;
+
+    if (!m->ready) {
+        int up = 0;
+        for (int i = 0; i < d->nshards; i++)
+            up += shard_connected(d->shards[i]) > 0;
+        if (up == d->nshards) {
+            m->ready = true;
+            log_notice("ready: %d shards connected to the database", d->nshards);
+            sd_notifyf(0, "READY=1\nSTATUS=serving with %d shards", d->nshards);
+        }
+    }
+
+    if (m->watchdog_usec) {
+        uint64_t now = now_us();
+        if (now - m->last_watchdog_us >= m->watchdog_usec / 2) {
+            /* only pet the watchdog if every shard's loop has ticked since */
+            bool alive = true;
+            for (int i = 0; i < d->nshards; i++) {
+                unsigned b = shard_heartbeat(d->shards[i]);
+                alive = alive && b != m->last_beats[i];
+                m->last_beats[i] = b;
+            }
+            if (alive)
+                sd_notify(0, "WATCHDOG=1");
+            else
+                log_warn("a shard's event loop has not run for %llu ms",
+                         (unsigned long long)((now - m->last_watchdog_us) / 1000));
+            m->last_watchdog_us = now;
+        }
+    }
+
+    if (m->draining && !m->stopping) {
+        bool all = true;
+        for (int i = 0; i < d->nshards; i++) {
+            if (!m->drain_sent[i])
+                m->drain_sent[i] = shard_request_drain(d->shards[i]) == 0;
+            all = all && m->drain_sent[i] && shard_drained(d->shards[i]);
+        }
+        if (all) {
+            log_notice("drained: every queued request was answered");
+            begin_stop(m);
+        } else if (now_us() >= m->drain_deadline_us) {
+            log_warn("shutdown grace of %d ms is over: failing what is still queued",
+                     m->cfg.shutdown_grace_ms);
+            begin_stop(m);
+        }
+    }
+    if (m->stopping) {
+        bool all = true;
+        for (int i = 0; i < d->nshards; i++) {
+            if (!m->stop_sent[i])
+                m->stop_sent[i] = shard_request_stop(d->shards[i]) == 0;
+            all = all && m->stop_sent[i];
+        }
+        if (all)
+            event_base_loopbreak(m->base);
+    }
+}
+
+static void on_shutdown_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct main_ctx *m = arg;
+    if (m->draining) {
+        log_notice("signal %d again: stopping without waiting for the queue", (int)sig);
+        begin_stop(m);
+        return;
+    }
+    log_notice("signal %d: draining (grace %d ms); new requests get SHUTTING_DOWN", (int)sig,
+               m->cfg.shutdown_grace_ms);
+    sd_notify(0, "STOPPING=1\nSTATUS=draining");
+    m->draining = true;
+    atomic_store(&m->d.draining, true);
+    m->drain_deadline_us = now_us() + (uint64_t)m->cfg.shutdown_grace_ms * 1000u;
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct main_ctx *m = arg;
+    /* Only the log level can change safely at run time; everything else
+     * needs a restart, which systemd's drain-aware stop makes cheap. */
+    tq_config fresh;
+    tq_action act;
+    char err[512];
+    sd_notify(0, "RELOADING=1");
+    if (config_load(&fresh, m->argc, m->argv, &act, err, sizeof err) < 0) {
+        log_err("reload: %s (keeping the running configuration)", err);
+    } else {
+        atomic_store(&log_level, log_parse_level(fresh.log_level));
+        log_notice("reload: log level %s", fresh.log_level);
+    }
+    config_free(&fresh);
+    sd_notify(0, "READY=1");
+}
+
+static int run_daemon(struct main_ctx *m)
+{
+    struct daemon *d = &m->d;
+    char err[512];
+    int rc = 1;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() < 0) {
+        log_err("libevent thread support is unavailable");
+        return 1;
+    }
+    d->cfg = &m->cfg;
+    d->rep_sock = -1;
+    if (getrandom(d->hash_key, sizeof d->hash_key, 0) != (ssize_t)sizeof d->hash_key) {
+        log_err("getrandom: %s", strerror(errno));
+        return 1;
+    }
+    m->base = event_base_new();
+    if (!m->base) {
+        log_err("cannot create the event base");
+        return 1;
+    }
+    m->front = front_open(d, m->base, err, sizeof err);
+    if (!m->front) {
+        log_err("%s", err);
+        goto out;
+    }
+    d->nshards = m->cfg.shards;
+    d->shards = calloc((size_t)d->nshards, sizeof *d->shards);
+    m->drain_sent = calloc((size_t)d->nshards, sizeof *m->drain_sent);
+    m->stop_sent = calloc((size_t)d->nshards, sizeof *m->stop_sent);
+    m->last_beats = calloc((size_t)d->nshards, sizeof *m->last_beats);
+    if (!d->shards || !m->drain_sent || !m->stop_sent || !m->last_beats)
+        goto out;
+    for (int i = 0; i < d->nshards; i++)
+        if (!(d->shards[i] = shard_create(d, i)))
+            goto out;
+    for (int i = 0; i < d->nshards; i++)
+        if (shard_start(d->shards[i]) < 0) {
+            log_err("cannot start shard %d", i);
+            goto out;
+        }
+    if (front_start(m->front) < 0) {
+        log_err("cannot register the receive event");
+        goto out;
+    }
+    if (sd_watchdog_enabled(0, &m->watchdog_usec) <= 0)
+        m->watchdog_usec = 0;
+    m->last_watchdog_us = now_us();
+    struct timeval tick = {0, MAIN_TICK_MS * 1000};
+    m->ev_tick = event_new(m->base, -1, EV_PERSIST, on_tick, m);
+    m->ev_term = evsignal_new(m->base, SIGTERM, on_shutdown_signal, m);
+    m->ev_int = evsignal_new(m->base, SIGINT, on_shutdown_signal, m);
+    m->ev_hup = evsignal_new(m->base, SIGHUP, on_hup, m);
+    if (!m->ev_tick || !m->ev_term || !m->ev_int || !m->ev_hup ||
+        event_add(m->ev_tick, &tick) < 0 || event_add(m->ev_term, NULL) < 0 ||
+        event_add(m->ev_int, NULL) < 0 || event_add(m->ev_hup, NULL) < 0)
+        goto out;
+    log_info("tenantqd %s: %d shards x %d connections, max_batch %d", TQ_VERSION, d->nshards,
+             m->cfg.connections_per_shard, m->cfg.max_batch);
+    event_base_dispatch(m->base);
+    rc = 0;
+out:
+    if (!m->stopping && d->shards) {
+        /* startup failed half-way: stop what runs */
+        for (int i = 0; i < d->nshards; i++)
+            if (d->shards[i])
+                while (shard_request_stop(d->shards[i]) < 0)
+                    usleep(1000);
+    }
+    if (m->front)
+        front_stop_reading(m->front);
+    for (int i = 0; d->shards && i < d->nshards; i++)
+        shard_destroy(d->shards[i]); /* joins the thread */
+    front_close(m->front);
+    if (m->ev_tick)
+        event_free(m->ev_tick);
+    if (m->ev_term)
+        event_free(m->ev_term);
+    if (m->ev_int)
+        event_free(m->ev_int);
+    if (m->ev_hup)
+        event_free(m->ev_hup);
+    free(d->shards);
+    free(m->drain_sent);
+    free(m->stop_sent);
+    free(m->last_beats);
+    event_base_free(m->base);
+    nn_term();
+    if (rc == 0) {
+        int left = atomic_load(&d->pending);
+        if (left)
+            log_warn("exiting with %d requests unanswered", left);
+        log_notice("stopped");
+    }
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct main_ctx m;
+    memset(&m, 0, sizeof m);
+    m.argc = argc;
+    m.argv = argv;
+    tq_action action;
+    char err[512];
+    if (config_load(&m.cfg, argc, argv, &action, err, sizeof err) < 0) {
+        fprintf(stderr, "tenantqd: %s\n", err);
+        config_free(&m.cfg);
+        return 2;
+    }
+    atomic_store(&log_level, log_parse_level(m.cfg.log_level));
+    int rc = 0;
+    switch (action) {
+    case TQ_ACTION_HELP:
+        config_usage(argv[0]);
+        break;
+    case TQ_ACTION_VERSION:
+        printf("tenantqd %s\n", TQ_VERSION);
+        break;
+    case TQ_ACTION_CHECK_CONFIG:
+        if (front_check_endpoints(m.cfg.listen, err, sizeof err) < 0) {
+            fprintf(stderr, "tenantqd: %s\n", err);
+            rc = 2;
+        } else {
+            printf("tenantqd: configuration OK\n");
+        }
+        break;
+    case TQ_ACTION_INIT_DB:
+        if (pg_admin_exec(m.cfg.conninfo, SCHEMA_SQL, m.cfg.statement_timeout_ms, err,
+                          sizeof err) < 0) {
+            fprintf(stderr, "tenantqd: --init-db failed: %s\n", err);
+            rc = 1;
+        } else {
+            printf("tenantqd: schema ready\n");
+        }
+        break;
+    case TQ_ACTION_RUN:
+        if (front_check_endpoints(m.cfg.listen, err, sizeof err) < 0) {
+            fprintf(stderr, "tenantqd: %s\n", err);
+            rc = 2;
+            break;
+        }
+        rc = run_daemon(&m);
+        break;
+    }
+    config_free(&m.cfg);
+    return rc;
+}

@@ -1,2 +1,438 @@
-/* placeholder: being written */
-typedef int tq_placeholder_t;
+/*
+ * pg.c - the async libpq connection of a shard.  See TECHNOTES §2 for the
+ * traps this file is shaped around: event_free before the socket may be
+ * closed or replaced (stale-fd stall), re-enter non-blocking and pipeline
+ * mode after every (re)connect, flush until PQflush says 0 while watching
+ * for reads too, never call PQgetResult while PQisBusy.
+ */
+#include "pg.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "log.h"
+
+#define PG_BACKOFF_MIN_MS 100
+#define PG_BACKOFF_MAX_MS 5000
+#define PG_CONNECT_TIMEOUT_S 10
+
+static void pg_schedule_reconnect(struct pgconn *c);
+static void pg_io_cb(evutil_socket_t fd, short what, void *arg);
+
+const char *pg_sqlstate(const PGresult *r)
+{
+    return r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+}
+
+static void notice_receiver(void *arg, const PGresult *r)
+{
+    struct pgconn *c = arg;
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *msg = PQresultErrorMessage(r);
+    size_t len = strcspn(msg, "\n");
+    if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
+        log_warn("shard %d conn %d: server says %s: %.*s", c->shard_id, c->idx, sev, (int)len, msg);
+    else
+        log_debug("shard %d conn %d: %s: %.*s", c->shard_id, c->idx, sev ? sev : "NOTICE",
+                  (int)len, msg);
+}
+
+static void free_events(struct pgconn *c)
+{
+    if (c->ev_io) {
+        event_free(c->ev_io);
+        c->ev_io = NULL;
+    }
+    if (c->ev_write) {
+        event_free(c->ev_write);
+        c->ev_write = NULL;
+    }
+}
+
+static void clear_results(PGresult **res, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PQclear(res[i]);
+        res[i] = NULL;
+    }
+}
+
+/* Drop the connection (events first: the fd number may be reused at once),
+ * tell the running pipeline, schedule the reconnect. */
+static void pg_drop(struct pgconn *c, const char *why)
+{
+    bool was_busy = c->state == PGC_BUSY;
+    if (c->state == PGC_IDLE || c->state == PGC_BUSY)
+        log_warn("shard %d conn %d: database connection lost: %s", c->shard_id, c->idx, why);
+    else
+        log_warn("shard %d conn %d: cannot connect to the database: %s", c->shard_id, c->idx,
+                 why);
+    free_events(c);
+    if (c->conn) {
+        PQfinish(c->conn);
+        c->conn = NULL;
+    }
+    c->state = PGC_DOWN;
+    if (was_busy) {
+        PGresult *res[PG_MAX_STMTS];
+        int n = c->nstmts;
+        memcpy(res, c->results, sizeof res);
+        memset(c->results, 0, sizeof c->results);
+        pg_pipeline_cb cb = c->cb;
+        c->cb = NULL;
+        cb(c, c->cb_arg, res, n, true);
+        clear_results(res, n);
+    }
+    pg_schedule_reconnect(c);
+    if (c->on_state)
+        c->on_state(c, c->owner);
+}
+
+static void conn_error_text(struct pgconn *c, char *buf, size_t len)
+{
+    const char *m = c->conn ? PQerrorMessage(c->conn) : "out of memory";
+    size_t n = strcspn(m, "\n");
+    snprintf(buf, len, "%.*s", (int)(n > 300 ? 300 : n), m);
+}
+
+static void pg_drop_with_libpq_error(struct pgconn *c)
+{
+    char buf[320];
+    conn_error_text(c, buf, sizeof buf);
+    pg_drop(c, buf[0] ? buf : "connection closed");
+}
+
+static void pg_connected(struct pgconn *c)
+{
+    free_events(c);
+    int fd = PQsocket(c->conn);
+    if (PQsetnonblocking(c->conn, 1) != 0 || PQenterPipelineMode(c->conn) != 1 || fd < 0) {
+        pg_drop_with_libpq_error(c);
+        return;
+    }
+    c->ev_io = event_new(c->base, fd, EV_READ | EV_PERSIST, pg_io_cb, c);
+    c->ev_write = event_new(c->base, fd, EV_WRITE | EV_PERSIST, pg_io_cb, c);
+    if (!c->ev_io || !c->ev_write || event_add(c->ev_io, NULL) < 0) {
+        pg_drop(c, "cannot register connection events");
+        return;
+    }
+    c->state = PGC_IDLE;
+    c->backoff_ms = 0;
+    if (c->was_up)
+        log_notice("shard %d conn %d: reconnected to the database", c->shard_id, c->idx);
+    else
+        log_info("shard %d conn %d: connected to the database", c->shard_id, c->idx);
+    c->was_up = true;
+    if (c->on_state)
+        c->on_state(c, c->owner);
+}
+
+static void pg_connect_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Wait for what PQconnectPoll asked for, on the socket it has now (it can
+ * change between steps). */
+static void pg_connect_step(struct pgconn *c, PostgresPollingStatusType st)
+{
+    free_events(c);
+    if (st == PGRES_POLLING_OK) {
+        pg_connected(c);
+        return;
+    }
+    if (st == PGRES_POLLING_FAILED) {
+        pg_drop_with_libpq_error(c);
+        return;
+    }
+    int fd = PQsocket(c->conn);
+    if (fd < 0) {
+        pg_drop_with_libpq_error(c);
+        return;
+    }
+    short ev = st == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
+    struct timeval tv = {PG_CONNECT_TIMEOUT_S, 0};
+    c->ev_io = event_new(c->base, fd, ev, pg_connect_cb, c);
+    if (!c->ev_io || event_add(c->ev_io, &tv) < 0)
+        pg_drop(c, "cannot register connect event");
+}
+
+static void pg_connect_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pgconn *c = arg;
+    (void)fd;
+    if (what & EV_TIMEOUT) {
+        pg_drop(c, "connect timed out");
+        return;
+    }
+    pg_connect_step(c, PQconnectPoll(c->conn));
+}
+
+void pg_start(struct pgconn *c)
+{
+    static const char *const keys[] = {"dbname", "fallback_application_name", NULL};
+    const char *vals[] = {c->cfg->conninfo, "tenantqd", NULL};
+    c->conn = PQconnectStartParams(keys, vals, 1);
+    c->state = PGC_CONNECTING;
+    if (!c->conn || PQstatus(c->conn) == CONNECTION_BAD) {
+        pg_drop_with_libpq_error(c);
+        return;
+    }
+    PQsetNoticeReceiver(c->conn, notice_receiver, c);
+    /* libpq: behave as if the last poll returned WRITING */
+    pg_connect_step(c, PGRES_POLLING_WRITING);
+}
+
+static void pg_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pgconn *c = arg;
+    c->reconnects++;
+    pg_start(c);
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static void pg_schedule_reconnect(struct pgconn *c)
+{
+    /* capped exponential backoff with +-25% jitter, so that the connections
+     * of all shards do not hammer a recovering server in lockstep */
+    c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : PG_BACKOFF_MIN_MS;
+    if (c->backoff_ms > PG_BACKOFF_MAX_MS)
+        c->backoff_ms = PG_BACKOFF_MAX_MS;
+    unsigned jitter = (unsigned)(xorshift(&c->rng) % (c->backoff_ms / 2 + 1));
+    unsigned ms = c->backoff_ms - c->backoff_ms / 4 + jitter;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_add(c->ev_timer, &tv);
+}
+
+int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int shard_id,
+            int idx, pg_state_cb on_state, void *owner)
+{
+    memset(c, 0, sizeof *c);
+    c->base = base;
+    c->cfg = cfg;
+    c->shard_id = shard_id;
+    c->idx = idx;
+    c->on_state = on_state;
+    c->owner = owner;
+    c->state = PGC_DOWN;
+    if (getrandom(&c->rng, sizeof c->rng, 0) != sizeof c->rng || c->rng == 0)
+        c->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)(shard_id * 64 + idx + 1);
+    c->ev_timer = evtimer_new(base, pg_timer_cb, c);
+    return c->ev_timer ? 0 : -1;
+}
+
+void pg_destroy(struct pgconn *c)
+{
+    free_events(c);
+    if (c->ev_timer) {
+        event_free(c->ev_timer);
+        c->ev_timer = NULL;
+    }
+    if (c->conn) {
+        PQfinish(c->conn);
+        c->conn = NULL;
+    }
+    clear_results(c->results, PG_MAX_STMTS);
+    c->state = PGC_DOWN;
+}
+
+static void pg_finish_pipeline(struct pgconn *c)
+{
+    PGresult *res[PG_MAX_STMTS];
+    int n = c->nstmts;
+    memcpy(res, c->results, sizeof res);
+    memset(c->results, 0, sizeof c->results);
+    pg_pipeline_cb cb = c->cb;
+    c->cb = NULL;
+    c->state = PGC_IDLE;
+    cb(c, c->cb_arg, res, n, false);
+    clear_results(res, n);
+}
+
+/* Read what arrived and hand finished pipelines to their callbacks. */
+static void pg_read(struct pgconn *c)
+{
+    if (!PQconsumeInput(c->conn)) {
+        pg_drop_with_libpq_error(c);
+        return;
+    }
+    int nulls = 0;
+    while (c->state == PGC_BUSY && !PQisBusy(c->conn)) {
+        PGresult *r = PQgetResult(c->conn);
+        if (!r) {
+            /* NULL ends one statement's results; two in a row means the
+             * pipeline has nothing more queued right now */
+            if (c->cur_has) {
+                c->cur++;
+                c->cur_has = false;
+            }
+            if (++nulls > 1)
+                break;
+            continue;
+        }
+        nulls = 0;
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            pg_finish_pipeline(c);
+            return;
+        }
+        if (c->cur < c->nstmts && !c->cur_has) {
+            c->results[c->cur] = r;
+            c->cur_has = true;
+        } else {
+            PQclear(r);
+        }
+    }
+    if (c->conn && PQstatus(c->conn) == CONNECTION_BAD)
+        pg_drop_with_libpq_error(c);
+}
+
+static void pg_flush(struct pgconn *c)
+{
+    int rc = PQflush(c->conn);
+    if (rc < 0) {
+        pg_drop_with_libpq_error(c);
+    } else if (rc == 1) {
+        if (!event_pending(c->ev_write, EV_WRITE, NULL))
+            event_add(c->ev_write, NULL);
+    } else if (event_pending(c->ev_write, EV_WRITE, NULL)) {
+        event_del(c->ev_write);
+    }
+}
+
+static void pg_io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pgconn *c = arg;
+    (void)fd;
+    if (what & EV_READ) {
+        if (c->state == PGC_IDLE) {
+            /* nothing expected: a notice, or the server closing on us */
+            if (!PQconsumeInput(c->conn) || PQstatus(c->conn) == CONNECTION_BAD) {
+                pg_drop_with_libpq_error(c);
+                return;
+            }
+            PGresult *r;
+            while (!PQisBusy(c->conn) && (r = PQgetResult(c->conn)) != NULL)
+                PQclear(r);
+            return;
+        }
+        pg_read(c);
+        if (c->state != PGC_BUSY || !c->conn)
+            return;
+    }
+    if (c->ev_write && event_pending(c->ev_write, EV_WRITE, NULL))
+        pg_flush(c);
+}
+
+int pg_pipeline(struct pgconn *c, const struct pg_stmt *stmts, int n, pg_pipeline_cb cb,
+                void *arg)
+{
+    if (c->state != PGC_IDLE || n <= 0 || n > PG_MAX_STMTS)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        if (!PQsendQueryParams(c->conn, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params,
+                               NULL, NULL, 0))
+            goto fail;
+    }
+    if (!PQpipelineSync(c->conn))
+        goto fail;
+    c->state = PGC_BUSY;
+    c->nstmts = n;
+    c->cur = 0;
+    c->cur_has = false;
+    c->cb = cb;
+    c->cb_arg = arg;
+    pg_flush(c); /* a failure here drops the connection and reports to cb */
+    return 0;
+fail: {
+    char buf[320];
+    conn_error_text(c, buf, sizeof buf);
+    c->state = PGC_IDLE; /* nothing to report to a callback */
+    pg_drop(c, buf);
+    return -1;
+}
+}
+
+/* --- one-shot admin path (before any event loop) ------------------------ */
+
+static int wait_fd(int fd, short events, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = events};
+    int rc;
+    do
+        rc = poll(&p, 1, timeout_ms);
+    while (rc < 0 && errno == EINTR);
+    return rc;
+}
+
+int pg_admin_exec(const char *conninfo, const char *sql, int timeout_ms, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"dbname", "fallback_application_name", NULL};
+    const char *vals[] = {conninfo, "tenantqd-init-db", NULL};
+    PGconn *conn = PQconnectStartParams(keys, vals, 1);
+    int rc = -1;
+    if (!conn || PQstatus(conn) == CONNECTION_BAD)
+        goto out;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (st != PGRES_POLLING_OK) {
+        if (st == PGRES_POLLING_FAILED)
+            goto out;
+        if (wait_fd(PQsocket(conn), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, timeout_ms) <= 0) {
+            snprintf(err, errlen, "connect timed out");
+            PQfinish(conn);
+            return -1;
+        }
+        st = PQconnectPoll(conn);
+    }
+    if (PQsetnonblocking(conn, 1) != 0 || !PQsendQuery(conn, sql))
+        goto out;
+    while (PQflush(conn) == 1)
+        if (wait_fd(PQsocket(conn), POLLIN | POLLOUT, timeout_ms) <= 0 || !PQconsumeInput(conn))
+            goto out;
+    rc = 0;
+    for (;;) {
+        while (PQisBusy(conn)) {
+            if (wait_fd(PQsocket(conn), POLLIN, timeout_ms) <= 0) {
+                snprintf(err, errlen, "timed out waiting for the server");
+                PQfinish(conn);
+                return -1;
+            }
+            if (!PQconsumeInput(conn)) {
+                rc = -1;
+                goto out;
+            }
+        }
+        PGresult *r = PQgetResult(conn);
+        if (!r)
+            break;
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+            snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+            rc = -2;
+        }
+        PQclear(r);
+    }
+    if (rc == -2) {
+        PQfinish(conn);
+        return -1;
+    }
+out:
+    if (rc < 0 && conn)
+        snprintf(err, errlen, "%s", PQerrorMessage(conn));
+    else if (rc < 0)
+        snprintf(err, errlen, "out of memory");
+    PQfinish(conn);
+    return rc;
+}

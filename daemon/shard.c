@@ -1,2 +1,788 @@
-/* placeholder: being written */
-typedef int tq_placeholder_t;
+/*
+ * shard.c - lanes, scheduling and the transaction of a batch.
+ *
+ * A shard serves ready lanes round-robin: it takes the lane at the head of
+ * the ready list, runs up to max_batch of its queued requests in ONE
+ * transaction on an idle connection, and puts the lane back at the tail if
+ * more work arrived meanwhile.  A lane is never in two transactions at once,
+ * so one tenant's requests execute one after another in arrival order, while
+ * other tenants use the shard's other connections.
+ *
+ * Transaction of a batch that changes state (two round trips, pipelined):
+ *   BEGIN; set_config(lock_timeout, statement_timeout, ...); advisory lock;
+ *   SELECT row; Sync          -> apply every edit in memory, in order
+ *   INSERT .. ON CONFLICT DO UPDATE; COMMIT; Sync   -> reply to each request
+ * A batch that only reads runs one SELECT (implicit transaction).
+ *
+ * Must not: block, touch another shard's objects, or reply before COMMIT.
+ */
+#include "shard.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <nanomsg/nn.h>
+#include <nanomsg/pipeline.h>
+
+#include "lane.h"
+#include "log.h"
+#include "pg.h"
+
+#define SHARD_TICK_MS 20
+
+enum msg_kind { MSG_JOB = 1, MSG_DRAIN, MSG_STOP };
+
+struct shard_msg {
+    int kind;
+    struct job *job;
+};
+
+struct txn {
+    struct shard *s;
+    struct pgconn *pc;
+    struct lane *lane;
+    struct job **jobs;
+    json_t **results;
+    tq_error *errs;
+    int n;
+    uint64_t start_us;
+    sf_state st;
+    char *draft_text, *pub_text;
+    char tout_lock[16], tout_stmt[16], tout_idle[16], version[24];
+};
+
+struct shard {
+    struct daemon *d;
+    const tq_config *cfg;
+    int id;
+    pthread_t thread;
+    bool thread_started;
+    struct event_base *base;
+    int pull_sock;             /* shard thread reads */
+    int push_sock;             /* front thread writes */
+    struct event *ev_pull;
+    struct event *ev_tick;
+    struct lane_table lanes;
+    struct ready_list ready;
+    struct pgconn *conns;
+    struct txn *txns;          /* txns[i] runs on conns[i] */
+    int nconns;
+    int inflight;              /* connections running one of our pipelines */
+    size_t queued;             /* jobs waiting in lanes */
+    uint64_t min_deadline_us;  /* lower bound of the queued jobs' deadlines */
+    msgpack_sbuffer sb;
+    char *sql_lock;
+    bool draining, stopping;
+    atomic_bool drained;
+    atomic_int connected;
+    atomic_uint heartbeat;
+};
+
+static const char SQL_BEGIN[] = "BEGIN";
+static const char SQL_TIMEOUTS[] =
+    "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true),"
+    " set_config('idle_in_transaction_session_timeout', $3, true)";
+static const char SQL_SELECT[] =
+    "SELECT draft::text, published::text, version FROM tenantq_storefront WHERE tenant = $1";
+static const char SQL_UPSERT[] =
+    "INSERT INTO tenantq_storefront AS t (tenant, draft, published, version, updated_at)"
+    " VALUES ($1, $2::jsonb, $3::jsonb, $4::bigint, now())"
+    " ON CONFLICT (tenant) DO UPDATE SET draft = EXCLUDED.draft,"
+    " published = EXCLUDED.published, version = EXCLUDED.version, updated_at = now()";
+static const char SQL_COMMIT[] = "COMMIT";
+static const char SQL_ROLLBACK[] = "ROLLBACK";
+
+static void shard_kick(struct shard *s);
+
+/* --- small helpers ------------------------------------------------------- */
+
+static void fail_job(struct shard *s, struct job *j, tq_code code, const char *msg)
+{
+    reply_error_raw(s->d, &s->sb, j->hdr, j->hdr_len, code, msg);
+    atomic_fetch_sub_explicit(&s->d->pending, 1, memory_order_relaxed);
+    job_free(j);
+}
+
+static void fail_batch(struct txn *t, tq_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail_batch(struct txn *t, tq_code code, const char *fmt, ...)
+{
+    char msg[TQ_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    for (int i = 0; i < t->n; i++) {
+        fail_job(t->s, t->jobs[i], code, msg);
+        t->jobs[i] = NULL;
+    }
+}
+
+static void txn_reset(struct txn *t)
+{
+    for (int i = 0; i < t->n; i++) {
+        json_decref(t->results[i]);
+        t->results[i] = NULL;
+    }
+    t->n = 0;
+    sf_state_clear(&t->st);
+    free(t->draft_text);
+    free(t->pub_text);
+    t->draft_text = t->pub_text = NULL;
+}
+
+static void lane_release(struct shard *s, struct lane *lane)
+{
+    lane->busy = false;
+    if (lane->depth > 0)
+        ready_push(&s->ready, lane);
+    else
+        lane_remove(&s->lanes, lane);
+}
+
+/* The batch's lane is done (replies sent); the connection may still be busy
+ * rolling back.  conn_free says whether it is idle now. */
+static void txn_end(struct txn *t, bool conn_free)
+{
+    struct shard *s = t->s;
+    if (t->lane) {
+        lane_release(s, t->lane);
+        t->lane = NULL;
+    }
+    txn_reset(t);
+    if (conn_free)
+        s->inflight--;
+    shard_kick(s);
+}
+
+static void rollback_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
+{
+    (void)c;
+    (void)res;
+    (void)n;
+    (void)lost;
+    struct txn *t = arg;
+    t->s->inflight--;
+    shard_kick(t->s);
+}
+
+/* After an error inside an explicit transaction the session stays aborted
+ * until ROLLBACK (TECHNOTES: 25P02 otherwise). */
+static void txn_end_with_rollback(struct txn *t)
+{
+    struct pgconn *c = t->pc;
+    bool in_txn = c->state == PGC_IDLE && PQtransactionStatus(c->conn) != PQTRANS_IDLE;
+    if (in_txn) {
+        struct pg_stmt rb = {.sql = SQL_ROLLBACK};
+        if (pg_pipeline(c, &rb, 1, rollback_done, t) == 0) {
+            txn_end(t, false);
+            return;
+        }
+    }
+    txn_end(t, true);
+}
+
+static bool result_ok(const PGresult *r)
+{
+    if (!r)
+        return false;
+    ExecStatusType st = PQresultStatus(r);
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+/* Map the first failed statement of a pipeline to a reply for the batch. */
+static void fail_batch_from_results(struct txn *t, PGresult *const *res, int n)
+{
+    const PGresult *bad = NULL;
+    for (int i = 0; i < n && !bad; i++)
+        if (!result_ok(res[i]) && res[i] && PQresultStatus(res[i]) != PGRES_PIPELINE_ABORTED)
+            bad = res[i];
+    const char *state = pg_sqlstate(bad);
+    const char *tenant = t->lane->tenant;
+    if (state && strcmp(state, "55P03") == 0) {
+        fail_batch(t, TQ_E_LOCK_TIMEOUT,
+                   "tenant \"%s\": advisory lock not acquired within %s ms: it is held elsewhere "
+                   "(another tenantqd instance or a direct writer); nothing changed",
+                   tenant, t->tout_lock);
+        return;
+    }
+    char detail[256] = "no result";
+    if (bad) {
+        const char *m = PQresultErrorMessage(bad);
+        snprintf(detail, sizeof detail, "%.*s", (int)strcspn(m, "\n"), m);
+    }
+    if (state && (strcmp(state, "57014") == 0 || strncmp(state, "40", 2) == 0 ||
+                  strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
+                  strcmp(state, "53300") == 0)) {
+        log_info("shard %d tenant \"%s\": transient database error %s: %s", t->s->id, tenant, state,
+                 detail);
+        fail_batch(t, TQ_E_DB_UNAVAILABLE,
+                   "tenant \"%s\": database error %s (%s); not executed", tenant, state, detail);
+        return;
+    }
+    log_err("shard %d tenant \"%s\": database error %s: %s", t->s->id, tenant,
+            state ? state : "-", detail);
+    fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": database error %s: %s", tenant,
+               state ? state : "-", detail);
+}
+
+/* Load the tenant's row (or the empty state) from a SELECT result. */
+static int load_state(struct txn *t, const PGresult *r, char *why, size_t whylen)
+{
+    sf_state_clear(&t->st);
+    if (PQntuples(r) == 0) {
+        sf_state_init_empty(&t->st);
+        return 0;
+    }
+    json_error_t jerr;
+    t->st.draft = json_loads(PQgetvalue(r, 0, 0), JSON_DECODE_ANY, &jerr);
+    if (!t->st.draft || !json_is_object(t->st.draft)) {
+        snprintf(why, whylen, "stored draft is not a JSON object (%s)", jerr.text);
+        return -1;
+    }
+    if (!PQgetisnull(r, 0, 1)) {
+        t->st.published = json_loads(PQgetvalue(r, 0, 1), JSON_DECODE_ANY, &jerr);
+        if (!t->st.published) {
+            snprintf(why, whylen, "stored published config is not JSON (%s)", jerr.text);
+            return -1;
+        }
+    }
+    t->st.version = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    return 0;
+}
+
+static void reply_all(struct txn *t)
+{
+    uint64_t now = now_us();
+    for (int i = 0; i < t->n; i++) {
+        struct job *j = t->jobs[i];
+        t->jobs[i] = NULL;
+        if (t->results[i]) {
+            tq_timing tm = {.queue_us = t->start_us - j->recv_us,
+                            .exec_us = now - t->start_us,
+                            .batch = (uint32_t)t->n};
+            job_finish_ok(t->s->d, &t->s->sb, j, t->results[i], &tm);
+        } else {
+            fail_job(t->s, j, t->errs[i].code, t->errs[i].message);
+        }
+    }
+}
+
+/* Apply the batch in memory, in arrival order: each edit sees the state the
+ * ones before it left.  Returns whether anything changed. */
+static bool apply_batch(struct txn *t)
+{
+    int64_t before = t->st.version;
+    size_t max = (size_t)t->s->cfg->max_draft_bytes;
+    for (int i = 0; i < t->n; i++) {
+        struct job *j = t->jobs[i];
+        t->errs[i].code = TQ_OK;
+        if (sf_apply(&t->st, j->op, j->req.args, max, &t->results[i], &t->errs[i]) < 0)
+            t->results[i] = NULL;
+    }
+    return t->st.version != before;
+}
+
+/* --- the transaction ----------------------------------------------------- */
+
+static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
+{
+    struct txn *t = arg;
+    (void)c;
+    if (lost) {
+        /* COMMIT was sent: it may or may not have happened */
+        fail_batch(t, TQ_E_OUTCOME_UNKNOWN,
+                   "tenant \"%s\": database connection lost during COMMIT; the outcome is "
+                   "unknown (retry with the same key to learn it)",
+                   t->lane->tenant);
+        txn_end(t, true);
+        return;
+    }
+    if (n == 2 && result_ok(res[0]) && result_ok(res[1]) &&
+        strcmp(PQcmdStatus(res[1]), "COMMIT") == 0) {
+        reply_all(t);
+        txn_end(t, true);
+        return;
+    }
+    fail_batch_from_results(t, res, n);
+    txn_end_with_rollback(t);
+}
+
+static void read_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
+{
+    struct txn *t = arg;
+    (void)c;
+    char why[256];
+    if (lost) {
+        fail_batch(t, TQ_E_DB_UNAVAILABLE,
+                   "tenant \"%s\": database connection lost; not executed", t->lane->tenant);
+        txn_end(t, true);
+        return;
+    }
+    if (n != 1 || !result_ok(res[0])) {
+        fail_batch_from_results(t, res, n);
+        txn_end(t, true);
+        return;
+    }
+    if (load_state(t, res[0], why, sizeof why) < 0) {
+        log_err("shard %d tenant \"%s\": %s", t->s->id, t->lane->tenant, why);
+        fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": %s", t->lane->tenant, why);
+        txn_end(t, true);
+        return;
+    }
+    apply_batch(t);
+    reply_all(t);
+    txn_end(t, true);
+}
+
+static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
+{
+    struct txn *t = arg;
+    char why[256];
+    if (lost) {
+        fail_batch(t, TQ_E_DB_UNAVAILABLE,
+                   "tenant \"%s\": database connection lost before commit; not executed",
+                   t->lane->tenant);
+        txn_end(t, true);
+        return;
+    }
+    bool ok = n == 4;
+    for (int i = 0; ok && i < n; i++)
+        ok = result_ok(res[i]);
+    if (!ok) {
+        fail_batch_from_results(t, res, n);
+        txn_end_with_rollback(t);
+        return;
+    }
+    if (load_state(t, res[3], why, sizeof why) < 0) {
+        log_err("shard %d tenant \"%s\": %s", t->s->id, t->lane->tenant, why);
+        fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": %s", t->lane->tenant, why);
+        txn_end_with_rollback(t);
+        return;
+    }
+    if (!apply_batch(t)) {
+        /* nothing to write: every edit failed validation or only read */
+        reply_all(t);
+        txn_end_with_rollback(t);
+        return;
+    }
+    t->draft_text = json_dumps(t->st.draft, JSON_COMPACT);
+    t->pub_text = t->st.published ? json_dumps(t->st.published, JSON_COMPACT | JSON_ENCODE_ANY)
+                                  : NULL;
+    snprintf(t->version, sizeof t->version, "%" PRId64, t->st.version);
+    if (!t->draft_text || (t->st.published && !t->pub_text)) {
+        fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory serialising the draft",
+                   t->lane->tenant);
+        txn_end_with_rollback(t);
+        return;
+    }
+    struct pg_stmt stmts[2] = {
+        {.sql = SQL_UPSERT,
+         .nparams = 4,
+         .params = {t->lane->tenant, t->draft_text, t->pub_text, t->version}},
+        {.sql = SQL_COMMIT},
+    };
+    if (pg_pipeline(c, stmts, 2, commit_done, t) < 0) {
+        fail_batch(t, TQ_E_DB_UNAVAILABLE,
+                   "tenant \"%s\": database connection lost before commit; not executed",
+                   t->lane->tenant);
+        txn_end(t, true);
+    }
+}
+
+/* Start a batch of lane on idle connection i.  The lane is not in the ready
+ * list any more. */
+static void txn_start(struct shard *s, int i, struct lane *lane)
+{
+    struct txn *t = &s->txns[i];
+    struct pgconn *c = &s->conns[i];
+    uint64_t now = now_us();
+    bool mutating = false;
+    uint64_t min_left_ms = UINT64_MAX;
+
+    t->lane = lane;
+    lane->busy = true;
+    s->inflight++;
+    t->n = 0;
+    t->start_us = now;
+    struct job *j;
+    while (t->n < s->cfg->max_batch && (j = lane_pop(lane)) != NULL) {
+        s->queued--;
+        if (now >= j->deadline_us) {
+            fail_job(s, j, TQ_E_DEADLINE_EXCEEDED,
+                     "deadline passed while queued behind the tenant's earlier requests; "
+                     "not executed");
+            continue;
+        }
+        t->jobs[t->n] = j;
+        t->results[t->n] = NULL;
+        t->n++;
+        if (sf_op_mutates(j->op)) {
+            mutating = true;
+            uint64_t left = (j->deadline_us - now) / 1000;
+            if (left < min_left_ms)
+                min_left_ms = left;
+        }
+    }
+    if (t->n == 0) {
+        txn_end(t, true);
+        return;
+    }
+    const char *tenant = lane->tenant;
+    int rc;
+    if (!mutating) {
+        struct pg_stmt sel = {.sql = SQL_SELECT, .nparams = 1, .params = {tenant}};
+        rc = pg_pipeline(c, &sel, 1, read_done, t);
+    } else {
+        /* the lock wait is bounded by the batch's tightest deadline too */
+        uint64_t lock_ms = (uint64_t)s->cfg->lock_timeout_ms;
+        if (min_left_ms < lock_ms)
+            lock_ms = min_left_ms ? min_left_ms : 1;
+        snprintf(t->tout_lock, sizeof t->tout_lock, "%" PRIu64, lock_ms);
+        snprintf(t->tout_stmt, sizeof t->tout_stmt, "%d", s->cfg->statement_timeout_ms);
+        snprintf(t->tout_idle, sizeof t->tout_idle, "%d",
+                 s->cfg->statement_timeout_ms + s->cfg->lock_timeout_ms + 5000);
+        struct pg_stmt stmts[4] = {
+            {.sql = SQL_BEGIN},
+            {.sql = SQL_TIMEOUTS, .nparams = 3,
+             .params = {t->tout_lock, t->tout_stmt, t->tout_idle}},
+            {.sql = s->sql_lock, .nparams = 1, .params = {tenant}},
+            {.sql = SQL_SELECT, .nparams = 1, .params = {tenant}},
+        };
+        rc = pg_pipeline(c, stmts, 4, locked_done, t);
+    }
+    if (rc < 0) {
+        fail_batch(t, TQ_E_DB_UNAVAILABLE, "tenant \"%s\": database connection lost; not executed",
+                   tenant);
+        txn_end(t, true);
+    }
+}
+
+/* --- scheduling ---------------------------------------------------------- */
+
+static int idle_conn(struct shard *s)
+{
+    for (int i = 0; i < s->nconns; i++)
+        if (s->conns[i].state == PGC_IDLE && s->txns[i].lane == NULL &&
+            s->conns[i].cb == NULL)
+            return i;
+    return -1;
+}
+
+static void check_drained(struct shard *s)
+{
+    if (s->draining && s->queued == 0 && s->inflight == 0)
+        atomic_store(&s->drained, true);
+    if (s->stopping && s->inflight == 0)
+        event_base_loopbreak(s->base);
+}
+
+static void shard_kick(struct shard *s)
+{
+    struct lane *lane;
+    while ((lane = s->ready.head) != NULL) {
+        /* requests that need no database pass through the lane at once */
+        while (lane->head && !sf_op_needs_db(lane->head->op)) {
+            struct job *j = lane_pop(lane);
+            s->queued--;
+            /* only ping needs no database (sf_op_needs_db) */
+            json_t *res = json_pack("{s:b}", "pong", 1);
+            if (res)
+                job_finish_ok(s->d, &s->sb, j, res, NULL);
+            else
+                fail_job(s, j, TQ_E_INTERNAL, "out of memory");
+            json_decref(res);
+        }
+        if (lane->depth == 0) {
+            ready_pop(&s->ready);
+            lane_remove(&s->lanes, lane);
+            continue;
+        }
+        int i = idle_conn(s);
+        if (i < 0)
+            break;
+        ready_pop(&s->ready);
+        txn_start(s, i, lane);
+    }
+    check_drained(s);
+}
+
+static void admit(struct shard *s, struct job *j)
+{
+    struct lane *lane = lane_get(&s->lanes, j->req.tenant, j->req.tenant_len, j->hash, true);
+    if (!lane) {
+        fail_job(s, j, TQ_E_QUEUE_FULL, "out of memory for a new tenant lane; nothing was queued");
+        return;
+    }
+    if (lane->depth >= (uint32_t)s->cfg->max_queue_per_tenant) {
+        char msg[TQ_ERRMSG_MAX];
+        snprintf(msg, sizeof msg,
+                 "tenant \"%s\" already has %u requests queued (max_queue_per_tenant); nothing "
+                 "was queued",
+                 lane->tenant, lane->depth);
+        fail_job(s, j, TQ_E_QUEUE_FULL, msg);
+        if (lane->depth == 0 && !lane->busy && !lane->ready)
+            lane_remove(&s->lanes, lane);
+        return;
+    }
+    lane_push(lane, j);
+    s->queued++;
+    if (j->deadline_us < s->min_deadline_us)
+        s->min_deadline_us = j->deadline_us;
+    if (!lane->busy)
+        ready_push(&s->ready, lane);
+}
+
+/* Answer queued jobs whose deadline passed (or all, when stopping). */
+static void sweep(struct shard *s, bool all)
+{
+    uint64_t now = now_us();
+    if (!all && (s->queued == 0 || now < s->min_deadline_us))
+        return;
+    bool db_up = atomic_load(&s->connected) > 0;
+    uint64_t min = UINT64_MAX;
+    for (size_t b = 0; b <= s->lanes.mask; b++) {
+        for (struct lane *l = s->lanes.buckets[b]; l; l = l->hnext) {
+            struct job **pp = &l->head, *prev = NULL;
+            while (*pp) {
+                struct job *j = *pp;
+                if (all || now >= j->deadline_us) {
+                    *pp = j->next;
+                    if (l->tail == j)
+                        l->tail = prev;
+                    l->depth--;
+                    s->queued--;
+                    if (all)
+                        fail_job(s, j, TQ_E_SHUTTING_DOWN,
+                                 "the daemon is shutting down; not executed");
+                    else if (!db_up)
+                        fail_job(s, j, TQ_E_DB_UNAVAILABLE,
+                                 "no database connection before the deadline; not executed");
+                    else
+                        fail_job(s, j, TQ_E_DEADLINE_EXCEEDED,
+                                 "deadline passed while queued; not executed");
+                } else {
+                    if (j->deadline_us < min)
+                        min = j->deadline_us;
+                    prev = j;
+                    pp = &j->next;
+                }
+            }
+        }
+    }
+    s->min_deadline_us = min;
+    /* emptied lanes are still in the ready list: shard_kick drops them */
+}
+
+static void on_pull(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct shard *s = arg;
+    for (;;) {
+        struct shard_msg m;
+        int rc = nn_recv(s->pull_sock, &m, sizeof m, NN_DONTWAIT);
+        if (rc < 0) {
+            if (nn_errno() != EAGAIN && nn_errno() != EINTR)
+                log_err("shard %d: inbox: %s", s->id, nn_strerror(nn_errno()));
+            break;
+        }
+        if (rc != (int)sizeof m)
+            continue;
+        switch (m.kind) {
+        case MSG_JOB:
+            if (s->stopping)
+                fail_job(s, m.job, TQ_E_SHUTTING_DOWN, "the daemon is shutting down; not executed");
+            else
+                admit(s, m.job);
+            break;
+        case MSG_DRAIN:
+            s->draining = true;
+            break;
+        case MSG_STOP:
+            s->draining = true;
+            s->stopping = true;
+            sweep(s, true);
+            break;
+        }
+    }
+    shard_kick(s);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct shard *s = arg;
+    atomic_fetch_add_explicit(&s->heartbeat, 1, memory_order_relaxed);
+    sweep(s, false);
+    shard_kick(s);
+}
+
+static void on_conn_state(struct pgconn *c, void *owner)
+{
+    struct shard *s = owner;
+    (void)c;
+    int up = 0;
+    for (int i = 0; i < s->nconns; i++)
+        up += s->conns[i].state == PGC_IDLE || s->conns[i].state == PGC_BUSY;
+    atomic_store(&s->connected, up);
+    shard_kick(s);
+}
+
+static void *shard_main(void *arg)
+{
+    struct shard *s = arg;
+    for (int i = 0; i < s->nconns; i++)
+        pg_start(&s->conns[i]);
+    event_base_dispatch(s->base);
+    log_debug("shard %d: loop done", s->id);
+    return NULL;
+}
+
+/* --- lifecycle ----------------------------------------------------------- */
+
+struct shard *shard_create(struct daemon *d, int id)
+{
+    const tq_config *cfg = d->cfg;
+    struct shard *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->d = d;
+    s->cfg = cfg;
+    s->id = id;
+    s->pull_sock = s->push_sock = -1;
+    s->min_deadline_us = UINT64_MAX;
+    msgpack_sbuffer_init(&s->sb);
+    if (lane_table_init(&s->lanes) < 0)
+        goto fail;
+    s->base = event_base_new();
+    if (!s->base)
+        goto fail;
+
+    char url[64];
+    snprintf(url, sizeof url, "inproc://tenantq-shard-%d", id);
+    s->pull_sock = nn_socket(AF_SP, NN_PULL);
+    s->push_sock = nn_socket(AF_SP, NN_PUSH);
+    if (s->pull_sock < 0 || s->push_sock < 0 || nn_bind(s->pull_sock, url) < 0 ||
+        nn_connect(s->push_sock, url) < 0) {
+        log_err("shard %d: inproc socket: %s", id, nn_strerror(nn_errno()));
+        goto fail;
+    }
+    int rcvfd;
+    size_t sz = sizeof rcvfd;
+    if (nn_getsockopt(s->pull_sock, NN_SOL_SOCKET, NN_RCVFD, &rcvfd, &sz) < 0)
+        goto fail;
+    s->ev_pull = event_new(s->base, rcvfd, EV_READ | EV_PERSIST, on_pull, s);
+    s->ev_tick = event_new(s->base, -1, EV_PERSIST, on_tick, s);
+    struct timeval tick = {0, SHARD_TICK_MS * 1000};
+    if (!s->ev_pull || !s->ev_tick || event_add(s->ev_pull, NULL) < 0 ||
+        event_add(s->ev_tick, &tick) < 0)
+        goto fail;
+
+    s->sql_lock = malloc(strlen(cfg->lock_key_sql) + 64);
+    if (!s->sql_lock)
+        goto fail;
+    sprintf(s->sql_lock, "SELECT pg_advisory_xact_lock((%s)::bigint)", cfg->lock_key_sql);
+
+    s->nconns = cfg->connections_per_shard;
+    s->conns = calloc((size_t)s->nconns, sizeof *s->conns);
+    s->txns = calloc((size_t)s->nconns, sizeof *s->txns);
+    if (!s->conns || !s->txns)
+        goto fail;
+    for (int i = 0; i < s->nconns; i++) {
+        struct txn *t = &s->txns[i];
+        t->s = s;
+        t->pc = &s->conns[i];
+        t->jobs = calloc((size_t)cfg->max_batch, sizeof *t->jobs);
+        t->results = calloc((size_t)cfg->max_batch, sizeof *t->results);
+        t->errs = calloc((size_t)cfg->max_batch, sizeof *t->errs);
+        if (!t->jobs || !t->results || !t->errs ||
+            pg_init(&s->conns[i], s->base, cfg, id, i, on_conn_state, s) < 0)
+            goto fail;
+    }
+    return s;
+fail:
+    log_err("shard %d: cannot be created", id);
+    shard_destroy(s);
+    return NULL;
+}
+
+int shard_start(struct shard *s)
+{
+    if (pthread_create(&s->thread, NULL, shard_main, s) != 0)
+        return -1;
+    s->thread_started = true;
+    return 0;
+}
+
+static int send_msg(struct shard *s, int kind, struct job *job)
+{
+    struct shard_msg m = {.kind = kind, .job = job};
+    return nn_send(s->push_sock, &m, sizeof m, NN_DONTWAIT) == (int)sizeof m ? 0 : -1;
+}
+
+int shard_submit(struct shard *s, struct job *job) { return send_msg(s, MSG_JOB, job); }
+int shard_request_drain(struct shard *s) { return send_msg(s, MSG_DRAIN, NULL); }
+int shard_request_stop(struct shard *s) { return send_msg(s, MSG_STOP, NULL); }
+bool shard_drained(const struct shard *s) { return atomic_load(&s->drained); }
+int shard_connected(const struct shard *s) { return atomic_load(&s->connected); }
+unsigned shard_heartbeat(const struct shard *s) { return atomic_load(&s->heartbeat); }
+
+void shard_destroy(struct shard *s)
+{
+    if (!s)
+        return;
+    if (s->thread_started)
+        pthread_join(s->thread, NULL);
+    /* the thread is gone: its objects are ours now */
+    if (s->lanes.buckets) {
+        for (size_t b = 0; b <= s->lanes.mask; b++) {
+            struct lane *l = s->lanes.buckets[b];
+            while (l) {
+                struct lane *next = l->hnext;
+                struct job *j;
+                while ((j = lane_pop(l)) != NULL) {
+                    atomic_fetch_sub(&s->d->pending, 1);
+                    job_free(j);
+                }
+                free(l);
+                l = next;
+            }
+        }
+        lane_table_destroy(&s->lanes);
+    }
+    for (int i = 0; s->txns && i < s->nconns; i++) {
+        struct txn *t = &s->txns[i];
+        for (int k = 0; t->jobs && k < t->n; k++)
+            job_free(t->jobs[k]);
+        if (t->results)
+            txn_reset(t);
+        free(t->jobs);
+        free(t->results);
+        free(t->errs);
+    }
+    for (int i = 0; s->conns && i < s->nconns; i++)
+        pg_destroy(&s->conns[i]);
+    free(s->conns);
+    free(s->txns);
+    if (s->ev_pull)
+        event_free(s->ev_pull);
+    if (s->ev_tick)
+        event_free(s->ev_tick);
+    if (s->pull_sock >= 0)
+        nn_close(s->pull_sock);
+    if (s->push_sock >= 0)
+        nn_close(s->push_sock);
+    if (s->base)
+        event_base_free(s->base);
+    free(s->sql_lock);
+    msgpack_sbuffer_destroy(&s->sb);
+    free(s);
+}

@@ -1,2 +1,741 @@
-/* placeholder: being written */
-typedef int tq_placeholder_t;
+/*
+ * storefront.c - the storefront edit operations as pure functions over a
+ * jansson document (contract: storefront.h, SPEC "Operations").
+ *
+ * Everything here runs inside a shard's transaction and inside the load
+ * harness's baselines, so it must stay free of I/O, globals and locks.
+ * Two rules shape the code:
+ *   - a failed op leaves the state exactly as it was, so a coalesced batch can
+ *     go on with the next op: everything that can fail on the arguments is
+ *     checked before the first change, and the only late failure (the size
+ *     limit, or running out of memory) undoes the few changes made;
+ *   - the stored document comes from the database and may have been written
+ *     by someone else, so its shape is checked as it is walked and a wrong
+ *     shape is reported as INTERNAL, never trusted.
+ */
+#include "storefront.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NAME_RULE "must match ^[a-z0-9]+(-[a-z0-9]+)*$ (at most 64 bytes)"
+
+static const char *const op_names[SF_OP__COUNT] = {
+    [SF_OP_PING] = "ping",
+    [SF_OP_SECTION_UPSERT] = "section.upsert",
+    [SF_OP_SECTION_REMOVE] = "section.remove",
+    [SF_OP_SECTION_MOVE] = "section.move",
+    [SF_OP_DRAFT_GET] = "draft.get",
+    [SF_OP_DRAFT_PUBLISH] = "draft.publish",
+    [SF_OP_DRAFT_DISCARD] = "draft.discard",
+};
+
+bool sf_op_lookup(const char *name, size_t len, sf_op *out)
+{
+    if (name == NULL)
+        return false;
+    for (int i = 0; i < SF_OP__COUNT; i++) {
+        if (strlen(op_names[i]) == len && memcmp(op_names[i], name, len) == 0) {
+            if (out != NULL)
+                *out = (sf_op)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+const char *sf_op_name(sf_op op)
+{
+    if ((int)op < 0 || op >= SF_OP__COUNT)
+        return "unknown";
+    return op_names[op];
+}
+
+bool sf_op_mutates(sf_op op)
+{
+    switch (op) {
+    case SF_OP_SECTION_UPSERT:
+    case SF_OP_SECTION_REMOVE:
+    case SF_OP_SECTION_MOVE:
+    case SF_OP_DRAFT_PUBLISH:
+    case SF_OP_DRAFT_DISCARD:
+        return true;
+    default:
+        return false;
+    }
+}
+
+bool sf_op_needs_db(sf_op op)
+{
+    return op != SF_OP_PING && (int)op >= 0 && op < SF_OP__COUNT;
+}
+
+bool sf_valid_name(const char *s, size_t len)
+{
+    if (s == NULL || len == 0 || len > SF_NAME_MAX)
+        return false;
+    bool prev_dash = true; /* forbids a leading dash */
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+            prev_dash = false;
+        } else if (c == '-') {
+            if (prev_dash)
+                return false; /* leading or double dash */
+            prev_dash = true;
+        } else {
+            return false;
+        }
+    }
+    return !prev_dash; /* no trailing dash */
+}
+
+/* ---- argument validation (independent of the state) ---- */
+
+/* jansson's iterators and getters take non-const pointers even for reading. */
+static json_t *unconst(const json_t *v)
+{
+    return (json_t *)(uintptr_t)v;
+}
+
+static bool json_is_name(const json_t *v)
+{
+    return json_is_string(v) && sf_valid_name(json_string_value(v), json_string_length(v));
+}
+
+/* A required or optional name field of obj; path names it in messages. */
+static int check_name(const json_t *obj, const char *key, const char *path, bool required,
+                      tq_error *err)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        if (required)
+            return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "%s: required", path);
+        return 0;
+    }
+    if (!json_is_string(v))
+        return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "%s: must be a string", path);
+    if (!json_is_name(v))
+        return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "%s: " NAME_RULE, path);
+    return 0;
+}
+
+static int check_index(const json_t *args, bool required, tq_error *err)
+{
+    const json_t *v = json_object_get(args, "index");
+    if (v == NULL) {
+        if (required)
+            return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.index: required");
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return tq_error_set(err, TQ_E_INVALID_ARGUMENT,
+                            "args.index: must be an integer >= 0");
+    return 0;
+}
+
+int sf_validate_args(sf_op op, const json_t *args, tq_error *err)
+{
+    static const char *const upsert_keys[] = {"page", "section", "index", NULL};
+    static const char *const remove_keys[] = {"id", NULL};
+    static const char *const move_keys[] = {"id", "page", "index", NULL};
+    static const char *const no_keys[] = {NULL};
+    const char *const *allowed;
+
+    if ((int)op < 0 || op >= SF_OP__COUNT)
+        return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "unknown op %d", (int)op);
+    if (args == NULL) {
+        /* absent args read as {}: same checks, same messages */
+        json_t *empty = json_object();
+        if (empty == NULL)
+            return tq_error_set(err, TQ_E_INTERNAL, "out of memory");
+        int rc = sf_validate_args(op, empty, err);
+        json_decref(empty);
+        return rc;
+    }
+    if (!json_is_object(args))
+        return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args: must be an object");
+
+    switch (op) {
+    case SF_OP_SECTION_UPSERT: allowed = upsert_keys; break;
+    case SF_OP_SECTION_REMOVE: allowed = remove_keys; break;
+    case SF_OP_SECTION_MOVE: allowed = move_keys; break;
+    default: allowed = no_keys; break;
+    }
+
+    int rc = 0;
+    json_t *obj = unconst(args);
+    for (void *it = json_object_iter(obj); it != NULL; it = json_object_iter_next(obj, it)) {
+        const char *key = json_object_iter_key(it);
+        bool known = false;
+        for (const char *const *k = allowed; *k != NULL; k++)
+            if (strcmp(*k, key) == 0)
+                known = true;
+        if (!known) {
+            rc = tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.%.80s: unknown argument for %s",
+                              key, sf_op_name(op));
+            goto out;
+        }
+    }
+
+    switch (op) {
+    case SF_OP_SECTION_UPSERT: {
+        if ((rc = check_name(args, "page", "args.page", true, err)) != 0)
+            goto out;
+        const json_t *sec = json_object_get(args, "section");
+        if (sec == NULL) {
+            rc = tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.section: required");
+            goto out;
+        }
+        if (!json_is_object(sec)) {
+            rc = tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.section: must be an object");
+            goto out;
+        }
+        if ((rc = check_name(sec, "type", "args.section.type", true, err)) != 0 ||
+            (rc = check_name(sec, "id", "args.section.id", false, err)) != 0 ||
+            (rc = check_index(args, false, err)) != 0)
+            goto out;
+        break;
+    }
+    case SF_OP_SECTION_REMOVE:
+        rc = check_name(args, "id", "args.id", true, err);
+        break;
+    case SF_OP_SECTION_MOVE:
+        if ((rc = check_name(args, "id", "args.id", true, err)) != 0 ||
+            (rc = check_name(args, "page", "args.page", true, err)) != 0 ||
+            (rc = check_index(args, true, err)) != 0)
+            goto out;
+        break;
+    default:
+        break;
+    }
+out:
+    return rc;
+}
+
+/* ---- state ---- */
+
+void sf_state_init_empty(sf_state *st)
+{
+    /* On out-of-memory draft stays NULL; sf_apply then answers INTERNAL. */
+    st->draft = json_pack("{s:{}}", "pages");
+    st->published = NULL;
+    st->version = 0;
+}
+
+void sf_state_clear(sf_state *st)
+{
+    json_decref(st->draft);
+    json_decref(st->published);
+    st->draft = NULL;
+    st->published = NULL;
+    st->version = 0;
+}
+
+/* ---- walking the stored document ---- */
+
+static int oom(tq_error *err)
+{
+    return tq_error_set(err, TQ_E_INTERNAL, "out of memory");
+}
+
+/* The draft's "pages" object in *pages, NULL if absent (no pages yet). */
+static int draft_pages(json_t *draft, json_t **pages, tq_error *err)
+{
+    if (!json_is_object(draft))
+        return tq_error_set(err, TQ_E_INTERNAL, "draft: must be an object");
+    json_t *p = json_object_get(draft, "pages");
+    if (p != NULL && !json_is_object(p))
+        return tq_error_set(err, TQ_E_INTERNAL, "draft.pages: must be an object");
+    *pages = p;
+    return 0;
+}
+
+/* A page's "sections" array in *sections, NULL if the page has none. */
+static int page_sections(const char *name, json_t *page, json_t **sections, tq_error *err)
+{
+    if (!json_is_object(page))
+        return tq_error_set(err, TQ_E_INTERNAL, "draft.pages.%.80s: must be an object", name);
+    json_t *s = json_object_get(page, "sections");
+    if (s != NULL && !json_is_array(s))
+        return tq_error_set(err, TQ_E_INTERNAL, "draft.pages.%.80s.sections: must be an array",
+                            name);
+    *sections = s;
+    return 0;
+}
+
+/* Where a section lives.  page is the key inside draft.pages, sections the
+ * page's array; both borrowed from the document. */
+typedef struct sec_loc {
+    const char *page;
+    json_t *sections;
+    size_t index;
+} sec_loc;
+
+/* What one walk over all sections looks for. */
+typedef struct scan {
+    /* the first section whose id equals want (want NULL: none), ignoring the
+     * section at skip_sections[skip_index] (the one being replaced) */
+    const char *want;
+    size_t want_len;
+    const json_t *skip_sections;
+    size_t skip_index;
+    bool found;
+    sec_loc at;
+    /* id generation: which of prefix+"main" and prefix+"<k>" (2 <= k <
+     * ntaken) are in use; taken NULL: not generating */
+    const char *prefix;
+    size_t prefix_len;
+    bool main_taken;
+    bool *taken;
+    size_t ntaken;
+} scan;
+
+/* Count sections without checking anything: sizes the id-generation map. */
+static size_t count_sections(json_t *pages)
+{
+    size_t n = 0;
+    for (void *it = json_object_iter(pages); it != NULL; it = json_object_iter_next(pages, it)) {
+        json_t *page = json_object_iter_value(it);
+        n += json_array_size(json_object_get(page, "sections"));
+    }
+    return n;
+}
+
+/* Note an id of the form prefix + "main" or prefix + decimal k (canonical:
+ * no leading zero, so "x-2" and "x-02" are different ids). */
+static void scan_note_generated(scan *sc, const char *id, size_t len)
+{
+    if (len <= sc->prefix_len || memcmp(id, sc->prefix, sc->prefix_len) != 0)
+        return;
+    const char *rest = id + sc->prefix_len;
+    size_t rlen = len - sc->prefix_len;
+    if (rlen == 4 && memcmp(rest, "main", 4) == 0) {
+        sc->main_taken = true;
+        return;
+    }
+    if (rlen > 18 || rest[0] == '0')
+        return;
+    uint64_t k = 0;
+    for (size_t i = 0; i < rlen; i++) {
+        if (rest[i] < '0' || rest[i] > '9')
+            return;
+        k = k * 10 + (uint64_t)(rest[i] - '0');
+    }
+    if (k >= 2 && k < sc->ntaken)
+        sc->taken[k] = true;
+}
+
+/* Walk every section of pages (NULL = no pages), checking the document's
+ * shape all the way so that a broken stored draft is reported the same way
+ * whatever the op looks for.  Returns 0, or -1 with INTERNAL naming the place. */
+static int scan_draft(json_t *pages, scan *sc, tq_error *err)
+{
+    if (pages == NULL)
+        return 0;
+    for (void *it = json_object_iter(pages); it != NULL; it = json_object_iter_next(pages, it)) {
+        const char *pname = json_object_iter_key(it);
+        json_t *secs;
+        if (page_sections(pname, json_object_iter_value(it), &secs, err) != 0)
+            return -1;
+        size_t n = json_array_size(secs);
+        for (size_t i = 0; i < n; i++) {
+            json_t *sec = json_array_get(secs, i);
+            if (!json_is_object(sec))
+                return tq_error_set(err, TQ_E_INTERNAL,
+                                    "draft.pages.%.80s.sections[%zu]: must be an object", pname, i);
+            json_t *idv = json_object_get(sec, "id");
+            if (!json_is_string(idv))
+                return tq_error_set(err, TQ_E_INTERNAL,
+                                    "draft.pages.%.80s.sections[%zu].id: must be a string", pname,
+                                    i);
+            const char *id = json_string_value(idv);
+            size_t len = json_string_length(idv);
+            if (sc->want != NULL && !sc->found && len == sc->want_len &&
+                memcmp(id, sc->want, len) == 0 && !(secs == sc->skip_sections && i == sc->skip_index)) {
+                sc->found = true;
+                sc->at = (sec_loc){.page = pname, .sections = secs, .index = i};
+            }
+            if (sc->taken != NULL)
+                scan_note_generated(sc, id, len);
+        }
+    }
+    return 0;
+}
+
+/* Containers created by ensure_sections, remembered so a failed op can take
+ * them out again (only the outermost one needs deleting). */
+typedef struct made {
+    json_t *draft;      /* created draft.pages */
+    json_t *pages;      /* created pages[page_key] */
+    const char *page_key;
+    json_t *page;       /* created page.sections */
+} made;
+
+static void made_undo(made *m)
+{
+    if (m->draft != NULL)
+        json_object_del(m->draft, "pages");
+    else if (m->pages != NULL)
+        json_object_del(m->pages, m->page_key);
+    else if (m->page != NULL)
+        json_object_del(m->page, "sections");
+    memset(m, 0, sizeof *m);
+}
+
+/* The sections array of page pname, creating draft.pages, the page
+ * ({"sections":[]}) or its sections as needed.  pname must outlive m. */
+static int ensure_sections(json_t *draft, json_t *pages, const char *pname, json_t **out, made *m,
+                           tq_error *err)
+{
+    memset(m, 0, sizeof *m);
+    if (pages == NULL) {
+        pages = json_object();
+        if (json_object_set_new(draft, "pages", pages) != 0) /* steals pages even on failure */
+            return oom(err);
+        m->draft = draft;
+    }
+    json_t *page = json_object_get(pages, pname);
+    if (page == NULL) {
+        page = json_object();
+        if (json_object_set_new(pages, pname, page) != 0) {
+            made_undo(m);
+            return oom(err);
+        }
+        if (m->draft == NULL) {
+            m->pages = pages;
+            m->page_key = pname;
+        }
+    }
+    json_t *secs = json_object_get(page, "sections");
+    if (secs == NULL) {
+        secs = json_array();
+        if (json_object_set_new(page, "sections", secs) != 0) {
+            made_undo(m);
+            return oom(err);
+        }
+        if (m->draft == NULL && m->pages == NULL)
+            m->page = page;
+    }
+    *out = secs;
+    return 0;
+}
+
+/* DRAFT_TOO_LARGE if the compact serialisation of draft exceeds max (0 =
+ * unlimited).  The only place an op serialises the document. */
+static int check_size(const json_t *draft, size_t max, tq_error *err)
+{
+    if (max == 0)
+        return 0;
+    size_t n = json_dumpb(draft, NULL, 0, JSON_COMPACT);
+    if (n == 0)
+        return tq_error_set(err, TQ_E_INTERNAL, "draft: cannot be serialised");
+    if (n > max)
+        return tq_error_set(err, TQ_E_DRAFT_TOO_LARGE,
+                            "the draft would be %zu bytes, over the limit max_draft_bytes = %zu", n,
+                            max);
+    return 0;
+}
+
+static int index_out_of_range(json_int_t ix, const char *page, size_t len, tq_error *err)
+{
+    return tq_error_set(err, TQ_E_INVALID_ARGUMENT,
+                        "args.index: %" JSON_INTEGER_FORMAT " is out of range for page \"%s\" (0..%zu)",
+                        ix, page, len);
+}
+
+/* ---- the ops ---- */
+
+static int op_upsert(sf_state *st, const json_t *args, size_t max, json_t **result, tq_error *err)
+{
+    const char *pname = json_string_value(json_object_get(args, "page"));
+    json_t *in = json_object_get(args, "section");
+    const char *type = json_string_value(json_object_get(in, "type"));
+    json_t *idv = json_object_get(in, "id");
+    json_t *ixv = json_object_get(args, "index");
+    json_t *pages, *secs = NULL;
+
+    if (draft_pages(st->draft, &pages, err) != 0)
+        return -1;
+    json_t *page = pages != NULL ? json_object_get(pages, pname) : NULL;
+    if (page != NULL && page_sections(pname, page, &secs, err) != 0)
+        return -1;
+    size_t len = json_array_size(secs);
+    size_t index = len;
+    if (ixv != NULL) {
+        json_int_t ix = json_integer_value(ixv); /* >= 0: checked by sf_validate_args */
+        if ((uint64_t)ix > len)
+            return index_out_of_range(ix, pname, len, err);
+        index = (size_t)ix;
+    }
+    bool replace = index < len;
+
+    scan sc = {0};
+    /* page (64) + '-' + type (64) + '-' + a number; never truncated */
+    char prefix[SF_NAME_MAX * 2 + 3];
+    char gen[sizeof prefix + 24];
+    if (idv != NULL) {
+        sc.want = json_string_value(idv);
+        sc.want_len = json_string_length(idv);
+        if (replace) {
+            sc.skip_sections = secs;
+            sc.skip_index = index;
+        }
+    } else if (!replace) {
+        int n = snprintf(prefix, sizeof prefix, "%s-%s-", pname, type);
+        sc.prefix = prefix;
+        sc.prefix_len = (size_t)n;
+        /* n sections can hold at most n of the numbers 2..n+2: one stays free */
+        sc.ntaken = count_sections(pages) + 3;
+        sc.taken = calloc(sc.ntaken, sizeof *sc.taken);
+        if (sc.taken == NULL)
+            return oom(err);
+    }
+    int rc = scan_draft(pages, &sc, err);
+    size_t gen_k = 0; /* 0: "<prefix>main" */
+    if (rc == 0 && sc.taken != NULL && sc.main_taken)
+        for (gen_k = 2; sc.taken[gen_k]; gen_k++)
+            ;
+    free(sc.taken);
+    if (rc != 0)
+        return -1;
+
+    const char *id;
+    if (idv != NULL) {
+        if (sc.found)
+            return tq_error_set(err, TQ_E_DUPLICATE_SECTION_ID,
+                                "section id \"%s\" already exists on page \"%.80s\" at index %zu",
+                                sc.want, sc.at.page, sc.at.index);
+        id = sc.want;
+    } else if (replace) {
+        id = json_string_value(json_object_get(json_array_get(secs, index), "id"));
+    } else {
+        if (gen_k == 0)
+            snprintf(gen, sizeof gen, "%smain", prefix);
+        else
+            snprintf(gen, sizeof gen, "%s%zu", prefix, gen_k);
+        id = gen;
+        if (strlen(gen) > SF_NAME_MAX)
+            return tq_error_set(err, TQ_E_INVALID_ARGUMENT,
+                                "args.section.id: the generated id \"%s\" would be longer than %d "
+                                "bytes; give the section an explicit id",
+                                gen, SF_NAME_MAX);
+    }
+
+    /* Everything that depends on the arguments has been checked: change. */
+    json_t *sec = json_deep_copy(in);
+    if (sec == NULL)
+        return oom(err);
+    if (json_object_set_new(sec, "id", json_string(id)) != 0) {
+        json_decref(sec);
+        return oom(err);
+    }
+    id = json_string_value(json_object_get(sec, "id"));
+
+    made m = {0};
+    json_t *old = NULL;
+    if (replace) {
+        old = json_incref(json_array_get(secs, index));
+        json_array_set_new(secs, index, sec); /* cannot fail: index < len */
+    } else {
+        if (ensure_sections(st->draft, pages, pname, &secs, &m, err) != 0) {
+            json_decref(sec);
+            return -1;
+        }
+        if (json_array_append_new(secs, sec) != 0) {
+            made_undo(&m);
+            return oom(err);
+        }
+    }
+
+    rc = check_size(st->draft, max, err);
+    if (rc == 0) {
+        *result = json_pack("{s:s, s:s, s:I, s:b, s:I}", "id", id, "page", pname, "index",
+                            (json_int_t)index, "created", !replace, "version",
+                            (json_int_t)(st->version + 1));
+        if (*result == NULL)
+            rc = oom(err);
+    }
+    if (rc != 0) {
+        if (replace) {
+            json_array_set_new(secs, index, old); /* gives our reference back */
+        } else {
+            json_array_remove(secs, index);
+            made_undo(&m);
+        }
+        return -1;
+    }
+    json_decref(old);
+    st->version++;
+    return 0;
+}
+
+/* Find section id (args.id) for remove and move: NOT_FOUND if absent. */
+static int find_section(sf_state *st, const json_t *args, json_t **pages, sec_loc *at,
+                        tq_error *err)
+{
+    json_t *idv = json_object_get(args, "id");
+    scan sc = {.want = json_string_value(idv), .want_len = json_string_length(idv)};
+    if (draft_pages(st->draft, pages, err) != 0 || scan_draft(*pages, &sc, err) != 0)
+        return -1;
+    if (!sc.found)
+        return tq_error_set(err, TQ_E_NOT_FOUND, "section \"%s\" not found in the draft", sc.want);
+    *at = sc.at;
+    return 0;
+}
+
+static int op_remove(sf_state *st, const json_t *args, json_t **result, tq_error *err)
+{
+    json_t *pages;
+    sec_loc at;
+    if (find_section(st, args, &pages, &at, err) != 0)
+        return -1;
+    json_t *sec = json_incref(json_array_get(at.sections, at.index));
+    json_array_remove(at.sections, at.index);
+    /* Removing never grows the draft: no size check, so an oversized draft
+     * (limit lowered since) can always be shrunk. */
+    *result = json_pack("{s:s, s:I, s:I}", "page", at.page, "index", (json_int_t)at.index,
+                        "version", (json_int_t)(st->version + 1));
+    if (*result == NULL) {
+        json_array_insert_new(at.sections, at.index, sec); /* capacity is still there */
+        return oom(err);
+    }
+    json_decref(sec);
+    st->version++;
+    return 0;
+}
+
+static int op_move(sf_state *st, const json_t *args, size_t max, json_t **result, tq_error *err)
+{
+    const char *tname = json_string_value(json_object_get(args, "page"));
+    json_int_t ix = json_integer_value(json_object_get(args, "index"));
+    json_t *pages;
+    sec_loc at;
+    if (find_section(st, args, &pages, &at, err) != 0)
+        return -1;
+    json_t *tsecs = NULL;
+    json_t *tpage = json_object_get(pages, tname);
+    if (tpage != NULL && page_sections(tname, tpage, &tsecs, err) != 0)
+        return -1;
+    size_t tlen = json_array_size(tsecs);
+    if (tsecs == at.sections)
+        tlen--; /* positions are counted without the section itself */
+    if ((uint64_t)ix > tlen)
+        return index_out_of_range(ix, tname, tlen, err);
+    size_t index = (size_t)ix;
+
+    json_t *sec = json_incref(json_array_get(at.sections, at.index));
+    json_array_remove(at.sections, at.index);
+    made m;
+    if (ensure_sections(st->draft, pages, tname, &tsecs, &m, err) != 0) {
+        json_array_insert_new(at.sections, at.index, sec);
+        return -1;
+    }
+    int rc = 0;
+    if (json_array_insert(tsecs, index, sec) != 0) {
+        made_undo(&m);
+        json_array_insert_new(at.sections, at.index, sec);
+        return oom(err);
+    }
+    rc = check_size(st->draft, max, err);
+    if (rc == 0) {
+        *result = json_pack("{s:s, s:I, s:I}", "page", tname, "index", (json_int_t)index,
+                            "version", (json_int_t)(st->version + 1));
+        if (*result == NULL)
+            rc = oom(err);
+    }
+    if (rc != 0) {
+        json_array_remove(tsecs, index);
+        made_undo(&m);
+        /* the source array still has the capacity it had: no allocation */
+        json_array_insert_new(at.sections, at.index, sec);
+        return -1;
+    }
+    json_decref(sec);
+    st->version++;
+    return 0;
+}
+
+static int op_get(sf_state *st, json_t **result, tq_error *err)
+{
+    if (st->draft == NULL)
+        return tq_error_set(err, TQ_E_INTERNAL, "draft: missing");
+    /* A copy, not a reference: later ops of the same batch edit the draft in
+     * place before this result is encoded. */
+    json_t *r = json_object();
+    if (r == NULL || json_object_set_new(r, "draft", json_deep_copy(st->draft)) != 0 ||
+        json_object_set_new(r, "version", json_integer((json_int_t)st->version)) != 0) {
+        json_decref(r);
+        return oom(err);
+    }
+    *result = r;
+    return 0;
+}
+
+static int op_publish(sf_state *st, json_t **result, tq_error *err)
+{
+    if (st->draft == NULL)
+        return tq_error_set(err, TQ_E_INTERNAL, "draft: missing");
+    json_t *copy = json_deep_copy(st->draft);
+    if (copy == NULL)
+        return oom(err);
+    *result = json_pack("{s:I}", "version", (json_int_t)(st->version + 1));
+    if (*result == NULL) {
+        json_decref(copy);
+        return oom(err);
+    }
+    json_decref(st->published);
+    st->published = copy;
+    st->version++;
+    return 0;
+}
+
+static int op_discard(sf_state *st, json_t **result, tq_error *err)
+{
+    json_t *copy = st->published != NULL ? json_deep_copy(st->published)
+                                         : json_pack("{s:{}}", "pages");
+    if (copy == NULL)
+        return oom(err);
+    *result = json_pack("{s:I}", "version", (json_int_t)(st->version + 1));
+    if (*result == NULL) {
+        json_decref(copy);
+        return oom(err);
+    }
+    json_decref(st->draft);
+    st->draft = copy;
+    st->version++;
+    return 0;
+}
+
+int sf_apply(sf_state *st, sf_op op, const json_t *args, size_t max_draft_bytes,
+             json_t **result, tq_error *err)
+{
+    if (result == NULL || st == NULL)
+        return tq_error_set(err, TQ_E_INTERNAL, "sf_apply: no state or result pointer");
+    *result = NULL;
+    /* Cheap (top-level keys only) and keeps the edits below safe whatever
+     * the caller checked before queueing. */
+    if (sf_validate_args(op, args, err) != 0)
+        return -1;
+    switch (op) {
+    case SF_OP_PING:
+        *result = json_pack("{s:b}", "pong", 1);
+        return *result != NULL ? 0 : oom(err);
+    case SF_OP_SECTION_UPSERT:
+        return op_upsert(st, args, max_draft_bytes, result, err);
+    case SF_OP_SECTION_REMOVE:
+        return op_remove(st, args, result, err);
+    case SF_OP_SECTION_MOVE:
+        return op_move(st, args, max_draft_bytes, result, err);
+    case SF_OP_DRAFT_GET:
+        return op_get(st, result, err);
+    case SF_OP_DRAFT_PUBLISH:
+        return op_publish(st, result, err);
+    case SF_OP_DRAFT_DISCARD:
+        return op_discard(st, result, err);
+    default:
+        return tq_error_set(err, TQ_E_INTERNAL, "unknown op %d", (int)op);
+    }
+}

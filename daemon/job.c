@@ -1,0 +1,102 @@
+/*
+ * job.c - replying to requests and the life end of a job.  Shared by the
+ * front and the shards; touches only the job it is given and the atomics of
+ * struct daemon.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nanomsg/nn.h>
+
+#include "daemon.h"
+#include "log.h"
+
+uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+void daemon_send_reply(struct daemon *d, const uint8_t *hdr, size_t hdr_len, const void *body,
+                       size_t len)
+{
+    /* A plain control buffer, rebuilt here: with NN_MSG chunks a failed
+     * nn_sendmsg frees the chunk itself (TECHNOTES), which invites a double
+     * free.  Layout of SP_HDR data: [size_t len][header bytes]. */
+    _Alignas(max_align_t) unsigned char ctrl[NN_CMSG_SPACE(sizeof(size_t) + TQ_SP_HDR_MAX)];
+    memset(ctrl, 0, sizeof ctrl);
+    struct nn_cmsghdr *c = (struct nn_cmsghdr *)(void *)ctrl;
+    c->cmsg_len = NN_CMSG_SPACE(sizeof(size_t) + hdr_len);
+    c->cmsg_level = PROTO_SP;
+    c->cmsg_type = SP_HDR;
+    unsigned char *data = NN_CMSG_DATA(c);
+    memcpy(data, &hdr_len, sizeof hdr_len);
+    memcpy(data + sizeof hdr_len, hdr, hdr_len);
+
+    struct nn_iovec iov = {.iov_base = (void *)(uintptr_t)body, .iov_len = len};
+    struct nn_msghdr msg = {
+        .msg_iov = &iov,
+        .msg_iovlen = 1,
+        .msg_control = ctrl,
+        .msg_controllen = NN_CMSG_SPACE(sizeof(size_t) + hdr_len),
+    };
+    if (nn_sendmsg(d->rep_sock, &msg, NN_DONTWAIT) < 0 && nn_errno() != ETERM)
+        log_debug("reply not sent: %s", nn_strerror(nn_errno()));
+}
+
+void reply_error_raw(struct daemon *d, msgpack_sbuffer *sb, const uint8_t *hdr, size_t hdr_len,
+                     tq_code code, const char *message)
+{
+    msgpack_sbuffer_clear(sb);
+    if (tq_response_encode_error(sb, code, message, false) < 0) {
+        log_err("cannot encode an error reply (out of memory?)");
+        return;
+    }
+    daemon_send_reply(d, hdr, hdr_len, sb->data, sb->size);
+}
+
+void job_free(struct job *job)
+{
+    if (!job)
+        return;
+    tq_request_free(&job->req);
+    free(job);
+}
+
+static void job_release(struct daemon *d, struct job *job)
+{
+    atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
+    job_free(job);
+}
+
+void job_finish_ok(struct daemon *d, msgpack_sbuffer *sb, struct job *job, const json_t *result,
+                   const tq_timing *timing)
+{
+    msgpack_sbuffer_clear(sb);
+    if (tq_response_encode_ok(sb, result, false, timing) < 0) {
+        log_err("tenant \"%s\": cannot encode the result of %s", job->req.tenant, job->req.op);
+        msgpack_sbuffer_clear(sb);
+        if (tq_response_encode_error(sb, TQ_E_INTERNAL, "result could not be encoded", false) < 0) {
+            job_release(d, job);
+            return;
+        }
+    }
+    daemon_send_reply(d, job->hdr, job->hdr_len, sb->data, sb->size);
+    job_release(d, job);
+}
+
+void job_finish_error(struct daemon *d, msgpack_sbuffer *sb, struct job *job, tq_code code,
+                      const char *fmt, ...)
+{
+    char msg[TQ_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    reply_error_raw(d, sb, job->hdr, job->hdr_len, code, msg);
+    job_release(d, job);
+}

@@ -1,0 +1,62 @@
+/*
+ * lane.h - per-tenant FIFO lanes of one shard, the table that finds them and
+ * the round-robin list of lanes that are ready to run.
+ *
+ * A lane exists only while its tenant has queued or running work, so memory
+ * follows the number of active tenants, not of tenants ever seen.  Owned by
+ * one shard thread; not thread-safe.
+ */
+#ifndef TQ_LANE_H
+#define TQ_LANE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct job;
+
+struct lane {
+    struct lane *hnext;        /* hash bucket chain */
+    struct lane *rnext;        /* ready list link */
+    struct job *head, *tail;   /* queued jobs, arrival order */
+    uint32_t depth;            /* number of queued jobs */
+    bool ready;                /* linked into the ready list */
+    bool busy;                 /* a batch of this lane is executing */
+    uint64_t hash;
+    size_t tenant_len;
+    char tenant[];             /* NUL-terminated */
+};
+
+struct lane_table {
+    struct lane **buckets;
+    size_t mask;               /* buckets - 1, a power of two minus one */
+    size_t count;
+};
+
+struct ready_list {
+    struct lane *head, *tail;
+};
+
+/* 0 or -1 (out of memory). */
+int lane_table_init(struct lane_table *t) __attribute__((warn_unused_result));
+/* Frees the bucket array; lanes must have been removed first. */
+void lane_table_destroy(struct lane_table *t);
+
+/* Find the lane of tenant; with create, make an empty one if absent.
+ * Returns NULL if absent (or out of memory when creating). */
+struct lane *lane_get(struct lane_table *t, const char *tenant, size_t len, uint64_t hash,
+                      bool create);
+/* Unlink lane from the table and free it.  It must be empty, not ready and
+ * not busy. */
+void lane_remove(struct lane_table *t, struct lane *lane);
+
+/* Append job (takes ownership) / pop the oldest (caller owns it, NULL if empty). */
+void lane_push(struct lane *lane, struct job *job);
+struct job *lane_pop(struct lane *lane);
+
+/* Append lane to the tail of the ready list (no-op if already there). */
+void ready_push(struct ready_list *r, struct lane *lane);
+/* Unlink the head of the ready list; NULL if empty. */
+struct lane *ready_pop(struct ready_list *r);
+
+#endif

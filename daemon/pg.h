@@ -1,0 +1,107 @@
+/*
+ * pg.h - one PostgreSQL connection driven asynchronously by a shard's event
+ * loop: non-blocking connect with a timer deadline, reconnect with capped
+ * exponential backoff and jitter, and pipelines of parameterised statements
+ * ending in one Sync (libpq pipeline mode: one round trip per pipeline).
+ *
+ * Owned by one shard thread; every function must be called on that thread.
+ * Nothing here blocks: no PQexec, no PQconnectdb, no PQgetResult while busy.
+ */
+#ifndef TQ_PG_H
+#define TQ_PG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+
+#include "config.h"
+
+#define PG_MAX_STMTS 8
+#define PG_MAX_PARAMS 6
+
+enum pgc_state {
+    PGC_DOWN,       /* waiting for the reconnect timer */
+    PGC_CONNECTING, /* PQconnectPoll in progress */
+    PGC_IDLE,       /* connected, no pipeline running */
+    PGC_BUSY,       /* a pipeline is running */
+};
+
+struct pg_stmt {
+    const char *sql;
+    int nparams;
+    const char *params[PG_MAX_PARAMS]; /* text values, NULL = SQL NULL */
+};
+
+struct pgconn;
+
+/*
+ * Called once per pipeline, on the shard thread, when its Sync arrived or
+ * the connection was lost (lost = true; the connection is then already DOWN
+ * and reconnecting, and results may be partial).  results[i] is the first
+ * result of statement i, or NULL if none arrived; they are freed by pg after
+ * the callback returns.  On a normal finish the connection is IDLE when the
+ * callback runs, so the callback may start the next pipeline.
+ */
+typedef void (*pg_pipeline_cb)(struct pgconn *c, void *arg, PGresult *const *results, int n,
+                               bool lost);
+
+/* Called when the connection became usable (IDLE after connecting) or went
+ * DOWN; the owner re-checks its work. */
+typedef void (*pg_state_cb)(struct pgconn *c, void *owner);
+
+struct pgconn {
+    struct event_base *base;
+    const tq_config *cfg;
+    int shard_id, idx;
+    PGconn *conn;
+    struct event *ev_io;    /* connecting: one-shot read/write; connected: persistent read */
+    struct event *ev_write; /* connected: persistent write, added only while PQflush says 1 */
+    struct event *ev_timer; /* reconnect backoff */
+    enum pgc_state state;
+    unsigned backoff_ms;
+    uint64_t rng;
+    uint64_t reconnects;
+    bool was_up;            /* for log messages: lost vs never connected */
+    /* the running pipeline */
+    int nstmts, cur;
+    bool cur_has;
+    PGresult *results[PG_MAX_STMTS];
+    pg_pipeline_cb cb;
+    void *cb_arg;
+    /* owner */
+    pg_state_cb on_state;
+    void *owner;
+};
+
+/* Prepare c (no connection yet).  Returns 0 or -1 (out of memory). */
+int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int shard_id,
+            int idx, pg_state_cb on_state, void *owner) __attribute__((warn_unused_result));
+
+/* Start connecting now (from DOWN). */
+void pg_start(struct pgconn *c);
+
+/*
+ * Send n statements and a Sync as one pipeline.  c must be IDLE; it becomes
+ * BUSY until cb runs.  Returns 0, or -1 if sending failed at once (then the
+ * connection has been dropped and cb is NOT called).
+ */
+int pg_pipeline(struct pgconn *c, const struct pg_stmt *stmts, int n, pg_pipeline_cb cb,
+                void *arg) __attribute__((warn_unused_result));
+
+/* Close the connection and free every event; c may be re-initialised. */
+void pg_destroy(struct pgconn *c);
+
+/* "55P03" etc. of an error result, or NULL (connection-level failure). */
+const char *pg_sqlstate(const PGresult *r);
+
+/*
+ * One-shot administrative execution for --init-db: connect to conninfo and run
+ * sql (may hold several statements), waiting with poll(2) - this runs before
+ * any event loop exists.  Returns 0, or -1 with a message in err.
+ */
+int pg_admin_exec(const char *conninfo, const char *sql, int timeout_ms, char *err,
+                  size_t errlen);
+
+#endif

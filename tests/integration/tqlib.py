@@ -1,0 +1,514 @@
+"""Helpers of the integration suite: a nanomsg REQ client through ctypes and
+the msgpack wire protocol v1, database access for assertions, tenantqd
+processes and the tenantq CLI.  Fixtures built on them are in conftest.py.
+
+Environment (scripts/test sets both):
+  TQ_TEST_DATABASE  libpq conninfo of a server we may create databases on
+  TQ_BUILD_DIR      meson build dir holding daemon/tenantqd, client/tenantq
+
+Run under /usr/bin/python3 (Debian's pytest, msgpack and psycopg).
+"""
+
+import ctypes
+import ctypes.util
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import msgpack
+import psycopg
+import psycopg.conninfo
+import pytest
+
+# --------------------------------------------------------------------------
+# nanomsg through ctypes (constants from /usr/include/nanomsg/nn.h, reqrep.h)
+
+AF_SP = 1
+AF_SP_RAW = 2
+NN_PROTO_REQREP = 3
+NN_REQ = NN_PROTO_REQREP * 16 + 0  # 48
+NN_SOL_SOCKET = 0
+NN_LINGER = 1
+NN_SNDTIMEO = 4
+NN_RCVTIMEO = 5
+NN_RCVMAXSIZE = 16
+NN_REQ_RESEND_IVL = 1  # level NN_REQ
+NN_MSG = ctypes.c_size_t(-1).value
+NN_HAUSNUMERO = 156384712
+ETIMEDOUT_NN = (110, NN_HAUSNUMERO + 23)  # native errno first
+EAGAIN = 11
+
+_nn = ctypes.CDLL("libnanomsg.so.5", use_errno=True)
+_nn.nn_socket.argtypes = [ctypes.c_int, ctypes.c_int]
+_nn.nn_socket.restype = ctypes.c_int
+_nn.nn_connect.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_nn.nn_connect.restype = ctypes.c_int
+_nn.nn_setsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_void_p, ctypes.c_size_t]
+_nn.nn_setsockopt.restype = ctypes.c_int
+_nn.nn_send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_nn.nn_send.restype = ctypes.c_int
+_nn.nn_recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_nn.nn_recv.restype = ctypes.c_int
+_nn.nn_freemsg.argtypes = [ctypes.c_void_p]
+_nn.nn_freemsg.restype = ctypes.c_int
+_nn.nn_close.argtypes = [ctypes.c_int]
+_nn.nn_close.restype = ctypes.c_int
+_nn.nn_errno.argtypes = []
+_nn.nn_errno.restype = ctypes.c_int
+_nn.nn_strerror.argtypes = [ctypes.c_int]
+_nn.nn_strerror.restype = ctypes.c_char_p
+
+
+class NNError(Exception):
+    def __init__(self, what, err):
+        self.errno = err
+        super().__init__("%s: %s (%d)" % (what, _nn.nn_strerror(err).decode(), err))
+
+
+class NNTimeout(NNError):
+    pass
+
+
+def _check(rc, what):
+    if rc < 0:
+        err = _nn.nn_errno()
+        if err in ETIMEDOUT_NN or err == EAGAIN:
+            raise NNTimeout(what, err)
+        raise NNError(what, err)
+    return rc
+
+
+class NNSocket:
+    """A nanomsg REQ socket (cooked by default, AF_SP_RAW with raw=True).
+    Not thread-safe: one per thread.  A cooked REQ has one request in
+    flight; after a receive timeout close it (a kept socket would resend)."""
+
+    def __init__(self, endpoint, timeout_ms=5000, raw=False, rcvmaxsize=None):
+        self.fd = _check(_nn.nn_socket(AF_SP_RAW if raw else AF_SP, NN_REQ), "nn_socket")
+        try:
+            self._opt(NN_SOL_SOCKET, NN_RCVTIMEO, timeout_ms)
+            self._opt(NN_SOL_SOCKET, NN_SNDTIMEO, timeout_ms)
+            if rcvmaxsize is not None:
+                self._opt(NN_SOL_SOCKET, NN_RCVMAXSIZE, rcvmaxsize)
+            if not raw:
+                # Far beyond any test: a resend would execute an edit twice.
+                self._opt(NN_REQ, NN_REQ_RESEND_IVL, 600000)
+            _check(_nn.nn_connect(self.fd, endpoint.encode()), "nn_connect")
+        except Exception:
+            _nn.nn_close(self.fd)
+            raise
+
+    def _opt(self, level, option, value):
+        v = ctypes.c_int(value)
+        _check(_nn.nn_setsockopt(self.fd, level, option, ctypes.byref(v),
+                                 ctypes.sizeof(v)), "nn_setsockopt")
+
+    def set_rcvtimeo(self, ms):
+        self._opt(NN_SOL_SOCKET, NN_RCVTIMEO, ms)
+
+    def send(self, data):
+        buf = ctypes.create_string_buffer(bytes(data), len(data))
+        _check(_nn.nn_send(self.fd, buf, len(data), 0), "nn_send")
+
+    def recv(self):
+        ptr = ctypes.c_void_p()
+        n = _check(_nn.nn_recv(self.fd, ctypes.byref(ptr), NN_MSG, 0), "nn_recv")
+        try:
+            return ctypes.string_at(ptr, n)
+        finally:
+            _nn.nn_freemsg(ptr)
+
+    def close(self):
+        if self.fd >= 0:
+            _nn.nn_close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def pack(obj):
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data):
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def envelope(tenant, op, args=None, **extra):
+    req = {"v": 1, "tenant": tenant, "op": op}
+    if args is not None:
+        req["args"] = args
+    req.update(extra)
+    return req
+
+
+class Client:
+    """Wire client on one cooked REQ socket (one per thread)."""
+
+    def __init__(self, endpoint, timeout_ms=10000):
+        self.endpoint = endpoint
+        self.timeout_ms = timeout_ms
+        self.sock = NNSocket(endpoint, timeout_ms)
+
+    def raw(self, data):
+        """Send raw bytes, return the decoded reply (NNTimeout if none; the
+        socket is then replaced so that no resend can follow)."""
+        self.sock.send(data)
+        try:
+            reply = self.sock.recv()
+        except NNTimeout:
+            self.sock.close()
+            self.sock = NNSocket(self.endpoint, self.timeout_ms)
+            raise
+        resp = unpack(reply)
+        check_response_shape(resp)
+        return resp
+
+    def call(self, tenant, op, args=None, **extra):
+        return self.raw(pack(envelope(tenant, op, args, **extra)))
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def call(endpoint, tenant, op, args=None, timeout_ms=10000, **extra):
+    """One request on a fresh socket; returns the decoded response dict."""
+    with Client(endpoint, timeout_ms) as c:
+        return c.call(tenant, op, args, **extra)
+
+
+def call_raw(endpoint, data, timeout_ms=5000):
+    with Client(endpoint, timeout_ms) as c:
+        return c.raw(data)
+
+
+def check_response_shape(resp):
+    """Every response: a map with v=1 and ok, plus result or a full error."""
+    assert isinstance(resp, dict), "response is not a map: %r" % (resp,)
+    assert resp.get("v") == 1, resp
+    assert isinstance(resp.get("ok"), bool), resp
+    if resp["ok"]:
+        assert "result" in resp, resp
+    else:
+        err = resp.get("error")
+        assert isinstance(err, dict), resp
+        assert isinstance(err.get("code"), str) and err["code"], resp
+        assert isinstance(err.get("message"), str) and err["message"], resp
+        assert isinstance(err.get("retryable"), bool), resp
+
+
+def ok(resp):
+    """The result of a response that must be ok."""
+    assert resp["ok"] is True, "expected ok, got %r" % (resp,)
+    return resp["result"]
+
+
+def err(resp, code, retryable=None):
+    """The error of a response that must have failed with code."""
+    assert resp["ok"] is False, "expected %s, got ok: %r" % (code, resp)
+    e = resp["error"]
+    assert e["code"] == code, "expected %s, got %r" % (code, e)
+    if retryable is not None:
+        assert e["retryable"] is retryable, e
+    return e
+
+
+# --------------------------------------------------------------------------
+# paths
+
+def build_dir():
+    d = os.environ.get("TQ_BUILD_DIR")
+    if not d:
+        pytest.exit("TQ_BUILD_DIR is not set (run scripts/test)", returncode=4)
+    return os.path.abspath(d)
+
+
+def daemon_bin():
+    return os.path.join(build_dir(), "daemon", "tenantqd")
+
+
+def cli_bin():
+    return os.path.join(build_dir(), "client", "tenantq")
+
+
+def sanitized_build():
+    """Whether TQ_BUILD_DIR was configured with sanitizers (slower, more RSS)."""
+    try:
+        with open(os.path.join(build_dir(), "meson-info", "intro-buildoptions.json")) as f:
+            for o in json.load(f):
+                if o.get("name") == "b_sanitize":
+                    return o.get("value") not in ("none", "", None)
+    except OSError:
+        pass
+    return False
+
+
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+
+
+def log_tail(path, n=60):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError as e:
+        return "(no log: %s)" % e
+
+
+# --------------------------------------------------------------------------
+# database
+
+_db_counter = itertools.count()
+
+
+def _admin_conninfo():
+    ci = os.environ.get("TQ_TEST_DATABASE")
+    if not ci:
+        pytest.exit("TQ_TEST_DATABASE is not set (run scripts/test)", returncode=4)
+    return ci
+
+
+def create_database(prefix="tq_it"):
+    """A new empty database on the test server; returns (name, conninfo)."""
+    admin = _admin_conninfo()
+    name = "%s_%d_%d" % (prefix, os.getpid(), next(_db_counter))
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute('DROP DATABASE IF EXISTS "%s"' % name)
+        c.execute('CREATE DATABASE "%s"' % name)
+    return name, psycopg.conninfo.make_conninfo(admin, dbname=name)
+
+
+def drop_database(name):
+    with psycopg.connect(_admin_conninfo(), autocommit=True) as c:
+        c.execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+
+
+def run_tenantqd(*args, timeout=60):
+    """Run tenantqd to completion (config checks, --init-db)."""
+    return subprocess.run([daemon_bin(), *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def init_db(conninfo):
+    p = run_tenantqd("--database", conninfo, "--init-db")
+    assert p.returncode == 0, "tenantqd --init-db failed (%d):\n%s%s" % (
+        p.returncode, p.stdout, p.stderr)
+    return p
+
+
+class DB:
+    """Read access to the daemon's storage for assertions."""
+
+    def __init__(self, conninfo):
+        self.conninfo = conninfo
+
+    def connect(self, **kw):
+        return psycopg.connect(self.conninfo, autocommit=True, **kw)
+
+    def row(self, tenant):
+        """{'draft','published','version'} of tenant, or None without a row."""
+        with self.connect() as c:
+            r = c.execute("SELECT draft, published, version FROM tenantq_storefront "
+                          "WHERE tenant = %s", (tenant,)).fetchone()
+        if r is None:
+            return None
+        return {"draft": r[0], "published": r[1], "version": r[2]}
+
+    def snapshot(self):
+        """Every stored row, for 'nothing changed' checks."""
+        with self.connect() as c:
+            rows = c.execute("SELECT tenant, draft, published, version "
+                             "FROM tenantq_storefront ORDER BY tenant").fetchall()
+        return [tuple(r) for r in rows]
+
+    def sections(self, tenant, page):
+        r = self.row(tenant)
+        assert r is not None, "tenant %r has no row" % tenant
+        return r["draft"]["pages"][page]["sections"]
+
+    def truncate_all(self):
+        with self.connect() as c:
+            c.execute("SET lock_timeout = '10s'")
+            tables = c.execute(
+                "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) "
+                "FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+            ).fetchall()
+            if tables:
+                c.execute("TRUNCATE " + ", ".join(t[0] for t in tables))
+
+
+# --------------------------------------------------------------------------
+# daemons
+
+class Daemon:
+    def __init__(self, conninfo, extra, sock_timeout_ms=10000):
+        self.dir = tempfile.mkdtemp(prefix="tq-it-")
+        self.endpoint = "ipc://%s/tq.sock" % self.dir
+        self.conf = os.path.join(self.dir, "tenantqd.conf")
+        with open(self.conf, "w") as f:
+            f.write("; integration test: everything comes from flags\n")
+        self.stderr = os.path.join(self.dir, "stderr.log")
+        self.args = [daemon_bin(), "-c", self.conf,
+                     "--listen", self.endpoint,
+                     "--database", conninfo,
+                     "--metrics-listen", "",
+                     *extra]
+        self._log = open(self.stderr, "wb")
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.stopped = False
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        with open(self.stderr, errors="replace") as f:
+            return f.read()
+
+    def tail(self):
+        return log_tail(self.stderr)
+
+    def wait_ready(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail("tenantqd exited with %d during startup (%s)\n%s" % (
+                    self.proc.returncode, " ".join(self.args), self.tail()))
+            try:
+                r = call(self.endpoint, "ping", "ping", timeout_ms=500)
+                if r.get("ok") and r["result"] == {"pong": True}:
+                    return
+                last = r
+            except NNError as e:
+                last = e
+            time.sleep(0.05)
+        pytest.fail("tenantqd did not answer ping within %.0fs (last: %r)\n%s" % (
+            timeout, last, self.tail()))
+
+    def ping(self):
+        """Assert the daemon is alive and answers a ping over the wire."""
+        assert self.proc.poll() is None, "tenantqd died (%s)\n%s" % (
+            self.proc.returncode, self.tail())
+        r = call(self.endpoint, "ping", "ping", timeout_ms=5000)
+        assert r["ok"] and r["result"] == {"pong": True}, r
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS for pid %d" % self.pid)
+
+    def stop(self, timeout=15.0):
+        """SIGTERM, wait, and assert a clean exit with a clean log."""
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail("tenantqd did not exit within %.0fs of SIGTERM\n%s" % (
+                    timeout, self.tail()))
+            self._log.close()
+            text = self.log()
+            assert rc == 0, "tenantqd exited with %d\n%s" % (rc, self.tail())
+            for m in SANITIZER_MARKERS:
+                assert m not in text, "sanitizer report (%s) in tenantqd log\n%s" % (
+                    m, self.tail(150))
+        finally:
+            if not self._log.closed:
+                self._log.close()
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DaemonFactory:
+    def __init__(self, conninfo):
+        self.conninfo = conninfo
+        self.daemons = []
+
+    def __call__(self, *extra, conninfo=None):
+        d = Daemon(conninfo or self.conninfo, [str(a) for a in extra])
+        self.daemons.append(d)
+        d.wait_ready()
+        return d
+
+    def stop_all(self):
+        errors = []
+        for d in self.daemons:
+            try:
+                d.stop()
+            except BaseException as e:  # stop every daemon, report all
+                errors.append(str(e))
+        self.daemons = []
+        if errors:
+            pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+# --------------------------------------------------------------------------
+# CLI
+
+def cli(*args, env=None, timeout=30):
+    """Run the tenantq CLI; returns the CompletedProcess (text mode)."""
+    e = dict(os.environ)
+    e.pop("TENANTQ_ENDPOINT", None)
+    if env:
+        e.update(env)
+    return subprocess.run([cli_bin(), *[str(a) for a in args]], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=e, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+# --------------------------------------------------------------------------
+# pipelining: a raw REQ socket keeps many requests in flight
+
+class RawReq:
+    """AF_SP_RAW REQ socket: we write the SP header (a request id with bit 31
+    set) ourselves, so any number of requests can be outstanding.  nn_recv
+    strips the header of replies, so callers match replies by content."""
+
+    def __init__(self, endpoint, timeout_ms=10000):
+        self.sock = NNSocket(endpoint, timeout_ms, raw=True)
+        self._ids = itertools.count(1)
+
+    def send(self, body):
+        rid = 0x80000000 | (next(self._ids) & 0x7FFFFFFF)
+        self.sock.send(rid.to_bytes(4, "big") + body)
+
+    def recv(self):
+        resp = unpack(self.sock.recv())
+        check_response_shape(resp)
+        return resp
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,516 @@
+/*
+ * test_client.c - unit test of libtenantq without a daemon.
+ *
+ * Two in-process responder threads play tenantqd: each binds a cooked NN_REP
+ * socket on its own inproc:// endpoint, decodes requests with the real codec
+ * and answers by op:
+ *   echo     ok, result {"server","tenant","op","args","key","deadline_ms"}
+ *   fail     error QUEUE_FULL (retryable) with a message naming the tenant
+ *   replay   ok with "replayed": true
+ *   hang     no answer at all (the client must time out)
+ *   slow     answer after 300 ms (later than the test's client timeout)
+ *   garbage  bytes that are not a msgpack map (client must say PROTOCOL)
+ *   null     ok with a nil result
+ * Undecodable requests get the BAD_REQUEST reply the codec reports.  Every
+ * request is counted per op so the test can see how often it arrived.
+ */
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <msgpack.h>
+#include <nanomsg/nn.h>
+#include <nanomsg/reqrep.h>
+
+#include "tenantq.h"
+#include "tq_proto.h"
+
+static int failures;
+static int checks;
+
+#define CHECK(cond, ...)                                                          \
+    do {                                                                          \
+        checks++;                                                                 \
+        if (!(cond)) {                                                            \
+            failures++;                                                           \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                         \
+            fputc('\n', stderr);                                                  \
+        }                                                                         \
+    } while (0)
+
+enum { OP_ECHO, OP_FAIL, OP_REPLAY, OP_HANG, OP_SLOW, OP_GARBAGE, OP_NULL, OP_OTHER, OP__N };
+
+struct responder {
+    const char *name;  /* "A" or "B", reported in echo results */
+    const char *url;
+    int sock;
+    pthread_t thread;
+    atomic_bool stop;
+    atomic_int count[OP__N];
+    atomic_int bad_requests;
+};
+
+static int op_index(const char *op)
+{
+    static const char *const names[] = {"echo", "fail", "replay", "hang", "slow", "garbage",
+                                        "null"};
+    for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)
+        if (strcmp(op, names[i]) == 0)
+            return i;
+    return OP_OTHER;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void answer(struct responder *r, const void *buf, size_t len)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    tq_request req;
+    tq_error err;
+    bool reply = true;
+    if (tq_request_decode(buf, len, &req, &err) < 0) {
+        atomic_fetch_add(&r->bad_requests, 1);
+        if (tq_response_encode_error(&sb, err.code, err.message, false) < 0)
+            abort();
+    } else {
+        int op = op_index(req.op);
+        atomic_fetch_add(&r->count[op], 1);
+        int rc = 0;
+        switch (op) {
+        case OP_FAIL: {
+            char msg[256];
+            snprintf(msg, sizeof msg, "lane of tenant %s is full", req.tenant);
+            rc = tq_response_encode_error(&sb, TQ_E_QUEUE_FULL, msg, false);
+            break;
+        }
+        case OP_HANG:
+            reply = false;
+            break;
+        case OP_GARBAGE:
+            msgpack_sbuffer_write(&sb, "\xc1not msgpack", 12);
+            break;
+        case OP_NULL:
+            rc = tq_response_encode_ok(&sb, NULL, false, NULL);
+            break;
+        default: {
+            if (op == OP_SLOW)
+                sleep_ms(300); /* answers like echo, only late */
+            json_t *res = json_pack("{s:s, s:s, s:s, s:O, s:s?, s:I}", "server", r->name,
+                                    "tenant", req.tenant, "op", req.op, "args", req.args,
+                                    "key", req.key, "deadline_ms",
+                                    (json_int_t)(req.has_deadline ? req.deadline_ms : 0));
+            if (res == NULL)
+                abort();
+            rc = tq_response_encode_ok(&sb, res, op == OP_REPLAY, NULL);
+            json_decref(res);
+            break;
+        }
+        }
+        if (rc < 0)
+            abort();
+        tq_request_free(&req);
+    }
+    /* A cooked REP drops an unanswered request when it receives the next. */
+    if (reply && nn_send(r->sock, sb.data, sb.size, 0) < 0)
+        fprintf(stderr, "responder %s: send: %s\n", r->name, nn_strerror(nn_errno()));
+    msgpack_sbuffer_destroy(&sb);
+}
+
+static void *responder_main(void *arg)
+{
+    struct responder *r = arg;
+    while (!atomic_load(&r->stop)) {
+        void *buf = NULL;
+        int n = nn_recv(r->sock, &buf, NN_MSG, 0);
+        if (n < 0)
+            continue; /* RCVTIMEO: look at the stop flag again */
+        answer(r, buf, (size_t)n);
+        nn_freemsg(buf);
+    }
+    return NULL;
+}
+
+static void responder_start(struct responder *r, const char *name, const char *url)
+{
+    memset(r, 0, sizeof *r);
+    r->name = name;
+    r->url = url;
+    r->sock = nn_socket(AF_SP, NN_REP);
+    int tmo = 50;
+    if (r->sock < 0 || nn_setsockopt(r->sock, NN_SOL_SOCKET, NN_RCVTIMEO, &tmo, sizeof tmo) < 0 ||
+        nn_bind(r->sock, url) < 0) {
+        fprintf(stderr, "responder %s: %s\n", url, nn_strerror(nn_errno()));
+        exit(99);
+    }
+    if (pthread_create(&r->thread, NULL, responder_main, r) != 0)
+        exit(99);
+}
+
+static void responder_stop(struct responder *r)
+{
+    atomic_store(&r->stop, true);
+    pthread_join(r->thread, NULL);
+    nn_close(r->sock);
+}
+
+#define EP_A "inproc://tenantq-test-a"
+#define EP_B "inproc://tenantq-test-b"
+
+static struct responder ra, rb;
+
+/* Call op "echo" for tenant and return which server answered ('A'/'B'),
+ * or 0 on failure. */
+static char server_of(tq_client *c, const char *tenant)
+{
+    char *res = NULL;
+    tq_status st;
+    if (tq_call(c, tenant, "echo", NULL, NULL, &res, &st) < 0) {
+        fprintf(stderr, "echo for %s failed: %s: %s\n", tenant, tq_code_name(st.code),
+                st.message);
+        return 0;
+    }
+    json_t *j = json_loads(res, 0, NULL);
+    free(res);
+    const char *s = json_string_value(json_object_get(j, "server"));
+    char out = s ? s[0] : 0;
+    json_decref(j);
+    return out;
+}
+
+static void test_usage(void)
+{
+    tq_status st;
+    memset(&st, 0, sizeof st);
+
+    CHECK(tq_connect(NULL, &st) == NULL && st.code == TQ_E_USAGE, "NULL endpoint");
+    CHECK(tq_connect("", &st) == NULL && st.code == TQ_E_USAGE, "empty endpoint");
+    CHECK(tq_connect("localhost:5555", &st) == NULL && st.code == TQ_E_USAGE,
+          "no scheme: %s", st.message);
+    CHECK(strstr(st.message, "localhost:5555") != NULL, "message names it: %s", st.message);
+    CHECK(tq_connect(EP_A ",," EP_B, &st) == NULL && st.code == TQ_E_USAGE,
+          "empty list element");
+    CHECK(!st.retryable, "usage errors are not retryable");
+
+    tq_client *c = tq_connect(EP_A, &st);
+    CHECK(c != NULL && st.code == TQ_OK, "connect: %s", st.message);
+    if (c == NULL)
+        return;
+    char *res = (char *)"untouched";
+    CHECK(tq_call(c, NULL, "echo", NULL, NULL, &res, &st) == -1 && st.code == TQ_E_USAGE,
+          "NULL tenant");
+    CHECK(res == NULL, "result reset on failure");
+    CHECK(strstr(st.message, "tenant") != NULL, "message: %s", st.message);
+    CHECK(tq_call(c, "t", NULL, NULL, NULL, &res, &st) == -1 && st.code == TQ_E_USAGE,
+          "NULL op");
+    CHECK(tq_call(c, "t", "echo", "[1,2]", NULL, &res, &st) == -1 && st.code == TQ_E_USAGE,
+          "array args");
+    CHECK(strstr(st.message, "object") != NULL && strstr(st.message, "array") != NULL,
+          "message: %s", st.message);
+    CHECK(tq_call(c, "t", "echo", "\"x\"", NULL, &res, &st) == -1 && st.code == TQ_E_USAGE,
+          "string args");
+    CHECK(tq_call(c, "t", "echo", "{\"a\":1,\"a\":2}", NULL, &res, &st) == -1 &&
+              st.code == TQ_E_USAGE,
+          "duplicate keys");
+    CHECK(strstr(st.message, "duplicate") != NULL, "message: %s", st.message);
+    CHECK(tq_call(c, "t", "echo", "{\"a\":", NULL, &res, &st) == -1 && st.code == TQ_E_USAGE,
+          "truncated JSON");
+    CHECK(tq_call(c, "t", "echo", "{} {}", NULL, &res, &st) == -1 && st.code == TQ_E_USAGE,
+          "trailing JSON");
+    /* None of these may have reached the server. */
+    int sent = 0;
+    for (int i = 0; i < OP__N; i++)
+        sent += atomic_load(&ra.count[i]);
+    CHECK(sent == 0 && atomic_load(&ra.bad_requests) == 0, "usage errors sent %d", sent);
+    void *reply = NULL;
+    size_t len = 0;
+    CHECK(tq_call_raw(c, "x", 1, NULL, &len, 100, &st) == -1 && st.code == TQ_E_USAGE,
+          "raw NULL reply");
+    CHECK(tq_call_raw(c, NULL, 3, &reply, &len, 100, &st) == -1 && st.code == TQ_E_USAGE,
+          "raw NULL request with length");
+    tq_close(c);
+    tq_close(NULL);
+}
+
+static void test_call(void)
+{
+    tq_status st;
+    tq_client *c = tq_connect(EP_A, &st);
+    CHECK(c != NULL, "connect: %s", st.message);
+    if (c == NULL)
+        return;
+    tq_set_timeout(c, 2000);
+
+    char *res = NULL;
+    const char *args = "{\"page\":\"home\",\"section\":{\"type\":\"hero\",\"n\":[1,2.5,null,"
+                       "true]},\"z\":\"\xc3\xa9\",\"a\":-7}";
+    tq_call_opts opts = {.key = "k-1", .deadline_ms = 1234, .timeout_ms = 0};
+    int rc = tq_call(c, "shop-1", "echo", args, &opts, &res, &st);
+    CHECK(rc == 0 && st.code == TQ_OK, "echo: %s: %s", tq_code_name(st.code), st.message);
+    if (rc == 0) {
+        json_t *got = json_loads(res, 0, NULL);
+        json_t *want_args = json_loads(args, 0, NULL);
+        CHECK(got != NULL, "result is JSON: %s", res);
+        CHECK(strchr(res, '\n') == NULL && strstr(res, ": ") == NULL, "compact: %s", res);
+        CHECK(json_equal(json_object_get(got, "args"), want_args), "args round trip: %s", res);
+        CHECK(strcmp(json_string_value(json_object_get(got, "tenant")), "shop-1") == 0,
+              "tenant: %s", res);
+        CHECK(strcmp(json_string_value(json_object_get(got, "op")), "echo") == 0, "op: %s",
+              res);
+        CHECK(json_string_value(json_object_get(got, "key")) != NULL &&
+                  strcmp(json_string_value(json_object_get(got, "key")), "k-1") == 0,
+              "key: %s", res);
+        CHECK(json_integer_value(json_object_get(got, "deadline_ms")) == 1234,
+              "deadline: %s", res);
+        /* Key order of the result is preserved ("server" was packed first). */
+        CHECK(strncmp(res, "{\"server\":", 10) == 0, "key order: %s", res);
+        /* Order of args keys survives the trip too: "page" before "z" before "a". */
+        const char *p = strstr(res, "\"page\""), *z = strstr(res, "\"z\""),
+                   *a = strstr(res, "\"a\":-7");
+        CHECK(p && z && a && p < z && z < a, "args key order: %s", res);
+        json_decref(got);
+        json_decref(want_args);
+        free(res);
+    }
+    CHECK(!tq_last_replayed(c), "not replayed");
+
+    /* NULL args, no opts, no result pointer. */
+    rc = tq_call(c, "shop-1", "echo", NULL, NULL, NULL, &st);
+    CHECK(rc == 0, "echo without result pointer: %s", st.message);
+    res = NULL;
+    rc = tq_call(c, "shop-1", "echo", NULL, NULL, &res, NULL);
+    CHECK(rc == 0 && res != NULL && strstr(res, "\"args\":{}") != NULL,
+          "NULL args arrive as {}: %s", res ? res : "(null)");
+    CHECK(res && strstr(res, "\"key\":null") != NULL && strstr(res, "\"deadline_ms\":0") != NULL,
+          "no key/deadline sent: %s", res ? res : "(null)");
+    free(res);
+
+    res = NULL;
+    rc = tq_call(c, "shop-1", "null", "{}", NULL, &res, &st);
+    CHECK(rc == 0 && res != NULL && strcmp(res, "null") == 0, "nil result: %s",
+          res ? res : "(null)");
+    free(res);
+
+    /* Daemon error: code, message and retryable come from the reply. */
+    res = NULL;
+    rc = tq_call(c, "shop-7", "fail", NULL, NULL, &res, &st);
+    CHECK(rc == -1 && st.code == TQ_E_QUEUE_FULL, "fail: %s", tq_code_name(st.code));
+    CHECK(st.retryable, "QUEUE_FULL retryable");
+    CHECK(strcmp(st.message, "lane of tenant shop-7 is full") == 0, "message: %s",
+          st.message);
+    CHECK(res == NULL, "no result on error");
+
+    rc = tq_call(c, "shop-1", "replay", NULL, NULL, NULL, &st);
+    CHECK(rc == 0 && tq_last_replayed(c), "replayed recorded");
+    rc = tq_call(c, "shop-1", "echo", NULL, NULL, NULL, &st);
+    CHECK(rc == 0 && !tq_last_replayed(c), "replayed cleared by next success");
+
+    /* Garbage reply: PROTOCOL naming the endpoint; the client stays usable. */
+    rc = tq_call(c, "shop-1", "garbage", NULL, NULL, &res, &st);
+    CHECK(rc == -1 && st.code == TQ_E_PROTOCOL, "garbage: %s", tq_code_name(st.code));
+    CHECK(strstr(st.message, EP_A) != NULL, "message names endpoint: %s", st.message);
+    CHECK(server_of(c, "shop-1") == 'A', "usable after PROTOCOL");
+
+    /* No answer: TIMEOUT after about the timeout, naming endpoint and timeout. */
+    int hang_before = atomic_load(&ra.count[OP_HANG]);
+    tq_call_opts quick = {.key = NULL, .deadline_ms = 0, .timeout_ms = 150};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    rc = tq_call(c, "shop-1", "hang", NULL, &quick, &res, &st);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    CHECK(rc == -1 && st.code == TQ_E_TIMEOUT, "hang: %s", tq_code_name(st.code));
+    CHECK(st.retryable, "TIMEOUT retryable");
+    CHECK(ms >= 140 && ms < 1500, "timed out after %ld ms", ms);
+    CHECK(strstr(st.message, EP_A) && strstr(st.message, "150 ms"), "message: %s",
+          st.message);
+    /* The abandoned request must not be resent once the socket is gone. */
+    sleep_ms(400);
+    CHECK(atomic_load(&ra.count[OP_HANG]) - hang_before == 1, "hang delivered %d times",
+          atomic_load(&ra.count[OP_HANG]) - hang_before);
+    /* And the client works again (socket reopened). */
+    CHECK(server_of(c, "shop-1") == 'A', "usable after TIMEOUT");
+
+    /* A late reply must not be taken as the next call's answer. */
+    rc = tq_call(c, "shop-1", "slow", "{\"n\":1}", &quick, &res, &st);
+    CHECK(rc == -1 && st.code == TQ_E_TIMEOUT, "slow: %s", tq_code_name(st.code));
+    res = NULL;
+    rc = tq_call(c, "shop-1", "echo", "{\"n\":2}", NULL, &res, &st);
+    CHECK(rc == 0 && res && strstr(res, "\"op\":\"echo\"") && strstr(res, "\"n\":2"),
+          "answer after late reply: %s", res ? res : st.message);
+    free(res);
+
+    /* The per-handle default timeout applies when opts don't set one. */
+    tq_set_timeout(c, 100);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    rc = tq_call(c, "shop-1", "hang", NULL, NULL, NULL, &st);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    CHECK(rc == -1 && st.code == TQ_E_TIMEOUT && ms < 1000, "default timeout: %ld ms", ms);
+    CHECK(strstr(st.message, "100 ms") != NULL, "message: %s", st.message);
+    tq_close(c);
+}
+
+static void test_raw(void)
+{
+    tq_status st;
+    tq_client *c = tq_connect(EP_A, &st);
+    if (c == NULL) {
+        CHECK(false, "connect: %s", st.message);
+        return;
+    }
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    json_t *args = json_pack("{s:i}", "x", 5);
+    CHECK(tq_request_encode(&sb, "raw-t", "echo", args, NULL, 0) == 0, "encode");
+    json_decref(args);
+    void *reply = NULL;
+    size_t len = 0;
+    int rc = tq_call_raw(c, sb.data, sb.size, &reply, &len, 1000, &st);
+    CHECK(rc == 0 && reply != NULL && len > 0, "raw echo: %s", st.message);
+    tq_response resp;
+    tq_error err;
+    if (rc == 0 && tq_response_decode(reply, len, &resp, &err) == 0) {
+        CHECK(resp.ok, "raw ok");
+        CHECK(json_integer_value(json_object_get(json_object_get(resp.result, "args"), "x")) ==
+                  5,
+              "raw args");
+        tq_response_free(&resp);
+    } else {
+        CHECK(false, "raw reply decodes");
+    }
+    free(reply);
+    msgpack_sbuffer_destroy(&sb);
+
+    /* Bytes the server cannot decode come back as its BAD_REQUEST reply. */
+    int bad_before = atomic_load(&ra.bad_requests);
+    reply = NULL;
+    rc = tq_call_raw(c, "\x93\x01\x02", 3, &reply, &len, 1000, &st);
+    CHECK(rc == 0, "raw bad request answered: %s", st.message);
+    if (rc == 0 && tq_response_decode(reply, len, &resp, &err) == 0) {
+        CHECK(!resp.ok && resp.code == TQ_E_BAD_REQUEST, "BAD_REQUEST: %s",
+              tq_code_name(resp.code));
+        tq_response_free(&resp);
+    } else {
+        CHECK(false, "bad request reply decodes");
+    }
+    free(reply);
+    CHECK(atomic_load(&ra.bad_requests) == bad_before + 1, "server saw the bad request");
+
+    /* Raw timeout. */
+    msgpack_sbuffer_init(&sb);
+    CHECK(tq_request_encode(&sb, "raw-t", "hang", NULL, NULL, 0) == 0, "encode hang");
+    reply = (void *)&sb;
+    rc = tq_call_raw(c, sb.data, sb.size, &reply, &len, 100, &st);
+    CHECK(rc == -1 && st.code == TQ_E_TIMEOUT && reply == NULL, "raw timeout: %s",
+          tq_code_name(st.code));
+    msgpack_sbuffer_destroy(&sb);
+    tq_close(c);
+}
+
+static void test_rendezvous(void)
+{
+    tq_status st;
+    tq_client *ab = tq_connect(EP_A "," EP_B, &st);
+    tq_client *ab2 = tq_connect(" " EP_A " , " EP_B " ", &st);
+    tq_client *ba = tq_connect(EP_B "," EP_A, &st);
+    if (ab == NULL || ab2 == NULL || ba == NULL) {
+        CHECK(false, "connect lists: %s", st.message);
+        tq_close(ab);
+        tq_close(ab2);
+        tq_close(ba);
+        return;
+    }
+    int on_a = 0, on_b = 0;
+    for (int i = 0; i < 64; i++) {
+        char tenant[32];
+        snprintf(tenant, sizeof tenant, "tenant-%d", i);
+        char s1 = server_of(ab, tenant);
+        char s2 = server_of(ab, tenant);
+        char s3 = server_of(ab2, tenant);
+        char s4 = server_of(ba, tenant);
+        CHECK(s1 == 'A' || s1 == 'B', "%s answered by %c", tenant, s1 ? s1 : '?');
+        CHECK(s1 == s2, "%s stable across calls: %c %c", tenant, s1, s2);
+        CHECK(s1 == s3, "%s stable across handles: %c %c", tenant, s1, s3);
+        CHECK(s1 == s4, "%s independent of list order: %c %c", tenant, s1, s4);
+        on_a += s1 == 'A';
+        on_b += s1 == 'B';
+    }
+    /* With a fair hash each side gets 32 +- 4 (1 sigma); 12 is > 5 sigma out. */
+    CHECK(on_a >= 12 && on_b >= 12, "spread over both endpoints: A=%d B=%d", on_a, on_b);
+
+    /* A timeout on one endpoint does not disturb the other. */
+    const char *ta = NULL, *tb = NULL;
+    static char names[64][32];
+    for (int i = 0; i < 64 && (!ta || !tb); i++) {
+        snprintf(names[i], sizeof names[i], "tenant-%d", i);
+        char s = server_of(ab, names[i]);
+        if (s == 'A' && !ta)
+            ta = names[i];
+        if (s == 'B' && !tb)
+            tb = names[i];
+    }
+    if (ta && tb) {
+        tq_call_opts quick = {.key = NULL, .deadline_ms = 0, .timeout_ms = 100};
+        CHECK(tq_call(ab, ta, "hang", NULL, &quick, NULL, &st) == -1 &&
+                  st.code == TQ_E_TIMEOUT && strstr(st.message, EP_A),
+              "hang on A: %s", st.message);
+        CHECK(server_of(ab, tb) == 'B' && server_of(ab, ta) == 'A', "both fine after");
+    }
+    tq_close(ab);
+    tq_close(ab2);
+    tq_close(ba);
+}
+
+static void test_unreachable(void)
+{
+    tq_status st;
+    /* Nobody listens: the call times out (nanomsg connects lazily). */
+    char url[128];
+    snprintf(url, sizeof url, "ipc:///tmp/tenantq-test-none-%ld.sock", (long)getpid());
+    tq_client *c = tq_connect(url, &st);
+    CHECK(c != NULL, "connect to absent daemon succeeds lazily: %s", st.message);
+    if (c != NULL) {
+        tq_call_opts quick = {.key = NULL, .deadline_ms = 0, .timeout_ms = 100};
+        int rc = tq_call(c, "t", "ping", NULL, &quick, NULL, &st);
+        CHECK(rc == -1 && st.code == TQ_E_TIMEOUT, "absent: %s", tq_code_name(st.code));
+        tq_close(c);
+    }
+    /* An address nanomsg rejects is a TRANSPORT error at the first call. */
+    c = tq_connect("tcp://127.0.0.1", &st);
+    CHECK(c != NULL, "syntax accepted: %s", st.message);
+    if (c != NULL) {
+        int rc = tq_call(c, "t", "ping", NULL, NULL, NULL, &st);
+        CHECK(rc == -1 && st.code == TQ_E_TRANSPORT && strstr(st.message, "tcp://127.0.0.1"),
+              "bad address: %s: %s", tq_code_name(st.code), st.message);
+        tq_close(c);
+    }
+}
+
+int main(void)
+{
+    responder_start(&ra, "A", EP_A);
+    responder_start(&rb, "B", EP_B);
+
+    test_usage();
+    test_call();
+    test_raw();
+    test_rendezvous();
+    test_unreachable();
+
+    responder_stop(&ra);
+    responder_stop(&rb);
+    printf("%d checks, %d failed\n", checks, failures);
+    return failures == 0 ? 0 : 1;
+}
