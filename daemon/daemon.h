@@ -67,10 +67,11 @@ void reply_error_raw(struct daemon *d, msgpack_sbuffer *sb, const uint8_t *hdr, 
 /*
  * Finish an admitted job: encode and send the reply, release its pending
  * slot, free it.  Takes ownership of job (and of nothing else: result is
- * borrowed).  timing may be NULL.  Called by the thread owning the job.
+ * borrowed).  replayed marks an answer from the idempotency record.
+ * timing may be NULL.  Called by the thread owning the job.
  */
 void job_finish_ok(struct daemon *d, msgpack_sbuffer *sb, struct job *job, const json_t *result,
-                   const tq_timing *timing);
+                   bool replayed, const tq_timing *timing);
 void job_finish_error(struct daemon *d, msgpack_sbuffer *sb, struct job *job, tq_code code,
                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 

@@ -74,10 +74,10 @@ static void job_release(struct daemon *d, struct job *job)
 }
 
 void job_finish_ok(struct daemon *d, msgpack_sbuffer *sb, struct job *job, const json_t *result,
-                   const tq_timing *timing)
+                   bool replayed, const tq_timing *timing)
 {
     msgpack_sbuffer_clear(sb);
-    if (tq_response_encode_ok(sb, result, false, timing) < 0) {
+    if (tq_response_encode_ok(sb, result, replayed, timing) < 0) {
         log_err("tenant \"%s\": cannot encode the result of %s", job->req.tenant, job->req.op);
         msgpack_sbuffer_clear(sb);
         if (tq_response_encode_error(sb, TQ_E_INTERNAL, "result could not be encoded", false) < 0) {

@@ -40,6 +40,15 @@ static const char SCHEMA_SQL[] =
     "  version    bigint NOT NULL DEFAULT 0,"
     "  updated_at timestamptz NOT NULL DEFAULT now());"
     "COMMENT ON TABLE tenantq_storefront IS 'tenantq: per-tenant storefront draft and published config';"
+    "CREATE TABLE IF NOT EXISTS tenantq_idempotency ("
+    "  tenant      text NOT NULL,"
+    "  key         text NOT NULL,"
+    "  fingerprint text NOT NULL,"
+    "  response    jsonb NOT NULL,"
+    "  created_at  timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (tenant, key));"
+    "CREATE INDEX IF NOT EXISTS tenantq_idempotency_created ON tenantq_idempotency (created_at);"
+    "COMMENT ON TABLE tenantq_idempotency IS 'tenantq: idempotency keys, kept idempotency_ttl_s';"
     "COMMIT;";
 
 struct main_ctx {

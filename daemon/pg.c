@@ -368,6 +368,14 @@ fail: {
 
 /* --- one-shot admin path (before any event loop) ------------------------ */
 
+/* "relation already exists, skipping" is the normal case of an idempotent
+ * --init-db: keep it off the terminal unless debugging. */
+static void admin_notice(void *arg, const char *message)
+{
+    (void)arg;
+    log_debug("init-db: %.*s", (int)strcspn(message, "\n"), message);
+}
+
 static int wait_fd(int fd, short events, int timeout_ms)
 {
     struct pollfd p = {.fd = fd, .events = events};
@@ -397,6 +405,7 @@ int pg_admin_exec(const char *conninfo, const char *sql, int timeout_ms, char *e
         }
         st = PQconnectPoll(conn);
     }
+    PQsetNoticeProcessor(conn, admin_notice, NULL);
     if (PQsetnonblocking(conn, 1) != 0 || !PQsendQuery(conn, sql))
         goto out;
     while (PQflush(conn) == 1)

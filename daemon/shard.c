@@ -33,6 +33,7 @@
 #include "lane.h"
 #include "log.h"
 #include "pg.h"
+#include "siphash.h"
 
 #define SHARD_TICK_MS 20
 
@@ -50,11 +51,16 @@ struct txn {
     struct job **jobs;
     json_t **results;
     tq_error *errs;
+    bool *replayed;            /* answered from an idempotency record */
     int n;
+    bool has_keys;             /* some mutating job carries a key */
+    json_t *records;           /* key -> {"f": fingerprint, "r": result}, stored + this batch */
+    json_t *new_records;       /* [{"k","f","r"}] to insert with the edit */
+    char *keys_text, *records_text;
     uint64_t start_us;
     sf_state st;
     char *draft_text, *pub_text;
-    char tout_lock[16], tout_stmt[16], tout_idle[16], version[24];
+    char tout_lock[16], tout_stmt[16], tout_idle[16], version[24], ttl[16];
 };
 
 struct shard {
@@ -76,6 +82,8 @@ struct shard {
     int inflight;              /* connections running one of our pipelines */
     size_t queued;             /* jobs waiting in lanes */
     uint64_t min_deadline_us;  /* lower bound of the queued jobs' deadlines */
+    uint64_t next_cleanup_us;  /* shard 0 expires idempotency records */
+    char cleanup_ttl[16];
     msgpack_sbuffer sb;
     char *sql_lock;
     bool draining, stopping;
@@ -95,6 +103,21 @@ static const char SQL_UPSERT[] =
     " VALUES ($1, $2::jsonb, $3::jsonb, $4::bigint, now())"
     " ON CONFLICT (tenant) DO UPDATE SET draft = EXCLUDED.draft,"
     " published = EXCLUDED.published, version = EXCLUDED.version, updated_at = now()";
+static const char SQL_IDEM_SELECT[] =
+    "SELECT key, fingerprint, response::text FROM tenantq_idempotency WHERE tenant = $1"
+    " AND key IN (SELECT jsonb_array_elements_text($2::jsonb))"
+    " AND created_at > now() - make_interval(secs => $3::int)";
+static const char SQL_IDEM_INSERT[] =
+    "INSERT INTO tenantq_idempotency (tenant, key, fingerprint, response)"
+    " SELECT $1, r->>'k', r->>'f', r->'r' FROM jsonb_array_elements($2::jsonb) AS r"
+    " ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+    " response = EXCLUDED.response, created_at = now()";
+/* small batches, so expiry never holds long locks or competes with edits */
+static const char SQL_IDEM_CLEANUP[] =
+    "DELETE FROM tenantq_idempotency WHERE ctid IN (SELECT ctid FROM tenantq_idempotency"
+    " WHERE created_at < now() - make_interval(secs => $1::int) LIMIT 500)";
+#define CLEANUP_BATCH 500
+#define CLEANUP_IDLE_S 60
 static const char SQL_COMMIT[] = "COMMIT";
 static const char SQL_ROLLBACK[] = "ROLLBACK";
 
@@ -134,7 +157,13 @@ static void txn_reset(struct txn *t)
     sf_state_clear(&t->st);
     free(t->draft_text);
     free(t->pub_text);
-    t->draft_text = t->pub_text = NULL;
+    free(t->keys_text);
+    free(t->records_text);
+    t->draft_text = t->pub_text = t->keys_text = t->records_text = NULL;
+    json_decref(t->records);
+    json_decref(t->new_records);
+    t->records = t->new_records = NULL;
+    t->has_keys = false;
 }
 
 static void lane_release(struct shard *s, struct lane *lane)
@@ -267,11 +296,50 @@ static void reply_all(struct txn *t)
             tq_timing tm = {.queue_us = t->start_us - j->recv_us,
                             .exec_us = now - t->start_us,
                             .batch = (uint32_t)t->n};
-            job_finish_ok(t->s->d, &t->s->sb, j, t->results[i], &tm);
+            job_finish_ok(t->s->d, &t->s->sb, j, t->results[i], t->replayed[i], &tm);
         } else {
             fail_job(t->s, j, t->errs[i].code, t->errs[i].message);
         }
     }
+}
+
+#define FINGERPRINT_HEX 33
+
+/* What a key is bound to: the op and its args in canonical form (sorted
+ * keys), hashed to 128 bits with fixed keys so that every instance and every
+ * restart computes the same value. */
+static int fingerprint(const struct job *j, char out[FINGERPRINT_HEX])
+{
+    static const uint8_t k1[16] = "tenantq-fp-one!", k2[16] = "tenantq-fp-two!";
+    char *canon = json_dumps(j->req.args, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!canon)
+        return -1;
+    size_t olen = strlen(j->req.op), clen = strlen(canon);
+    char *buf = malloc(olen + 1 + clen);
+    if (!buf) {
+        free(canon);
+        return -1;
+    }
+    memcpy(buf, j->req.op, olen);
+    buf[olen] = '\n';
+    memcpy(buf + olen + 1, canon, clen);
+    uint64_t a = siphash24(k1, buf, olen + 1 + clen), b = siphash24(k2, buf, olen + 1 + clen);
+    snprintf(out, FINGERPRINT_HEX, "%016" PRIx64 "%016" PRIx64, a, b);
+    free(buf);
+    free(canon);
+    return 0;
+}
+
+/* Load the stored idempotency records of this batch's keys. */
+static int load_records(struct txn *t, const PGresult *r)
+{
+    for (int i = 0; i < PQntuples(r); i++) {
+        json_t *resp = json_loads(PQgetvalue(r, i, 2), JSON_DECODE_ANY, NULL);
+        json_t *rec = resp ? json_pack("{s:s,s:o}", "f", PQgetvalue(r, i, 1), "r", resp) : NULL;
+        if (!rec || json_object_set_new(t->records, PQgetvalue(r, i, 0), rec) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 /* Apply the batch in memory, in arrival order: each edit sees the state the
@@ -283,8 +351,43 @@ static bool apply_batch(struct txn *t)
     for (int i = 0; i < t->n; i++) {
         struct job *j = t->jobs[i];
         t->errs[i].code = TQ_OK;
-        if (sf_apply(&t->st, j->op, j->req.args, max, &t->results[i], &t->errs[i]) < 0)
+        t->replayed[i] = false;
+        t->results[i] = NULL;
+        bool keyed = j->req.key && sf_op_mutates(j->op) && t->records;
+        char fp[FINGERPRINT_HEX];
+        if (keyed) {
+            if (fingerprint(j, fp) < 0) {
+                tq_error_set(&t->errs[i], TQ_E_INTERNAL, "out of memory fingerprinting the request");
+                continue;
+            }
+            json_t *rec = json_object_get(t->records, j->req.key);
+            if (rec) {
+                /* a repeat: the first execution's answer, never a second effect */
+                const char *seen = json_string_value(json_object_get(rec, "f"));
+                if (seen && strcmp(seen, fp) == 0) {
+                    t->results[i] = json_incref(json_object_get(rec, "r"));
+                    t->replayed[i] = true;
+                } else {
+                    tq_error_set(&t->errs[i], TQ_E_IDEMPOTENCY_KEY_REUSED,
+                                 "key \"%s\" was used before for tenant \"%s\" with a different "
+                                 "op or args",
+                                 j->req.key, j->req.tenant);
+                }
+                continue;
+            }
+        }
+        if (sf_apply(&t->st, j->op, j->req.args, max, &t->results[i], &t->errs[i]) < 0) {
             t->results[i] = NULL;
+            continue;
+        }
+        if (keyed) {
+            /* bind the key to this success; duplicates later in the batch replay it */
+            json_t *rec = json_pack("{s:s,s:O}", "f", fp, "r", t->results[i]);
+            json_t *ins = json_pack("{s:s,s:s,s:O}", "k", j->req.key, "f", fp, "r", t->results[i]);
+            if (!rec || !ins || json_object_set_new(t->records, j->req.key, rec) < 0 ||
+                json_array_append_new(t->new_records, ins) < 0)
+                log_err("shard %d: out of memory recording key \"%s\"", t->s->id, j->req.key);
+        }
     }
     return t->st.version != before;
 }
@@ -304,8 +407,10 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
         txn_end(t, true);
         return;
     }
-    if (n == 2 && result_ok(res[0]) && result_ok(res[1]) &&
-        strcmp(PQcmdStatus(res[1]), "COMMIT") == 0) {
+    bool ok = n >= 2;
+    for (int i = 0; ok && i < n; i++)
+        ok = result_ok(res[i]);
+    if (ok && strcmp(PQcmdStatus(res[n - 1]), "COMMIT") == 0) {
         reply_all(t);
         txn_end(t, true);
         return;
@@ -352,11 +457,17 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
         txn_end(t, true);
         return;
     }
-    bool ok = n == 4;
+    bool ok = n == (t->has_keys ? 5 : 4);
     for (int i = 0; ok && i < n; i++)
         ok = result_ok(res[i]);
     if (!ok) {
         fail_batch_from_results(t, res, n);
+        txn_end_with_rollback(t);
+        return;
+    }
+    if (t->has_keys && load_records(t, res[4]) < 0) {
+        fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": unreadable idempotency record",
+                   t->lane->tenant);
         txn_end_with_rollback(t);
         return;
     }
@@ -382,13 +493,24 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
         txn_end_with_rollback(t);
         return;
     }
-    struct pg_stmt stmts[2] = {
+    struct pg_stmt stmts[3] = {
         {.sql = SQL_UPSERT,
          .nparams = 4,
          .params = {t->lane->tenant, t->draft_text, t->pub_text, t->version}},
-        {.sql = SQL_COMMIT},
     };
-    if (pg_pipeline(c, stmts, 2, commit_done, t) < 0) {
+    int ns = 1;
+    if (t->new_records && json_array_size(t->new_records) > 0) {
+        t->records_text = json_dumps(t->new_records, JSON_COMPACT);
+        if (!t->records_text) {
+            fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory", t->lane->tenant);
+            txn_end_with_rollback(t);
+            return;
+        }
+        stmts[ns++] = (struct pg_stmt){
+            .sql = SQL_IDEM_INSERT, .nparams = 2, .params = {t->lane->tenant, t->records_text}};
+    }
+    stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
+    if (pg_pipeline(c, stmts, ns, commit_done, t) < 0) {
         fail_batch(t, TQ_E_DB_UNAVAILABLE,
                    "tenant \"%s\": database connection lost before commit; not executed",
                    t->lane->tenant);
@@ -425,6 +547,8 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
         t->n++;
         if (sf_op_mutates(j->op)) {
             mutating = true;
+            if (j->req.key)
+                t->has_keys = true;
             uint64_t left = (j->deadline_us - now) / 1000;
             if (left < min_left_ms)
                 min_left_ms = left;
@@ -448,14 +572,33 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
         snprintf(t->tout_stmt, sizeof t->tout_stmt, "%d", s->cfg->statement_timeout_ms);
         snprintf(t->tout_idle, sizeof t->tout_idle, "%d",
                  s->cfg->statement_timeout_ms + s->cfg->lock_timeout_ms + 5000);
-        struct pg_stmt stmts[4] = {
+        struct pg_stmt stmts[5] = {
             {.sql = SQL_BEGIN},
             {.sql = SQL_TIMEOUTS, .nparams = 3,
              .params = {t->tout_lock, t->tout_stmt, t->tout_idle}},
             {.sql = s->sql_lock, .nparams = 1, .params = {tenant}},
             {.sql = SQL_SELECT, .nparams = 1, .params = {tenant}},
         };
-        rc = pg_pipeline(c, stmts, 4, locked_done, t);
+        int ns = 4;
+        if (t->has_keys) {
+            t->records = json_object();
+            t->new_records = json_array();
+            json_t *keys = json_array();
+            for (int k = 0; keys && k < t->n; k++)
+                if (t->jobs[k]->req.key && sf_op_mutates(t->jobs[k]->op))
+                    json_array_append_new(keys, json_string(t->jobs[k]->req.key));
+            t->keys_text = keys ? json_dumps(keys, JSON_COMPACT) : NULL;
+            json_decref(keys);
+            if (!t->records || !t->new_records || !t->keys_text) {
+                fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
+                txn_end(t, true);
+                return;
+            }
+            snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
+            stmts[ns++] = (struct pg_stmt){.sql = SQL_IDEM_SELECT, .nparams = 3,
+                                           .params = {tenant, t->keys_text, t->ttl}};
+        }
+        rc = pg_pipeline(c, stmts, ns, locked_done, t);
     }
     if (rc < 0) {
         fail_batch(t, TQ_E_DB_UNAVAILABLE, "tenant \"%s\": database connection lost; not executed",
@@ -494,7 +637,7 @@ static void shard_kick(struct shard *s)
             /* only ping needs no database (sf_op_needs_db) */
             json_t *res = json_pack("{s:b}", "pong", 1);
             if (res)
-                job_finish_ok(s->d, &s->sb, j, res, NULL);
+                job_finish_ok(s->d, &s->sb, j, res, false, NULL);
             else
                 fail_job(s, j, TQ_E_INTERNAL, "out of memory");
             json_decref(res);
@@ -615,6 +758,38 @@ static void on_pull(evutil_socket_t fd, short what, void *arg)
     shard_kick(s);
 }
 
+static void cleanup_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
+{
+    (void)c;
+    struct shard *s = arg;
+    s->inflight--;
+    long deleted = (!lost && n == 1 && result_ok(res[0])) ? atol(PQcmdTuples(res[0])) : 0;
+    if (!lost && n == 1 && !result_ok(res[0]))
+        log_warn("shard %d: idempotency cleanup failed: %s", s->id,
+                 res[0] ? PQresultErrorMessage(res[0]) : "no result");
+    if (deleted > 0)
+        log_debug("shard %d: expired %ld idempotency records", s->id, deleted);
+    /* a full batch means more are due: come back soon, else rest a while */
+    s->next_cleanup_us = now_us() + (deleted >= CLEANUP_BATCH ? 200000u : CLEANUP_IDLE_S * 1000000u);
+    check_drained(s);
+    shard_kick(s);
+}
+
+/* Expire idempotency records in small batches, on shard 0 only, and only
+ * when a connection is idle: edits always come first. */
+static void maybe_cleanup(struct shard *s)
+{
+    if (s->id != 0 || s->draining || now_us() < s->next_cleanup_us || s->ready.head)
+        return;
+    int i = idle_conn(s);
+    if (i < 0)
+        return;
+    struct pg_stmt del = {.sql = SQL_IDEM_CLEANUP, .nparams = 1, .params = {s->cleanup_ttl}};
+    if (pg_pipeline(&s->conns[i], &del, 1, cleanup_done, s) == 0)
+        s->inflight++;
+    s->next_cleanup_us = now_us() + CLEANUP_IDLE_S * 1000000u;
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -623,6 +798,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     atomic_fetch_add_explicit(&s->heartbeat, 1, memory_order_relaxed);
     sweep(s, false);
     shard_kick(s);
+    maybe_cleanup(s);
 }
 
 static void on_conn_state(struct pgconn *c, void *owner)
@@ -659,6 +835,8 @@ struct shard *shard_create(struct daemon *d, int id)
     s->id = id;
     s->pull_sock = s->push_sock = -1;
     s->min_deadline_us = UINT64_MAX;
+    s->next_cleanup_us = now_us() + 5000000u; /* let startup settle first */
+    snprintf(s->cleanup_ttl, sizeof s->cleanup_ttl, "%d", cfg->idempotency_ttl_s);
     msgpack_sbuffer_init(&s->sb);
     if (lane_table_init(&s->lanes) < 0)
         goto fail;
@@ -703,7 +881,8 @@ struct shard *shard_create(struct daemon *d, int id)
         t->jobs = calloc((size_t)cfg->max_batch, sizeof *t->jobs);
         t->results = calloc((size_t)cfg->max_batch, sizeof *t->results);
         t->errs = calloc((size_t)cfg->max_batch, sizeof *t->errs);
-        if (!t->jobs || !t->results || !t->errs ||
+        t->replayed = calloc((size_t)cfg->max_batch, sizeof *t->replayed);
+        if (!t->jobs || !t->results || !t->errs || !t->replayed ||
             pg_init(&s->conns[i], s->base, cfg, id, i, on_conn_state, s) < 0)
             goto fail;
     }
@@ -767,6 +946,7 @@ void shard_destroy(struct shard *s)
         free(t->jobs);
         free(t->results);
         free(t->errs);
+        free(t->replayed);
     }
     for (int i = 0; s->conns && i < s->nconns; i++)
         pg_destroy(&s->conns[i]);

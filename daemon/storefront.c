@@ -15,7 +15,7 @@
  */
 #include "storefront.h"
 
-#include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,76 +143,60 @@ int sf_validate_args(sf_op op, const json_t *args, tq_error *err)
     static const char *const move_keys[] = {"id", "page", "index", NULL};
     static const char *const no_keys[] = {NULL};
     const char *const *allowed;
-
-    if ((int)op < 0 || op >= SF_OP__COUNT)
-        return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "unknown op %d", (int)op);
-    if (args == NULL) {
-        /* absent args read as {}: same checks, same messages */
-        json_t *empty = json_object();
-        if (empty == NULL)
-            return tq_error_set(err, TQ_E_INTERNAL, "out of memory");
-        int rc = sf_validate_args(op, empty, err);
-        json_decref(empty);
-        return rc;
-    }
-    if (!json_is_object(args))
-        return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args: must be an object");
+    int rc;
 
     switch (op) {
     case SF_OP_SECTION_UPSERT: allowed = upsert_keys; break;
     case SF_OP_SECTION_REMOVE: allowed = remove_keys; break;
     case SF_OP_SECTION_MOVE: allowed = move_keys; break;
-    default: allowed = no_keys; break;
+    case SF_OP_PING:
+    case SF_OP_DRAFT_GET:
+    case SF_OP_DRAFT_PUBLISH:
+    case SF_OP_DRAFT_DISCARD: allowed = no_keys; break;
+    default: return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "unknown op %d", (int)op);
     }
+    if (args == NULL) /* absent args read as {} (without allocating one) */
+        return allowed[0] == NULL ? 0
+                                  : tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.%s: required",
+                                                 allowed[0]);
+    if (!json_is_object(args))
+        return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args: must be an object");
 
-    int rc = 0;
     json_t *obj = unconst(args);
     for (void *it = json_object_iter(obj); it != NULL; it = json_object_iter_next(obj, it)) {
         const char *key = json_object_iter_key(it);
         bool known = false;
-        for (const char *const *k = allowed; *k != NULL; k++)
-            if (strcmp(*k, key) == 0)
-                known = true;
-        if (!known) {
-            rc = tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.%.80s: unknown argument for %s",
-                              key, sf_op_name(op));
-            goto out;
-        }
+        for (const char *const *k = allowed; *k != NULL && !known; k++)
+            known = strcmp(*k, key) == 0;
+        if (!known)
+            return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.%.80s: unknown argument for %s",
+                                key, sf_op_name(op));
     }
 
     switch (op) {
     case SF_OP_SECTION_UPSERT: {
         if ((rc = check_name(args, "page", "args.page", true, err)) != 0)
-            goto out;
+            return rc;
         const json_t *sec = json_object_get(args, "section");
-        if (sec == NULL) {
-            rc = tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.section: required");
-            goto out;
-        }
-        if (!json_is_object(sec)) {
-            rc = tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.section: must be an object");
-            goto out;
-        }
+        if (sec == NULL)
+            return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.section: required");
+        if (!json_is_object(sec))
+            return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.section: must be an object");
         if ((rc = check_name(sec, "type", "args.section.type", true, err)) != 0 ||
-            (rc = check_name(sec, "id", "args.section.id", false, err)) != 0 ||
-            (rc = check_index(args, false, err)) != 0)
-            goto out;
-        break;
+            (rc = check_name(sec, "id", "args.section.id", false, err)) != 0)
+            return rc;
+        return check_index(args, false, err);
     }
     case SF_OP_SECTION_REMOVE:
-        rc = check_name(args, "id", "args.id", true, err);
-        break;
+        return check_name(args, "id", "args.id", true, err);
     case SF_OP_SECTION_MOVE:
         if ((rc = check_name(args, "id", "args.id", true, err)) != 0 ||
-            (rc = check_name(args, "page", "args.page", true, err)) != 0 ||
-            (rc = check_index(args, true, err)) != 0)
-            goto out;
-        break;
+            (rc = check_name(args, "page", "args.page", true, err)) != 0)
+            return rc;
+        return check_index(args, true, err);
     default:
-        break;
+        return 0;
     }
-out:
-    return rc;
 }
 
 /* ---- state ---- */

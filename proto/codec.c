@@ -96,9 +96,11 @@ static size_t find_control(const unsigned char *s, size_t n)
 static char *dup_bytes(const char *s, size_t n)
 {
     char *p = malloc(n + 1);
-    if (p != NULL) {
+    if (p != NULL && n > 0) {
         memcpy(p, s, n);
         p[n] = '\0';
+    } else if (p != NULL) {
+        p[0] = '\0';
     }
     return p;
 }
@@ -383,7 +385,13 @@ static json_t *obj_to_json(const msgpack_object *o, struct path *p, tq_code code
                          p->buf, o->via.str.size);
             return NULL;
         }
-        j = json_stringn_nocheck(o->via.str.ptr, o->via.str.size);
+        /* jansson's C-string APIs and PostgreSQL jsonb both break on U+0000 */
+        if (o->via.str.size > 0 && memchr(o->via.str.ptr, 0, o->via.str.size) != NULL) {
+            tq_error_set(err, code, "%s: strings must not contain U+0000 (NUL)", p->buf);
+            return NULL;
+        }
+        /* msgpack-c leaves ptr NULL for "", which jansson would refuse */
+        j = json_stringn_nocheck(o->via.str.size > 0 ? o->via.str.ptr : "", o->via.str.size);
         return j != NULL ? j : oom(err, p);
     case MSGPACK_OBJECT_BIN:
         tq_error_set(err, code, "%s: binary data (bin, %" PRIu32 " bytes) cannot be represented"
@@ -422,11 +430,16 @@ static json_t *obj_to_json(const msgpack_object *o, struct path *p, tq_code code
                              " must be strings", p->buf, i + 1, type_name(kv->key.type));
                 goto map_fail;
             }
-            const char *k = kv->key.via.str.ptr;
             size_t kn = kv->key.via.str.size;
+            const char *k = kn > 0 ? kv->key.via.str.ptr : ""; /* ptr may be NULL */
             if (!utf8_valid((const unsigned char *)k, kn)) {
                 tq_error_set(err, code, "%s: map key #%" PRIu32 " (%zu bytes) is not valid UTF-8",
                              p->buf, i + 1, kn);
+                goto map_fail;
+            }
+            if (kn > 0 && memchr(k, 0, kn) != NULL) {
+                tq_error_set(err, code, "%s: map key #%" PRIu32 " contains U+0000 (NUL)",
+                             p->buf, i + 1);
                 goto map_fail;
             }
             struct path_mark m = path_mark(p);

@@ -255,6 +255,19 @@ static void test_ops(void)
     CHECK(!sf_op_lookup("draft.ge", 8, &op), "truncated name");
     CHECK(!sf_op_mutates(SF_OP__COUNT) && !sf_op_needs_db(SF_OP__COUNT), "out of range op");
     CHECK(sf_op_name(SF_OP__COUNT) != NULL, "name of out-of-range op is not NULL");
+    /* an op value outside the enum is refused, not trusted */
+    sf_state st;
+    fresh(&st);
+    json_t *res = json_null();
+    tq_error err;
+    CHECK(sf_validate_args(SF_OP__COUNT, NULL, &err) == -1 && err.code == TQ_E_INVALID_ARGUMENT,
+          "validate unknown op");
+    CHECK(sf_apply(&st, SF_OP__COUNT, NULL, 0, &res, &err) == -1 && res == NULL &&
+              st.version == 0,
+          "apply unknown op");
+    CHECK(sf_apply(&st, SF_OP_PING, NULL, 0, NULL, &err) == -1 && err.code == TQ_E_INTERNAL,
+          "no result pointer");
+    sf_state_clear(&st);
 }
 
 /* ---- names ---- */
@@ -899,6 +912,77 @@ static void test_corrupt(void)
     sf_state_clear(&st);
 }
 
+/* ---- out of memory at every allocation: INTERNAL and nothing changed ---- */
+
+static long alloc_budget = -1; /* allocations left before failing; -1 = no limit */
+
+static void *budget_malloc(size_t n)
+{
+    if (alloc_budget == 0)
+        return NULL;
+    if (alloc_budget > 0)
+        alloc_budget--;
+    return malloc(n);
+}
+
+static void test_out_of_memory(void)
+{
+    static const struct {
+        sf_op op;
+        const char *args;
+    } ops[] = {
+        {SF_OP_SECTION_UPSERT, "{'page':'new','section':{'type':'t','x':[1,{'y':'z'}]}}"},
+        {SF_OP_SECTION_UPSERT, "{'page':'home','section':{'type':'t'}}"},
+        {SF_OP_SECTION_UPSERT, "{'page':'bare','section':{'type':'t'}}"},
+        {SF_OP_SECTION_UPSERT, "{'page':'home','section':{'type':'t','id':'n'},'index':0}"},
+        {SF_OP_SECTION_MOVE, "{'id':'a','page':'new','index':0}"},
+        {SF_OP_SECTION_MOVE, "{'id':'a','page':'bare','index':0}"},
+        {SF_OP_SECTION_MOVE, "{'id':'a','page':'home','index':1}"},
+        {SF_OP_SECTION_REMOVE, "{'id':'b'}"},
+        {SF_OP_DRAFT_GET, NULL},
+        {SF_OP_DRAFT_PUBLISH, NULL},
+        {SF_OP_DRAFT_DISCARD, NULL},
+        {SF_OP_PING, NULL},
+    };
+    json_set_alloc_funcs(budget_malloc, free);
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        for (long budget = 0;; budget++) {
+            sf_state st;
+            fresh(&st);
+            set_draft(&st, "{'pages':{'home':{'sections':[{'id':'a','type':'t'},"
+                           "{'id':'b','type':'t','home-t-main':1}]},'bare':{}}}");
+            st.published = J("{'pages':{}}");
+            sf_state before = snapshot(&st);
+            json_t *args = ops[i].args != NULL ? J(ops[i].args) : NULL;
+            json_t *res = json_null();
+            tq_error err;
+            alloc_budget = budget;
+            int rc = sf_apply(&st, ops[i].op, args, 1000, &res, &err);
+            alloc_budget = -1;
+            if (rc != 0) {
+                CHECK(err.code == TQ_E_INTERNAL && res == NULL && state_equal(&st, &before),
+                      "%s %s, allocation %ld failing: %s \"%s\", state %s", sf_op_name(ops[i].op),
+                      ops[i].args ? ops[i].args : "", budget, tq_code_name(err.code), err.message,
+                      state_equal(&st, &before) ? "unchanged" : "CHANGED");
+            } else {
+                CHECK(st.version == before.version + (sf_op_mutates(ops[i].op) ? 1 : 0),
+                      "%s version", sf_op_name(ops[i].op));
+                json_decref(res);
+            }
+            json_decref(args);
+            sf_state_clear(&before);
+            sf_state_clear(&st);
+            if (rc == 0 || budget > 1000) {
+                /* every op allocates (at least its result): the first tries must fail */
+                CHECK(rc == 0 && budget > 0, "%s: succeeded with budget %ld (rc %d)",
+                      sf_op_name(ops[i].op), budget, rc);
+                break;
+            }
+        }
+    }
+    json_set_alloc_funcs(malloc, free);
+}
+
 /* ---- random sequence against a model ---- */
 
 #define M_PAGES 3
@@ -1243,6 +1327,7 @@ int main(void)
     test_preserve();
     test_too_large();
     test_corrupt();
+    test_out_of_memory();
     test_sequence();
     if (failures > 0) {
         fprintf(stderr, "test_storefront: %d of %d checks FAILED\n", failures, checks);

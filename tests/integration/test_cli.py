@@ -1,0 +1,74 @@
+"""The tenantq command-line tool against a real daemon: result JSON on
+stdout, `CODE: message` on stderr with exit 1 for daemon errors, 2 for usage
+errors, 3 for timeouts/transport."""
+
+import json
+import os
+import tempfile
+
+from tqlib import cli
+
+UPSERT = '{"page":"home","section":{"type":"hero"}}'
+
+
+def test_call_prints_result_json(daemon, db):
+    p = cli("-e", daemon.endpoint, "call", "acme", "section.upsert", UPSERT)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    res = json.loads(p.stdout)
+    assert res == {"id": "home-hero-main", "page": "home", "index": 0,
+                   "created": True, "version": 1}
+    assert db.sections("acme", "home") == [{"id": "home-hero-main", "type": "hero"}]
+
+    p = cli("-e", daemon.endpoint, "call", "acme", "draft.get")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"draft": {"pages": {"home": {"sections": [
+        {"id": "home-hero-main", "type": "hero"}]}}}, "version": 1}
+
+
+def test_daemon_error_exits_1(daemon, db):
+    dup = '{"page":"home","section":{"id":"x","type":"hero"}}'
+    p = cli("-e", daemon.endpoint, "call", "acme", "section.upsert", dup)
+    assert p.returncode == 0, p.stderr
+    p = cli("-e", daemon.endpoint, "call", "acme", "section.upsert", dup)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert p.stderr.startswith("DUPLICATE_SECTION_ID:"), p.stderr
+    assert '"x"' in p.stderr
+    assert p.stdout == ""
+    assert db.row("acme")["version"] == 1
+
+
+def test_usage_errors_exit_2(daemon, db):
+    for args in (["call", "acme", "section.upsert", "{not json"],
+                 ["call", "acme", "section.upsert", "[1,2]"],
+                 ["call", "acme"],
+                 ["frobnicate"],
+                 []):
+        p = cli("-e", daemon.endpoint, *args)
+        assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
+        assert p.stderr.strip(), args
+    assert db.snapshot() == []
+
+
+def test_ping_and_env_endpoint(daemon, db):
+    p = cli("-e", daemon.endpoint, "ping")
+    assert p.returncode == 0 and "pong" in p.stdout, (p.returncode, p.stdout, p.stderr)
+    p = cli("ping", env={"TENANTQ_ENDPOINT": daemon.endpoint})
+    assert p.returncode == 0 and "pong" in p.stdout, (p.returncode, p.stdout, p.stderr)
+    p = cli("call", "acme", "section.upsert", UPSERT,
+            env={"TENANTQ_ENDPOINT": daemon.endpoint})
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["id"] == "home-hero-main"
+
+
+def test_unreachable_exits_3(db):
+    d = tempfile.mkdtemp(prefix="tq-it-")
+    ep = "ipc://%s/nobody.sock" % d
+    try:
+        p = cli("-e", ep, "-t", "300", "ping", timeout=10)
+        assert p.returncode == 3, (p.returncode, p.stdout, p.stderr)
+        p = cli("-e", ep, "-t", "300", "call", "acme", "section.upsert", UPSERT, timeout=10)
+        assert p.returncode == 3, (p.returncode, p.stdout, p.stderr)
+        assert p.stderr.strip()
+    finally:
+        os.rmdir(d)
+    assert db.snapshot() == []
