@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -62,6 +63,7 @@ struct tq_client {
     struct tq_endpoint *eps; /* owned array of n_eps */
     size_t n_eps;
     int timeout_ms;
+    int attempts;            /* tries per call for retryable errors (>= 1) */
     bool last_replayed;
     msgpack_sbuffer sb;      /* request encoding buffer, reused per call */
 };
@@ -283,6 +285,7 @@ tq_client *tq_connect(const char *endpoint, tq_status *st)
     if (c == NULL)
         goto oom;
     c->timeout_ms = TQ_DEFAULT_TIMEOUT_MS;
+    c->attempts = 1;
     msgpack_sbuffer_init(&c->sb);
 
     size_t cap = 1;
@@ -347,6 +350,37 @@ void tq_set_timeout(tq_client *c, int timeout_ms)
         c->timeout_ms = timeout_ms > 0 ? timeout_ms : TQ_DEFAULT_TIMEOUT_MS;
 }
 
+void tq_set_retries(tq_client *c, int attempts)
+{
+    if (c != NULL)
+        c->attempts = attempts >= 1 ? (attempts > 100 ? 100 : attempts) : 1;
+}
+
+/* Ops that change state get an idempotency key when the caller gave none, so
+ * that our own retries and nanomsg's re-sends take effect once. */
+static bool op_changes_state(const char *op)
+{
+    return strcmp(op, "ping") != 0 && strcmp(op, "draft.get") != 0;
+}
+
+static int make_key(char out[40])
+{
+    unsigned char rnd[16];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        return -1;
+    memcpy(out, "auto-", 5);
+    for (size_t i = 0; i < sizeof rnd; i++)
+        snprintf(out + 5 + 2 * i, 3, "%02x", rnd[i]);
+    return 0;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
 bool tq_last_replayed(const tq_client *c)
 {
     return c != NULL && c->last_replayed;
@@ -394,6 +428,15 @@ int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_j
     }
 
     const char *key = opts ? opts->key : NULL;
+    char auto_key[40];
+    if (key == NULL && op_changes_state(op)) {
+        if (make_key(auto_key) < 0) {
+            json_decref(args);
+            return status_set(st, TQ_E_USAGE, "cannot generate an idempotency key: %s",
+                              strerror(errno));
+        }
+        key = auto_key;
+    }
     uint64_t deadline_ms = opts ? opts->deadline_ms : 0;
     int timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : c->timeout_ms;
 
@@ -406,27 +449,37 @@ int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_j
                           "(args not representable or out of memory)", tenant, op);
 
     struct tq_endpoint *ep = endpoint_for_tenant(c, tenant);
-    void *reply = NULL;
-    size_t reply_len = 0;
-    if (exchange(ep, c->sb.data, c->sb.size, timeout_ms, &reply, &reply_len, st) < 0)
-        return -1;
-
     tq_response resp;
-    tq_error err;
-    rc = tq_response_decode(reply, reply_len, &resp, &err);
-    nn_freemsg(reply);
-    if (rc < 0)
-        return status_set(st, TQ_E_PROTOCOL, "endpoint %s: invalid reply: %s", ep->url,
-                          err.message);
-
-    if (!resp.ok) {
-        if (st != NULL) {
-            st->code = resp.code;
-            st->retryable = resp.retryable;
-            snprintf(st->message, sizeof st->message, "%s",
-                     resp.message ? resp.message : "");
+    int attempts = opts && opts->attempts > 0 ? opts->attempts : c->attempts;
+    for (int attempt = 1;; attempt++) {
+        /* the same bytes, and so the same key, on every attempt */
+        void *reply = NULL;
+        size_t reply_len = 0;
+        tq_status local;
+        tq_status *s = st ? st : &local;
+        if (exchange(ep, c->sb.data, c->sb.size, timeout_ms, &reply, &reply_len, s) < 0) {
+            if (attempt < attempts && s->retryable) {
+                sleep_ms(25 << (attempt < 6 ? attempt : 6));
+                continue;
+            }
+            return -1;
         }
+        tq_error err;
+        rc = tq_response_decode(reply, reply_len, &resp, &err);
+        nn_freemsg(reply);
+        if (rc < 0)
+            return status_set(st, TQ_E_PROTOCOL, "endpoint %s: invalid reply: %s", ep->url,
+                              err.message);
+        if (resp.ok)
+            break;
+        s->code = resp.code;
+        s->retryable = resp.retryable;
+        snprintf(s->message, sizeof s->message, "%s", resp.message ? resp.message : "");
         tq_response_free(&resp);
+        if (attempt < attempts && s->retryable) {
+            sleep_ms(25 << (attempt < 6 ? attempt : 6));
+            continue;
+        }
         return -1;
     }
 

@@ -39,6 +39,8 @@ static void usage(FILE *out)
             "  -k, --key KEY             idempotency key (repeat it to retry safely)\n"
             "  -d, --deadline MS         how long the daemon may hold the request\n"
             "                            (default: the daemon's default_deadline_ms)\n"
+            "  -r, --retries N           tries for retryable errors, same key each time\n"
+            "                            (default 1: no retry)\n"
             "  -h, --help                show this help\n"
             "\n"
             "ARGS-JSON is a JSON object (default {}).  ping uses tenant \"_ping\" unless\n"
@@ -99,6 +101,7 @@ int main(int argc, char **argv)
         {"timeout", required_argument, NULL, 't'},
         {"key", required_argument, NULL, 'k'},
         {"deadline", required_argument, NULL, 'd'},
+        {"retries", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -111,7 +114,7 @@ int main(int argc, char **argv)
      * (an ARGS-JSON or tenant starting with '-') are never taken as options. */
     int ch;
     unsigned long v;
-    while ((ch = getopt_long(argc, argv, "+e:t:k:d:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "+e:t:k:d:r:h", longopts, NULL)) != -1) {
         switch (ch) {
         case 'e':
             endpoint = optarg;
@@ -132,6 +135,11 @@ int main(int argc, char **argv)
                 return usage_error("invalid deadline \"%s\": expected milliseconds > 0",
                                    optarg);
             opts.deadline_ms = (uint32_t)v;
+            break;
+        case 'r':
+            if (!parse_ulong(optarg, 1, 100, &v))
+                return usage_error("invalid retries \"%s\": expected 1..100", optarg);
+            opts.attempts = (int)v;
             break;
         case 'h':
             usage(stdout);

@@ -35,7 +35,8 @@ typedef struct tq_status {
 typedef struct tq_call_opts {
     const char *key;       /* idempotency key, NULL = none */
     uint32_t deadline_ms;  /* 0 = daemon default */
-    int timeout_ms;        /* 0 = client default (see tq_set_timeout) */
+    int timeout_ms;        /* 0 = client default (see tq_set_timeout), per attempt */
+    int attempts;          /* 0 = client default (see tq_set_retries) */
 } tq_call_opts;
 
 /*
@@ -53,7 +54,19 @@ void tq_close(tq_client *c);
 void tq_set_timeout(tq_client *c, int timeout_ms);
 
 /*
+ * Tries per call (initially 1 = no retry).  With n > 1 a call whose outcome
+ * is a retryable error (QUEUE_FULL, DEADLINE_EXCEEDED, LOCK_TIMEOUT,
+ * DB_UNAVAILABLE, OUTCOME_UNKNOWN, SHUTTING_DOWN, TIMEOUT) is sent again,
+ * byte for byte, with the same idempotency key, after 50, 100, 200 ... ms
+ * (capped at 1.6 s).  Safe for edits because of the key (see tq_call).
+ */
+void tq_set_retries(tq_client *c, int attempts);
+
+/*
  * Call op for tenant with args_json (a JSON object as text; NULL = {}).
+ * Every op that changes state (all but ping and draft.get) carries an
+ * idempotency key: opts->key, or a random one generated per call, so that a
+ * re-send by nanomsg or by tq_set_retries takes effect at most once.
  * Blocks until the reply or the timeout.  On success returns 0 and, if
  * result_json is not NULL, stores a malloc'd JSON text of the result there
  * (caller frees with free()).  On failure returns -1 with st filled

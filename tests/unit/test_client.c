@@ -292,8 +292,15 @@ static void test_call(void)
     rc = tq_call(c, "shop-1", "echo", NULL, NULL, &res, NULL);
     CHECK(rc == 0 && res != NULL && strstr(res, "\"args\":{}") != NULL,
           "NULL args arrive as {}: %s", res ? res : "(null)");
-    CHECK(res && strstr(res, "\"key\":null") != NULL && strstr(res, "\"deadline_ms\":0") != NULL,
-          "no key/deadline sent: %s", res ? res : "(null)");
+    /* an op that may change state gets a generated key; a fresh one per call */
+    CHECK(res && strstr(res, "\"key\":\"auto-") != NULL && strstr(res, "\"deadline_ms\":0") != NULL,
+          "generated key, no deadline: %s", res ? res : "(null)");
+    char *first = res;
+    res = NULL;
+    rc = tq_call(c, "shop-1", "echo", NULL, NULL, &res, NULL);
+    CHECK(rc == 0 && res && first && strcmp(res, first) != 0, "a new key per call: %s vs %s",
+          res ? res : "(null)", first ? first : "(null)");
+    free(first);
     free(res);
 
     res = NULL;
