@@ -25,6 +25,7 @@
 #define TQ_SP_HDR_MAX 64 /* SP routing header bytes we carry; direct peers use 8 */
 
 struct shard;
+struct tq_stats;
 
 struct daemon {
     const tq_config *cfg;
@@ -34,6 +35,7 @@ struct daemon {
     struct shard **shards;
     atomic_int pending;            /* admitted, not yet answered (max_pending) */
     atomic_bool draining;          /* SIGTERM seen: admit nothing new */
+    struct tq_stats *front_stats;  /* the main thread's counters */
 };
 
 /* One admitted request. */

@@ -13,6 +13,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "metrics.h"
 
 uint64_t now_us(void)
 {
@@ -86,6 +87,7 @@ void job_finish_ok(struct daemon *d, msgpack_sbuffer *sb, struct job *job, const
         }
     }
     daemon_send_reply(d, job->hdr, job->hdr_len, sb->data, sb->size);
+    stats_request((int)job->op, TQ_OK);
     job_release(d, job);
 }
 
@@ -98,5 +100,6 @@ void job_finish_error(struct daemon *d, msgpack_sbuffer *sb, struct job *job, tq
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     reply_error_raw(d, sb, job->hdr, job->hdr_len, code, msg);
+    stats_request((int)job->op, code);
     job_release(d, job);
 }

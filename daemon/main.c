@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -25,6 +26,7 @@
 #include "daemon.h"
 #include "front.h"
 #include "log.h"
+#include "metrics.h"
 #include "pg.h"
 #include "shard.h"
 
@@ -56,6 +58,7 @@ struct main_ctx {
     tq_config cfg;
     struct event_base *base;
     struct front *front;
+    struct metrics *metrics;
     struct event *ev_tick, *ev_term, *ev_int, *ev_hup;
     int argc;
     char **argv;
@@ -186,12 +189,19 @@ static int run_daemon(struct main_ctx *m)
     int rc = 1;
 
     signal(SIGPIPE, SIG_IGN);
+    umask(007); /* the ipc socket file gets no permissions for others */
     if (evthread_use_pthreads() < 0) {
         log_err("libevent thread support is unavailable");
         return 1;
     }
     d->cfg = &m->cfg;
     d->rep_sock = -1;
+    d->front_stats = calloc(1, sizeof *d->front_stats);
+    if (!d->front_stats) {
+        log_err("out of memory");
+        return 1;
+    }
+    tls_stats = d->front_stats;
     if (getrandom(d->hash_key, sizeof d->hash_key, 0) != (ssize_t)sizeof d->hash_key) {
         log_err("getrandom: %s", strerror(errno));
         return 1;
@@ -225,6 +235,14 @@ static int run_daemon(struct main_ctx *m)
         log_err("cannot register the receive event");
         goto out;
     }
+    if (m->cfg.metrics_listen[0]) {
+        m->metrics = metrics_start(d, m->base, m->cfg.metrics_listen, err, sizeof err);
+        if (!m->metrics) {
+            log_err("%s", err);
+            goto out;
+        }
+        log_info("metrics on http://%s/metrics", m->cfg.metrics_listen);
+    }
     if (sd_watchdog_enabled(0, &m->watchdog_usec) <= 0)
         m->watchdog_usec = 0;
     m->last_watchdog_us = now_us();
@@ -251,6 +269,7 @@ out:
     }
     if (m->front)
         front_stop_reading(m->front);
+    metrics_stop(m->metrics);
     for (int i = 0; d->shards && i < d->nshards; i++)
         shard_destroy(d->shards[i]); /* joins the thread */
     front_close(m->front);
@@ -266,6 +285,7 @@ out:
     free(m->drain_sent);
     free(m->stop_sent);
     free(m->last_beats);
+    free(d->front_stats);
     event_base_free(m->base);
     nn_term();
     if (rc == 0) {

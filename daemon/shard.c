@@ -32,6 +32,7 @@
 
 #include "lane.h"
 #include "log.h"
+#include "metrics.h"
 #include "pg.h"
 #include "siphash.h"
 
@@ -90,6 +91,8 @@ struct shard {
     atomic_bool drained;
     atomic_int connected;
     atomic_uint heartbeat;
+    atomic_ulong gauges[SHARD_GAUGE__COUNT];
+    struct tq_stats stats;
 };
 
 static const char SQL_BEGIN[] = "BEGIN";
@@ -128,6 +131,7 @@ static void shard_kick(struct shard *s);
 static void fail_job(struct shard *s, struct job *j, tq_code code, const char *msg)
 {
     reply_error_raw(s->d, &s->sb, j->hdr, j->hdr_len, code, msg);
+    stats_request((int)j->op, code);
     atomic_fetch_sub_explicit(&s->d->pending, 1, memory_order_relaxed);
     job_free(j);
 }
@@ -235,6 +239,8 @@ static void fail_batch_from_results(struct txn *t, PGresult *const *res, int n)
     const char *state = pg_sqlstate(bad);
     const char *tenant = t->lane->tenant;
     if (state && strcmp(state, "55P03") == 0) {
+        atomic_fetch_add_explicit(&t->s->gauges[SHARD_GAUGE_LOCK_TIMEOUTS], 1,
+                                  memory_order_relaxed);
         fail_batch(t, TQ_E_LOCK_TIMEOUT,
                    "tenant \"%s\": advisory lock not acquired within %s ms: it is held elsewhere "
                    "(another tenantqd instance or a direct writer); nothing changed",
@@ -296,6 +302,7 @@ static void reply_all(struct txn *t)
             tq_timing tm = {.queue_us = t->start_us - j->recv_us,
                             .exec_us = now - t->start_us,
                             .batch = (uint32_t)t->n};
+            stats_timing(tm.queue_us, tm.exec_us);
             job_finish_ok(t->s->d, &t->s->sb, j, t->results[i], t->replayed[i], &tm);
         } else {
             fail_job(t->s, j, t->errs[i].code, t->errs[i].message);
@@ -558,6 +565,7 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
         txn_end(t, true);
         return;
     }
+    stats_batch(t->n);
     const char *tenant = lane->tenant;
     int rc;
     if (!mutating) {
@@ -620,6 +628,8 @@ static int idle_conn(struct shard *s)
 
 static void check_drained(struct shard *s)
 {
+    atomic_store_explicit(&s->gauges[SHARD_GAUGE_QUEUED], s->queued, memory_order_relaxed);
+    atomic_store_explicit(&s->gauges[SHARD_GAUGE_LANES], s->lanes.count, memory_order_relaxed);
     if (s->draining && s->queued == 0 && s->inflight == 0)
         atomic_store(&s->drained, true);
     if (s->stopping && s->inflight == 0)
@@ -806,15 +816,20 @@ static void on_conn_state(struct pgconn *c, void *owner)
     struct shard *s = owner;
     (void)c;
     int up = 0;
-    for (int i = 0; i < s->nconns; i++)
+    unsigned long reconnects = 0;
+    for (int i = 0; i < s->nconns; i++) {
         up += s->conns[i].state == PGC_IDLE || s->conns[i].state == PGC_BUSY;
+        reconnects += s->conns[i].reconnects;
+    }
     atomic_store(&s->connected, up);
+    atomic_store_explicit(&s->gauges[SHARD_GAUGE_RECONNECTS], reconnects, memory_order_relaxed);
     shard_kick(s);
 }
 
 static void *shard_main(void *arg)
 {
     struct shard *s = arg;
+    tls_stats = &s->stats;
     for (int i = 0; i < s->nconns; i++)
         pg_start(&s->conns[i]);
     event_base_dispatch(s->base);
@@ -913,6 +928,11 @@ int shard_request_stop(struct shard *s) { return send_msg(s, MSG_STOP, NULL); }
 bool shard_drained(const struct shard *s) { return atomic_load(&s->drained); }
 int shard_connected(const struct shard *s) { return atomic_load(&s->connected); }
 unsigned shard_heartbeat(const struct shard *s) { return atomic_load(&s->heartbeat); }
+struct tq_stats *shard_stats(struct shard *s) { return &s->stats; }
+unsigned long shard_gauge(const struct shard *s, enum shard_gauge g)
+{
+    return atomic_load_explicit(&s->gauges[g], memory_order_relaxed);
+}
 
 void shard_destroy(struct shard *s)
 {

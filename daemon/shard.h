@@ -40,6 +40,17 @@ bool shard_drained(const struct shard *s);
 int shard_connected(const struct shard *s);
 unsigned shard_heartbeat(const struct shard *s);
 
+enum shard_gauge {
+    SHARD_GAUGE_QUEUED,        /* requests waiting in lanes */
+    SHARD_GAUGE_LANES,         /* tenants with queued or running work */
+    SHARD_GAUGE_RECONNECTS,    /* database reconnect attempts */
+    SHARD_GAUGE_LOCK_TIMEOUTS, /* batches failed with LOCK_TIMEOUT */
+    SHARD_GAUGE__COUNT
+};
+/* Read by the metrics endpoint (any thread). */
+unsigned long shard_gauge(const struct shard *s, enum shard_gauge g);
+struct tq_stats *shard_stats(struct shard *s);
+
 /* Join the thread (after a stop request) and free everything. */
 void shard_destroy(struct shard *s);
 

@@ -206,10 +206,14 @@ def test_boundaries_accepted(edaemon, db):
                   {"page": name, "section": {"type": name, "id": name}}))
     assert res["id"] == name
     res = ok(call(edaemon.endpoint, T, "section.upsert",
-                  {"page": name, "section": {"type": "x"}, "index": 1}))
+                  {"page": name, "section": {"type": "x", "id": "y"}, "index": 1}))
     assert res["index"] == 1 and res["created"] is True
     res = ok(call(edaemon.endpoint, T, "draft.get", None, colour="ignored"))
     assert res["version"] == 2
+    # a generated id that would exceed 64 bytes is refused, naming the field
+    r = call(edaemon.endpoint, T, "section.upsert", {"page": name, "section": {"type": "x"}})
+    e = err(r, "INVALID_ARGUMENT", retryable=False)
+    assert "args.section.id" in e["message"], e
 
 
 def test_draft_too_large(daemon_factory, db):

@@ -317,8 +317,8 @@ class DB:
     def __init__(self, conninfo):
         self.conninfo = conninfo
 
-    def connect(self, **kw):
-        return psycopg.connect(self.conninfo, autocommit=True, **kw)
+    def connect(self, autocommit=True):
+        return psycopg.connect(self.conninfo, autocommit=autocommit)
 
     def row(self, tenant):
         """{'draft','published','version'} of tenant, or None without a row."""

@@ -1,0 +1,268 @@
+/*
+ * metrics.c - per-thread counters and the small HTTP endpoint.
+ *
+ * The endpoint is hardened per TECHNOTES §4: GET only, small header and body
+ * limits, short timeouts; it runs on the main thread's base and only reads
+ * atomics, so a slow scraper cannot disturb the shards.
+ */
+#include "metrics.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+
+#include "daemon.h"
+#include "shard.h"
+
+_Thread_local struct tq_stats *tls_stats;
+
+/* upper bounds in microseconds; the last bucket is +Inf */
+static const uint64_t lat_bounds_us[STATS_LAT_BUCKETS] = {
+    250, 500, 1000, 2000, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000,
+};
+
+void stats_request(int op, tq_code code)
+{
+    struct tq_stats *s = tls_stats;
+    if (!s || code < 0 || code >= TQ_CODE__COUNT)
+        return;
+    if (op < 0 || op > SF_OP__COUNT)
+        op = SF_OP__COUNT;
+    atomic_fetch_add_explicit(&s->requests[op][code], 1, memory_order_relaxed);
+}
+
+static int lat_bucket(uint64_t us)
+{
+    int b = 0;
+    while (b < STATS_LAT_BUCKETS && us > lat_bounds_us[b])
+        b++;
+    return b;
+}
+
+void stats_timing(uint64_t queue_us, uint64_t exec_us)
+{
+    struct tq_stats *s = tls_stats;
+    if (!s)
+        return;
+    atomic_fetch_add_explicit(&s->queue_hist[lat_bucket(queue_us)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->exec_hist[lat_bucket(exec_us)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->queue_sum_us, queue_us, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->exec_sum_us, exec_us, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->timed, 1, memory_order_relaxed);
+}
+
+void stats_batch(int n)
+{
+    struct tq_stats *s = tls_stats;
+    if (!s || n <= 0)
+        return;
+    int b = 0;
+    while (b < STATS_BATCH_BUCKETS && n > (1 << b))
+        b++;
+    atomic_fetch_add_explicit(&s->batch_hist[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->batch_sum, (unsigned long)n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->batches, 1, memory_order_relaxed);
+}
+
+struct metrics {
+    struct daemon *d;
+    struct evhttp *http;
+};
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+/* Sum of one field over the front's and every shard's stats. */
+#define SUM(out, field)                                                         \
+    do {                                                                        \
+        out = LOAD(d->front_stats->field);                                      \
+        for (int i_ = 0; i_ < d->nshards; i_++)                                 \
+            out += LOAD(shard_stats(d->shards[i_])->field);                     \
+    } while (0)
+
+static void histogram(struct evbuffer *b, struct daemon *d, const char *name, const char *help,
+                      int which)
+{
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long cum = 0, v, sum;
+    for (int k = 0; k <= STATS_LAT_BUCKETS; k++) {
+        if (which == 0)
+            SUM(v, queue_hist[k]);
+        else
+            SUM(v, exec_hist[k]);
+        cum += v;
+        if (k < STATS_LAT_BUCKETS)
+            evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %lu\n", name,
+                                (double)lat_bounds_us[k] / 1e6, cum);
+        else
+            evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %lu\n", name, cum);
+    }
+    if (which == 0)
+        SUM(sum, queue_sum_us);
+    else
+        SUM(sum, exec_sum_us);
+    evbuffer_add_printf(b, "%s_sum %g\n%s_count %lu\n", name, (double)sum / 1e6, name, cum);
+}
+
+static void on_metrics(struct evhttp_request *req, void *arg)
+{
+    struct metrics *m = arg;
+    struct daemon *d = m->d;
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+        return;
+    }
+    evbuffer_add_printf(b, "# HELP tenantq_requests_total Requests answered, by op and code.\n"
+                           "# TYPE tenantq_requests_total counter\n");
+    for (int op = 0; op <= SF_OP__COUNT; op++) {
+        for (int code = 0; code < TQ_CODE__COUNT; code++) {
+            unsigned long v;
+            SUM(v, requests[op][code]);
+            if (v)
+                evbuffer_add_printf(b, "tenantq_requests_total{op=\"%s\",code=\"%s\"} %lu\n",
+                                    op < SF_OP__COUNT ? sf_op_name((sf_op)op) : "invalid",
+                                    code == TQ_OK ? "OK" : tq_code_name((tq_code)code), v);
+        }
+    }
+    histogram(b, d, "tenantq_queue_wait_seconds", "Time from arrival to execution start.", 0);
+    histogram(b, d, "tenantq_exec_seconds", "Time from execution start to the reply.", 1);
+
+    evbuffer_add_printf(b, "# HELP tenantq_batch_size Requests per executed transaction.\n"
+                           "# TYPE tenantq_batch_size histogram\n");
+    unsigned long cum = 0, v;
+    for (int k = 0; k <= STATS_BATCH_BUCKETS; k++) {
+        SUM(v, batch_hist[k]);
+        cum += v;
+        if (k < STATS_BATCH_BUCKETS)
+            evbuffer_add_printf(b, "tenantq_batch_size_bucket{le=\"%d\"} %lu\n", 1 << k, cum);
+        else
+            evbuffer_add_printf(b, "tenantq_batch_size_bucket{le=\"+Inf\"} %lu\n", cum);
+    }
+    SUM(v, batch_sum);
+    evbuffer_add_printf(b, "tenantq_batch_size_sum %lu\ntenantq_batch_size_count %lu\n", v, cum);
+
+    evbuffer_add_printf(b, "# HELP tenantq_queued Requests waiting in tenant lanes, by shard.\n"
+                           "# TYPE tenantq_queued gauge\n");
+    for (int i = 0; i < d->nshards; i++)
+        evbuffer_add_printf(b, "tenantq_queued{shard=\"%d\"} %lu\n", i,
+                            (unsigned long)shard_gauge(d->shards[i], SHARD_GAUGE_QUEUED));
+    evbuffer_add_printf(b, "# HELP tenantq_tenants_pending Tenants with queued or running work.\n"
+                           "# TYPE tenantq_tenants_pending gauge\n");
+    for (int i = 0; i < d->nshards; i++)
+        evbuffer_add_printf(b, "tenantq_tenants_pending{shard=\"%d\"} %lu\n", i,
+                            (unsigned long)shard_gauge(d->shards[i], SHARD_GAUGE_LANES));
+    evbuffer_add_printf(b, "# HELP tenantq_db_connections Usable database connections.\n"
+                           "# TYPE tenantq_db_connections gauge\n");
+    for (int i = 0; i < d->nshards; i++)
+        evbuffer_add_printf(b, "tenantq_db_connections{shard=\"%d\"} %d\n", i,
+                            shard_connected(d->shards[i]));
+    unsigned long rec = 0, lto = 0;
+    for (int i = 0; i < d->nshards; i++) {
+        rec += shard_gauge(d->shards[i], SHARD_GAUGE_RECONNECTS);
+        lto += shard_gauge(d->shards[i], SHARD_GAUGE_LOCK_TIMEOUTS);
+    }
+    evbuffer_add_printf(b,
+                        "# HELP tenantq_db_reconnects_total Database reconnect attempts.\n"
+                        "# TYPE tenantq_db_reconnects_total counter\n"
+                        "tenantq_db_reconnects_total %lu\n"
+                        "# HELP tenantq_lock_timeouts_total Batches that hit lock_timeout.\n"
+                        "# TYPE tenantq_lock_timeouts_total counter\n"
+                        "tenantq_lock_timeouts_total %lu\n"
+                        "# HELP tenantq_pending Requests admitted and not yet answered.\n"
+                        "# TYPE tenantq_pending gauge\n"
+                        "tenantq_pending %d\n",
+                        rec, lto, atomic_load(&d->pending));
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4");
+    evhttp_send_reply(req, HTTP_OK, "OK", b);
+    evbuffer_free(b);
+}
+
+static void on_healthz(struct evhttp_request *req, void *arg)
+{
+    struct metrics *m = arg;
+    struct daemon *d = m->d;
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+        return;
+    }
+    int down = 0;
+    for (int i = 0; i < d->nshards; i++)
+        down += shard_connected(d->shards[i]) == 0;
+    int code = HTTP_OK;
+    if (atomic_load(&d->draining)) {
+        evbuffer_add_printf(b, "draining\n");
+        code = 503;
+    } else if (down) {
+        evbuffer_add_printf(b, "%d of %d shards have no database connection\n", down, d->nshards);
+        code = 503;
+    } else {
+        evbuffer_add_printf(b, "ok\n");
+    }
+    evhttp_send_reply(req, code, code == HTTP_OK ? "OK" : "Service Unavailable", b);
+    evbuffer_free(b);
+}
+
+static void on_other(struct evhttp_request *req, void *arg)
+{
+    (void)arg;
+    evhttp_send_error(req, HTTP_NOTFOUND, NULL);
+}
+
+struct metrics *metrics_start(struct daemon *d, struct event_base *base, const char *listen,
+                              char *err, size_t errlen)
+{
+    const char *colon = strrchr(listen, ':');
+    char host[256];
+    char *end;
+    long port = colon ? strtol(colon + 1, &end, 10) : -1;
+    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host || *end != '\0' ||
+        port < 0 || port > 65535) {
+        snprintf(err, errlen, "[metrics] listen: expected HOST:PORT, got \"%.100s\"", listen);
+        return NULL;
+    }
+    memcpy(host, listen, (size_t)(colon - listen));
+    host[colon - listen] = '\0';
+    if (host[0] == '[' && host[strlen(host) - 1] == ']') { /* [::1]:9464 */
+        memmove(host, host + 1, strlen(host));
+        host[strlen(host) - 1] = '\0';
+    }
+    struct metrics *m = calloc(1, sizeof *m);
+    if (!m) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    m->d = d;
+    m->http = evhttp_new(base);
+    if (!m->http) {
+        free(m);
+        snprintf(err, errlen, "[metrics] listen: cannot create the HTTP server");
+        return NULL;
+    }
+    evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET);
+    evhttp_set_max_headers_size(m->http, 8192);
+    evhttp_set_max_body_size(m->http, 1024);
+    evhttp_set_timeout(m->http, 5);
+    evhttp_set_cb(m->http, "/metrics", on_metrics, m);
+    evhttp_set_cb(m->http, "/healthz", on_healthz, m);
+    evhttp_set_gencb(m->http, on_other, m);
+    if (evhttp_bind_socket(m->http, host, (uint16_t)port) < 0) {
+        snprintf(err, errlen, "[metrics] listen: cannot bind %.100s", listen);
+        metrics_stop(m);
+        return NULL;
+    }
+    return m;
+}
+
+void metrics_stop(struct metrics *m)
+{
+    if (!m)
+        return;
+    evhttp_free(m->http);
+    free(m);
+}

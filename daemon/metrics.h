@@ -1,0 +1,52 @@
+/*
+ * metrics.h - counters and histograms, and the HTTP endpoint that shows them
+ * (Prometheus text at /metrics, liveness at /healthz).
+ *
+ * Every thread that answers requests (the front and each shard) owns one
+ * struct tq_stats and writes it with relaxed atomics; the HTTP handler on the
+ * main thread sums them.  No locks, no allocation on the request path.
+ */
+#ifndef TQ_METRICS_H
+#define TQ_METRICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+
+#include "storefront.h"
+#include "tq_codes.h"
+
+#define STATS_LAT_BUCKETS 15  /* latency buckets, see metrics.c */
+#define STATS_BATCH_BUCKETS 9 /* 1, 2, 4, ... 128, 256 */
+
+struct tq_stats {
+    /* [op][code]; op SF_OP__COUNT = not a known op (rejected by the front) */
+    atomic_ulong requests[SF_OP__COUNT + 1][TQ_CODE__COUNT];
+    atomic_ulong queue_hist[STATS_LAT_BUCKETS + 1], exec_hist[STATS_LAT_BUCKETS + 1];
+    atomic_ulong queue_sum_us, exec_sum_us, timed;
+    atomic_ulong batch_hist[STATS_BATCH_BUCKETS + 1], batch_sum, batches;
+};
+
+/* The calling thread's stats (set once at thread start; NULL = not counted). */
+extern _Thread_local struct tq_stats *tls_stats;
+
+/* Count one answered request; op < 0 or >= SF_OP__COUNT = unknown op. */
+void stats_request(int op, tq_code code);
+/* Record one executed request's queue wait and execution time. */
+void stats_timing(uint64_t queue_us, uint64_t exec_us);
+/* Record one executed batch of n requests. */
+void stats_batch(int n);
+
+struct daemon;
+struct metrics;
+
+/*
+ * Serve /metrics and /healthz on listen ("HOST:PORT") from base (the main
+ * thread's).  Returns NULL with err naming [metrics] listen on failure.
+ */
+struct metrics *metrics_start(struct daemon *d, struct event_base *base, const char *listen,
+                              char *err, size_t errlen);
+void metrics_stop(struct metrics *m);
+
+#endif
