@@ -136,6 +136,35 @@ static int check_index(const json_t *args, bool required, tq_error *err)
     return 0;
 }
 
+/* Container nesting depth of a JSON value (a scalar is 0, {} or [] is 1),
+ * as the codec counts levels; gives up past limit. */
+static int json_depth(const json_t *v, int limit)
+{
+    if (!json_is_object(v) && !json_is_array(v))
+        return 0;
+    if (limit <= 0)
+        return 1;
+    int deepest = 0;
+    if (json_is_object(v)) {
+        const char *k;
+        const json_t *child;
+        json_object_foreach((json_t *)(uintptr_t)v, k, child) {
+            int d = json_depth(child, limit - 1);
+            if (d > deepest)
+                deepest = d;
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        const json_t *child;
+        json_array_foreach(v, i, child) {
+            int d = json_depth(child, limit - 1);
+            if (d > deepest)
+                deepest = d;
+        }
+    }
+    return 1 + deepest;
+}
+
 int sf_validate_args(sf_op op, const json_t *args, tq_error *err)
 {
     static const char *const upsert_keys[] = {"page", "section", "index", NULL};
@@ -185,6 +214,12 @@ int sf_validate_args(sf_op op, const json_t *args, tq_error *err)
         if ((rc = check_name(sec, "type", "args.section.type", true, err)) != 0 ||
             (rc = check_name(sec, "id", "args.section.id", false, err)) != 0)
             return rc;
+        /* a section sits at level 7 of a draft.get reply, which must stay
+         * within the codec's 32 levels (PROTOCOL.md) */
+        if (json_depth(sec, SF_SECTION_MAX_DEPTH + 1) > SF_SECTION_MAX_DEPTH)
+            return tq_error_set(err, TQ_E_INVALID_ARGUMENT,
+                                "args.section: nested deeper than %d levels",
+                                SF_SECTION_MAX_DEPTH);
         return check_index(args, false, err);
     }
     case SF_OP_SECTION_REMOVE:

@@ -21,6 +21,7 @@
 #include "tq_proto.h"
 
 #define SF_NAME_MAX 64
+#define SF_SECTION_MAX_DEPTH 26 /* the section object is level 1 */
 
 typedef enum sf_op {
     SF_OP_PING = 0,

@@ -512,3 +512,56 @@ class RawReq:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# --------------------------------------------------------------------------
+# a private PostgreSQL cluster, for tests that stop and restart the server
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+class PgCluster:
+    """initdb'd into a temp dir, unix socket only.  As root the server runs
+    as postgres (it refuses root).  stop()/start() simulate an outage."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="tq-pg-")
+        os.chmod(self.dir, 0o755)
+        self.data = os.path.join(self.dir, "data")
+        self.logfile = os.path.join(self.dir, "postgres.log")
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._pg(["initdb", "-D", self.data, "-A", "trust", "-U", "postgres",
+                  "--no-sync", "-E", "UTF8", "--locale=C"])
+        self.conninfo = "host=%s user=postgres dbname=postgres" % self.dir
+
+    def _pg(self, argv, check=True):
+        cmd = [os.path.join(PG_BIN, argv[0]), *argv[1:]]
+        if self.as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=60)
+        if check:
+            assert p.returncode == 0, "%s failed:\n%s\n%s" % (argv[0], p.stdout,
+                                                             log_tail(self.logfile))
+        return p
+
+    def start(self):
+        self._pg(["pg_ctl", "-D", self.data, "-l", self.logfile, "-w", "-t", "30",
+                  "-o", "-k %s -c listen_addresses='' -c fsync=off "
+                  "-c max_connections=50" % self.dir, "start"])
+
+    def stop(self):
+        self._pg(["pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"], check=False)
+
+    def destroy(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

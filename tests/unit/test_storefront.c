@@ -323,6 +323,24 @@ static void test_validate_args(void)
     ARGS_OK(U, "{'page':'home','section':{'type':'hero'}}");
     ARGS_OK(U, "{'page':'home','section':{'type':'hero','id':'h-1'},'index':0}");
     ARGS_OK(U, "{'page':'home','section':{'type':'hero','x':[1,{'y':null}],'z':1.5},'index':7}");
+    {
+        /* depth limit: the section object is level 1, each array one more;
+         * 26 levels pass, 27 fail */
+        char deep[512];
+        for (int levels = 26; levels <= 27; levels++) {
+            int n = snprintf(deep, sizeof deep, "{'page':'home','section':{'type':'hero','x':");
+            for (int k = 1; k < levels; k++)
+                n += snprintf(deep + n, sizeof deep - (size_t)n, "[");
+            n += snprintf(deep + n, sizeof deep - (size_t)n, "1");
+            for (int k = 1; k < levels; k++)
+                n += snprintf(deep + n, sizeof deep - (size_t)n, "]");
+            snprintf(deep + n, sizeof deep - (size_t)n, "}}");
+            if (levels == 26)
+                ARGS_OK(U, deep);
+            else
+                ARGS_BAD(U, deep, "args.section: nested deeper than 26 levels");
+        }
+    }
     ARGS_BAD(U, "{}", "args.page: required");
     ARGS_BAD(U, NULL, "args.page: required");
     ARGS_BAD(U, "{'section':{'type':'hero'}}", "args.page: required");

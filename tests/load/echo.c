@@ -1,0 +1,177 @@
+/*
+ * echo.c - in-process raw REP echo server for tenantq-load --mode echo.
+ *
+ * One thread, one AF_SP_RAW NN_REP socket: receive a request with its SP
+ * routing header (nn_recvmsg with a control message), send back a canned v1
+ * reply carrying the same header in a plain control buffer (never an NN_MSG
+ * control chunk: a failed send would have freed it already, TECHNOTES §1).
+ * The request body is not decoded: this measures the transport alone.
+ */
+#include "echo.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdalign.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+#include <nanomsg/nn.h>
+#include <nanomsg/reqrep.h>
+
+#include "tq_proto.h"
+
+/* A direct REQ peer's header is 8 bytes; allow a few device hops. */
+#define ECHO_HDR_MAX 64
+/* How often the blocked receive wakes to look at the stop flag. */
+#define ECHO_POLL_MS 100
+
+struct echo_server {
+    int sock;
+    pthread_t thread;
+    atomic_bool stop;
+    char dir[PATH_MAX];
+    char path[PATH_MAX];
+    char endpoint[PATH_MAX + 8];
+    msgpack_sbuffer reply; /* the canned reply, encoded once */
+};
+
+/* Find the SP header in a received control message.  Returns its length
+ * (0 if absent or implausible) and points *hdr at it. */
+static size_t sp_header(struct nn_msghdr *mh, const unsigned char **hdr)
+{
+    for (struct nn_cmsghdr *c = NN_CMSG_FIRSTHDR(mh); c != NULL; c = NN_CMSG_NXTHDR(mh, c)) {
+        if (c->cmsg_level != PROTO_SP || c->cmsg_type != SP_HDR)
+            continue;
+        const unsigned char *data = NN_CMSG_DATA(c);
+        size_t len;
+        memcpy(&len, data, sizeof len);
+        if (len == 0 || len > ECHO_HDR_MAX)
+            return 0;
+        *hdr = data + sizeof len;
+        return len;
+    }
+    return 0;
+}
+
+/* Reply to the peer identified by hdr; a failure only loses this reply
+ * (the client times out and counts it), so it is not reported. */
+static void send_reply(echo_server *e, const unsigned char *hdr, size_t hdr_len)
+{
+    alignas(max_align_t) unsigned char ctrl[NN_CMSG_SPACE(sizeof(size_t) + ECHO_HDR_MAX)];
+    memset(ctrl, 0, sizeof ctrl);
+    struct nn_cmsghdr *c = (struct nn_cmsghdr *)(void *)ctrl;
+    c->cmsg_len = NN_CMSG_SPACE(sizeof(size_t) + hdr_len);
+    c->cmsg_level = PROTO_SP;
+    c->cmsg_type = SP_HDR;
+    unsigned char *data = NN_CMSG_DATA(c);
+    memcpy(data, &hdr_len, sizeof hdr_len);
+    memcpy(data + sizeof hdr_len, hdr, hdr_len);
+    struct nn_iovec iov = {.iov_base = e->reply.data, .iov_len = e->reply.size};
+    struct nn_msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
+                           .msg_controllen = NN_CMSG_SPACE(sizeof(size_t) + hdr_len)};
+    (void)nn_sendmsg(e->sock, &mh, 0);
+}
+
+static void *serve(void *arg)
+{
+    echo_server *e = arg;
+    while (!atomic_load(&e->stop)) {
+        void *body = NULL, *control = NULL;
+        struct nn_iovec iov = {.iov_base = &body, .iov_len = NN_MSG};
+        struct nn_msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                               .msg_controllen = NN_MSG};
+        if (nn_recvmsg(e->sock, &mh, 0) < 0) {
+            int err = nn_errno();
+            if (err == ETIMEDOUT || err == EAGAIN || err == EINTR)
+                continue;
+            fprintf(stderr, "tenantq-load: echo server: receive: %s\n", nn_strerror(err));
+            break;
+        }
+        const unsigned char *hdr = NULL;
+        size_t hdr_len = sp_header(&mh, &hdr);
+        if (hdr_len > 0)
+            send_reply(e, hdr, hdr_len);
+        nn_freemsg(body);
+        if (control != NULL)
+            nn_freemsg(control);
+    }
+    return NULL;
+}
+
+echo_server *echo_start(void)
+{
+    echo_server *e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return NULL;
+    e->sock = -1;
+    atomic_init(&e->stop, false);
+    msgpack_sbuffer_init(&e->reply);
+
+    json_t *result = json_pack("{s:b}", "pong", 1);
+    int rc = result != NULL ? tq_response_encode_ok(&e->reply, result, false, NULL) : -1;
+    json_decref(result);
+    if (rc != 0) {
+        fprintf(stderr, "tenantq-load: echo server: cannot encode the reply\n");
+        goto fail;
+    }
+
+    const char *tmp = getenv("TMPDIR");
+    snprintf(e->dir, sizeof e->dir, "%s/tenantq-load-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (mkdtemp(e->dir) == NULL) {
+        fprintf(stderr, "tenantq-load: echo server: mkdtemp %s: %s\n", e->dir, strerror(errno));
+        e->dir[0] = '\0';
+        goto fail;
+    }
+    snprintf(e->path, sizeof e->path, "%s/echo.sock", e->dir);
+    snprintf(e->endpoint, sizeof e->endpoint, "ipc://%s", e->path);
+
+    e->sock = nn_socket(AF_SP_RAW, NN_REP);
+    int timeout = ECHO_POLL_MS;
+    if (e->sock < 0 ||
+        nn_setsockopt(e->sock, NN_SOL_SOCKET, NN_RCVTIMEO, &timeout, sizeof timeout) < 0 ||
+        nn_bind(e->sock, e->endpoint) < 0) {
+        fprintf(stderr, "tenantq-load: echo server: %s: %s\n", e->endpoint,
+                nn_strerror(nn_errno()));
+        goto fail;
+    }
+    if (pthread_create(&e->thread, NULL, serve, e) != 0) {
+        fprintf(stderr, "tenantq-load: echo server: cannot start its thread\n");
+        goto fail;
+    }
+    return e;
+
+fail:
+    if (e->sock >= 0)
+        nn_close(e->sock);
+    if (e->dir[0] != '\0') {
+        unlink(e->path);
+        rmdir(e->dir);
+    }
+    msgpack_sbuffer_destroy(&e->reply);
+    free(e);
+    return NULL;
+}
+
+const char *echo_endpoint(const echo_server *e)
+{
+    return e->endpoint;
+}
+
+void echo_stop(echo_server *e)
+{
+    if (e == NULL)
+        return;
+    atomic_store(&e->stop, true);
+    pthread_join(e->thread, NULL);
+    nn_close(e->sock);
+    unlink(e->path);
+    rmdir(e->dir);
+    msgpack_sbuffer_destroy(&e->reply);
+    free(e);
+}
