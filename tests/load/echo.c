@@ -10,7 +10,6 @@
 #include "echo.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdalign.h>
@@ -30,14 +29,16 @@
 #define ECHO_HDR_MAX 64
 /* How often the blocked receive wakes to look at the stop flag. */
 #define ECHO_POLL_MS 100
+/* an ipc path must fit sun_path (108 bytes) anyway */
+#define ECHO_DIR_MAX 200
 
 struct echo_server {
     int sock;
     pthread_t thread;
     atomic_bool stop;
-    char dir[PATH_MAX];
-    char path[PATH_MAX];
-    char endpoint[PATH_MAX + 8];
+    char dir[ECHO_DIR_MAX];
+    char path[ECHO_DIR_MAX + 16];
+    char endpoint[ECHO_DIR_MAX + 32];
     msgpack_sbuffer reply; /* the canned reply, encoded once */
 };
 
@@ -122,8 +123,8 @@ echo_server *echo_start(void)
     }
 
     const char *tmp = getenv("TMPDIR");
-    snprintf(e->dir, sizeof e->dir, "%s/tenantq-load-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (mkdtemp(e->dir) == NULL) {
+    int n = snprintf(e->dir, sizeof e->dir, "%s/tenantq-load-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (n < 0 || (size_t)n >= sizeof e->dir || mkdtemp(e->dir) == NULL) {
         fprintf(stderr, "tenantq-load: echo server: mkdtemp %s: %s\n", e->dir, strerror(errno));
         e->dir[0] = '\0';
         goto fail;

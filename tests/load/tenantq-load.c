@@ -1,0 +1,1063 @@
+/*
+ * tenantq-load.c - load generator and correctness checker for tenantqd.
+ *
+ * N client threads send a mix of storefront edits for T tenants, each thread
+ * synchronously (one request outstanding per client, like a service worker):
+ *   daemon  through tenantqd with libtenantq (one tq_client per thread);
+ *   direct  the pre-tenantq pattern straight to PostgreSQL (one libpq
+ *           connection per thread): BEGIN, pg_advisory_xact_lock, SELECT,
+ *           sf_apply, INSERT .. ON CONFLICT DO UPDATE, COMMIT per request;
+ *   unsafe  the same without the lock, to show the race;
+ *   echo    ping against an in-process raw REP echo server: the ceiling of
+ *           libtenantq + nanomsg on this machine.
+ * direct/unsafe run daemon/storefront.c's sf_apply, the daemon's own edit
+ * code, so both sides do the same work per request.
+ *
+ * Rows are seeded before the clock starts; afterwards the database is
+ * checked against what was acknowledged (track.h).  Per-thread latency goes
+ * into fixed-size log-bucket histograms (hist.h), merged at the end.
+ * README.md describes the workload, the check and the output.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#include "echo.h"
+#include "hist.h"
+#include "storefront.h"
+#include "tenantq.h"
+#include "track.h"
+#include "workload.h"
+
+#define DEFAULT_ENDPOINT "ipc:///run/tenantq/tenantqd.sock"
+#define DEFAULT_DURATION_S 10.0
+/* the daemon's default max_draft_bytes, so sf_apply judges sizes alike */
+#define MAX_DRAFT_BYTES 1048576
+/* error slot for database errors in direct/unsafe mode (not a wire code) */
+#define ERR_DB TQ_CODE__COUNT
+#define NERR (TQ_CODE__COUNT + 1)
+
+enum mode { MODE_DAEMON, MODE_DIRECT, MODE_UNSAFE, MODE_ECHO };
+static const char *const MODE_NAMES[] = {
+    [MODE_DAEMON] = "daemon", [MODE_DIRECT] = "direct",
+    [MODE_UNSAFE] = "unsafe", [MODE_ECHO] = "echo"};
+
+/* The ops of the mix (a workload's verbs, not wire ops: a remove also
+ * re-adds, see README.md). */
+enum lop { LOP_UPSERT, LOP_GET, LOP_REMOVE, LOP_PING, LOP__COUNT };
+static const char *const LOP_NAMES[] = {
+    [LOP_UPSERT] = "upsert", [LOP_GET] = "get", [LOP_REMOVE] = "remove", [LOP_PING] = "ping"};
+
+enum dist { DIST_UNIFORM, DIST_ZIPF, DIST_HOT };
+
+struct options {
+    enum mode mode;
+    char *endpoints;         /* owned, comma-separated (libtenantq syntax) */
+    const char *conninfo;    /* "" = libpq environment */
+    unsigned clients;
+    size_t tenants;
+    enum dist dist;
+    double zipf_s;
+    const char *dist_text;
+    unsigned mix[LOP__COUNT];
+    unsigned mix_total;
+    double collide;
+    double duration_s;       /* 0 = use requests */
+    uint64_t requests;
+    const char *json_path;
+    bool check;
+    uint64_t seed;
+    bool unsafe_page_writes; /* unsafe: write back only the edited pages */
+};
+
+struct run;
+
+struct worker {
+    unsigned id;
+    pthread_t thread;
+    struct run *run;
+    uint64_t rng;
+    uint64_t seq;            /* writes so far, for the rev markers */
+    tq_client *client;       /* daemon/echo */
+    PGconn *pg;              /* direct/unsafe */
+    bool setup_failed;
+    hist lat;
+    _Atomic uint64_t ok;
+    _Atomic uint64_t err[NERR];
+};
+
+struct run {
+    struct options o;
+    const char *endpoint;    /* the one the workers connect to */
+    double *zipf_cdf;        /* owned, tenants entries */
+    track *track;
+    /* start line: every client connects first, then all start together */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    unsigned ready;          /* clients set up (under mu) */
+    bool go;                 /* under mu */
+    atomic_bool stop;
+    _Atomic int64_t budget;  /* requests left in --requests mode */
+    _Atomic unsigned done;   /* workers finished */
+    struct worker *w;        /* owned array of clients */
+};
+
+/* ---- small utilities ---------------------------------------------------- */
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* splitmix64: fast, good enough for picking tenants and ops */
+static uint64_t rnd(uint64_t *s)
+{
+    uint64_t z = (*s += UINT64_C(0x9e3779b97f4a7c15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return z ^ (z >> 31);
+}
+
+static double rnd01(uint64_t *s)
+{
+    return (double)(rnd(s) >> 11) * 0x1.0p-53;
+}
+
+static void bump(_Atomic uint64_t *a)
+{
+    /* single writer per counter: no locked read-modify-write needed */
+    atomic_store_explicit(a, atomic_load_explicit(a, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+static const char *err_name(unsigned code)
+{
+    return code == ERR_DB ? "DB_ERROR" : tq_code_name((tq_code)code);
+}
+
+/* Whether a failed change may nevertheless have been committed. */
+static bool outcome_unknown(unsigned code)
+{
+    return code == TQ_E_TIMEOUT || code == TQ_E_OUTCOME_UNKNOWN || code == TQ_E_TRANSPORT ||
+           code == TQ_E_PROTOCOL || code == TQ_E_INTERNAL;
+}
+
+/* ---- picking tenants and ops ------------------------------------------- */
+
+static double *zipf_cdf_new(size_t n, double s)
+{
+    double *cdf = malloc(n * sizeof *cdf);
+    if (cdf == NULL)
+        return NULL;
+    double sum = 0;
+    for (size_t k = 0; k < n; k++)
+        cdf[k] = (sum += pow((double)(k + 1), -s));
+    for (size_t k = 0; k < n; k++)
+        cdf[k] /= sum;
+    cdf[n - 1] = 1.0;
+    return cdf;
+}
+
+static size_t pick_tenant(struct worker *w)
+{
+    const struct options *o = &w->run->o;
+    switch (o->dist) {
+    case DIST_HOT:
+        return 0;
+    case DIST_ZIPF: {
+        /* first k with cdf[k] >= u */
+        double u = rnd01(&w->rng);
+        const double *cdf = w->run->zipf_cdf;
+        size_t lo = 0, hi = o->tenants - 1;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (cdf[mid] < u)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        return lo;
+    }
+    case DIST_UNIFORM:
+        break;
+    }
+    return (size_t)(rnd(&w->rng) % o->tenants);
+}
+
+static enum lop pick_op(struct worker *w)
+{
+    const struct options *o = &w->run->o;
+    unsigned r = (unsigned)(rnd(&w->rng) % o->mix_total);
+    for (int i = 0; i < LOP__COUNT; i++) {
+        if (r < o->mix[i])
+            return (enum lop)i;
+        r -= o->mix[i];
+    }
+    return LOP_PING;
+}
+
+/* ---- executing one request: daemon/echo -------------------------------- */
+
+static unsigned daemon_exec(struct worker *w, const char *tenant, sf_op op, const json_t *args,
+                            json_t **result)
+{
+    char *a = args != NULL ? json_dumps(args, JSON_COMPACT) : NULL;
+    char *res = NULL;
+    tq_status st;
+    int rc = tq_call(w->client, tenant, sf_op_name(op), a, NULL, &res, &st);
+    free(a);
+    if (rc != 0)
+        return st.code;
+    *result = json_loads(res, JSON_DECODE_ANY, NULL);
+    free(res);
+    return *result != NULL ? TQ_OK : TQ_E_PROTOCOL;
+}
+
+/* ---- executing one request: direct/unsafe ------------------------------ */
+
+static const char SQL_LOCK[] = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || $1, 0))";
+static const char SQL_SELECT[] =
+    "SELECT draft::text, published::text, version FROM tenantq_storefront WHERE tenant = $1";
+/* unsafe with --unsafe-write page: put back only the page that was edited */
+static const char SQL_WRITE_PAGE[] =
+    "UPDATE tenantq_storefront SET draft = jsonb_set(draft, ARRAY['pages', $2], $3::jsonb, true),"
+    " version = $4::bigint, updated_at = now() WHERE tenant = $1";
+static const char SQL_UPSERT[] =
+    "INSERT INTO tenantq_storefront AS t (tenant, draft, published, version, updated_at)"
+    " VALUES ($1, $2::jsonb, $3::jsonb, $4::bigint, now())"
+    " ON CONFLICT (tenant) DO UPDATE SET draft = EXCLUDED.draft,"
+    " published = EXCLUDED.published, version = EXCLUDED.version, updated_at = now()";
+
+/* Run one statement; returns its result (caller PQclear's; NULL if it could
+ * not be sent) and whether it succeeded in *ok. */
+static PGresult *pg_run(PGconn *c, const char *sql, int n, const char *const *params, bool *ok)
+{
+    PGresult *last = NULL, *r;
+    *ok = false;
+    if (!PQsendQueryParams(c, sql, n, NULL, params, NULL, NULL, 0))
+        return NULL;
+    while ((r = PQgetResult(c)) != NULL) {
+        PQclear(last);
+        last = r;
+    }
+    ExecStatusType st = PQresultStatus(last);
+    *ok = last != NULL && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK);
+    return last;
+}
+
+static bool pg_simple(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    bool ok;
+    PQclear(pg_run(c, sql, n, params, &ok));
+    return ok;
+}
+
+/* The tenant's state from a SELECT result (empty state for no row). */
+static int load_state(const PGresult *r, sf_state *st)
+{
+    if (PQntuples(r) == 0) {
+        sf_state_init_empty(st);
+        return 0;
+    }
+    st->draft = json_loads(PQgetvalue(r, 0, 0), 0, NULL);
+    st->published = PQgetisnull(r, 0, 1) ? NULL : json_loads(PQgetvalue(r, 0, 1), 0, NULL);
+    st->version = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    return st->draft != NULL && (PQgetisnull(r, 0, 1) || st->published != NULL) ? 0 : -1;
+}
+
+/* Write every page of st that differs from before (the pages object as read)
+ * with its own jsonb_set; other pages stay as they are in the row, whatever
+ * concurrent writers put there.  Returns true on success. */
+static bool write_pages(PGconn *c, const char *tenant, const json_t *before, const sf_state *st,
+                        const char *version)
+{
+    const char *name;
+    json_t *page;
+    json_object_foreach(json_object_get(st->draft, "pages"), name, page) {
+        if (json_equal(page, json_object_get(before, name)))
+            continue;
+        char *text = json_dumps(page, JSON_COMPACT);
+        const char *p[4] = {tenant, name, text, version};
+        bool ok = text != NULL && pg_simple(c, SQL_WRITE_PAGE, 4, p);
+        free(text);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static unsigned direct_exec(struct worker *w, const char *tenant, sf_op op, const json_t *args,
+                            json_t **result)
+{
+    PGconn *c = w->pg;
+    const char *p1[1] = {tenant};
+    if (PQstatus(c) != CONNECTION_OK) {
+        PQreset(c);
+        if (PQstatus(c) != CONNECTION_OK)
+            return TQ_E_DB_UNAVAILABLE;
+    }
+    if (op == SF_OP_PING) {
+        /* the nearest thing to ping without a daemon: one round trip */
+        if (!pg_simple(c, "SELECT 1", 0, NULL))
+            return ERR_DB;
+        *result = json_pack("{s:b}", "pong", 1);
+        return TQ_OK;
+    }
+    bool mut = sf_op_mutates(op);
+    if (mut) {
+        if (!pg_simple(c, "BEGIN", 0, NULL))
+            return ERR_DB;
+        if (w->run->o.mode == MODE_DIRECT && !pg_simple(c, SQL_LOCK, 1, p1))
+            goto db_fail;
+    }
+    bool ok;
+    PGresult *r = pg_run(c, SQL_SELECT, 1, p1, &ok);
+    sf_state st = {0};
+    int loaded = ok ? load_state(r, &st) : -1;
+    PQclear(r);
+    if (loaded != 0) {
+        sf_state_clear(&st);
+        goto db_fail;
+    }
+    /* the pages as read, to find what the edit changed (page writes only) */
+    json_t *before = NULL;
+    if (mut && w->run->o.mode == MODE_UNSAFE && w->run->o.unsafe_page_writes &&
+        (before = json_deep_copy(json_object_get(st.draft, "pages"))) == NULL) {
+        sf_state_clear(&st);
+        goto db_fail;
+    }
+    tq_error err = {0};
+    if (sf_apply(&st, op, args, MAX_DRAFT_BYTES, result, &err) != 0) {
+        json_decref(before);
+        sf_state_clear(&st);
+        if (mut)
+            (void)pg_simple(c, "ROLLBACK", 0, NULL);
+        return err.code;
+    }
+    if (!mut) {
+        sf_state_clear(&st);
+        return TQ_OK;
+    }
+    char *draft = json_dumps(st.draft, JSON_COMPACT);
+    char *published = st.published != NULL ? json_dumps(st.published, JSON_COMPACT) : NULL;
+    char version[24];
+    snprintf(version, sizeof version, "%" PRId64, st.version);
+    const char *p4[4] = {tenant, draft, published, version};
+    bool wrote;
+    if (before != NULL)
+        wrote = write_pages(c, tenant, before, &st, version);
+    else
+        wrote = draft != NULL && (st.published == NULL || published != NULL) &&
+                pg_simple(c, SQL_UPSERT, 4, p4);
+    json_decref(before);
+    free(draft);
+    free(published);
+    sf_state_clear(&st);
+    if (!wrote) {
+        json_decref(*result);
+        *result = NULL;
+        goto db_fail;
+    }
+    if (!pg_simple(c, "COMMIT", 0, NULL)) {
+        json_decref(*result);
+        *result = NULL;
+        /* a lost connection during COMMIT leaves the outcome open */
+        return PQstatus(c) == CONNECTION_OK ? ERR_DB : TQ_E_OUTCOME_UNKNOWN;
+    }
+    return TQ_OK;
+
+db_fail:
+    if (PQstatus(c) == CONNECTION_OK)
+        (void)pg_simple(c, "ROLLBACK", 0, NULL);
+    return ERR_DB;
+}
+
+/* ---- one measured request ---------------------------------------------- */
+
+/* Execute op for tenant tidx, record latency and outcome.  Returns TQ_OK with
+ * *result (new reference, caller decrefs) or the error slot. */
+static unsigned request(struct worker *w, size_t tidx, sf_op op, const json_t *args,
+                        json_t **result)
+{
+    char tenant[WL_NAME_MAX];
+    wl_tenant_name(tenant, tidx);
+    *result = NULL;
+    uint64_t t0 = now_us();
+    unsigned code = w->pg != NULL ? direct_exec(w, tenant, op, args, result)
+                                  : daemon_exec(w, tenant, op, args, result);
+    hist_record(&w->lat, now_us() - t0);
+    if (code == TQ_OK) {
+        bump(&w->ok);
+    } else {
+        bump(&w->err[code < NERR ? code : TQ_E_INTERNAL]);
+        if (sf_op_mutates(op) && outcome_unknown(code) && w->run->track != NULL)
+            track_uncertain(w->run->track, tidx);
+    }
+    return code;
+}
+
+static int64_t result_version(const json_t *result)
+{
+    return (int64_t)json_integer_value(json_object_get(result, "version"));
+}
+
+/* A write of section (which carries rev seq) was acknowledged. */
+static void note_write(struct worker *w, size_t tidx, const json_t *result, uint64_t seq)
+{
+    const char *id = json_string_value(json_object_get(result, "id"));
+    if (id != NULL && w->run->track != NULL)
+        track_write(w->run->track, tidx, id, track_rev(w->id, seq), result_version(result));
+}
+
+static unsigned do_remove(struct worker *w, size_t tidx, const char *id, json_t **result)
+{
+    json_t *args = json_pack("{s:s}", "id", id);
+    unsigned code = request(w, tidx, SF_OP_SECTION_REMOVE, args, result);
+    json_decref(args);
+    if (code == TQ_OK && w->run->track != NULL)
+        track_remove(w->run->track, tidx, id, result_version(*result));
+    return code;
+}
+
+/* Upsert: replace a random section by index, or (--collide) append one with
+ * an id from the shared pool.  A replace that found the page shorter than the
+ * index appended a section with a generated id instead: take it out again so
+ * the draft keeps its size. */
+static void op_upsert(struct worker *w, size_t tidx)
+{
+    char page[WL_NAME_MAX], id[WL_NAME_MAX], rev[32];
+    wl_page_name(page, (unsigned)(rnd(&w->rng) % WL_PAGES));
+    uint64_t seq = ++w->seq;
+    track_rev_text(rev, sizeof rev, w->id, seq);
+    bool collide = w->run->o.collide > 0 && rnd01(&w->rng) < w->run->o.collide;
+    json_t *args;
+    if (collide) {
+        wl_pool_id(id, (unsigned)(rnd(&w->rng) % WL_POOL));
+        args = json_pack("{s:s, s:o}", "page", page, "section", wl_section(id, rev));
+    } else {
+        args = json_pack("{s:s, s:I, s:o}", "page", page, "index",
+                         (json_int_t)(rnd(&w->rng) % WL_SECTIONS), "section",
+                         wl_section(NULL, rev));
+    }
+    json_t *result;
+    if (request(w, tidx, SF_OP_SECTION_UPSERT, args, &result) == TQ_OK) {
+        note_write(w, tidx, result, seq);
+        const char *made = json_string_value(json_object_get(result, "id"));
+        if (!collide && json_is_true(json_object_get(result, "created")) && made != NULL) {
+            json_t *r2;
+            snprintf(id, sizeof id, "%s", made);
+            (void)do_remove(w, tidx, id, &r2);
+            json_decref(r2);
+        }
+    }
+    json_decref(result);
+    json_decref(args);
+}
+
+/* Remove: one of the seeded ids, re-added by the same client at the end of
+ * its page after the remove was acknowledged; or (with --collide) one of the
+ * pool ids, not re-added. */
+static void op_remove(struct worker *w, size_t tidx)
+{
+    unsigned seeded = WL_PAGES * WL_SECTIONS;
+    unsigned cand = seeded + (w->run->o.collide > 0 ? WL_POOL : 0);
+    unsigned k = (unsigned)(rnd(&w->rng) % cand);
+    char id[WL_NAME_MAX];
+    if (k < seeded)
+        wl_seeded_id(id, k / WL_SECTIONS, k % WL_SECTIONS);
+    else
+        wl_pool_id(id, k - seeded);
+    json_t *result;
+    if (do_remove(w, tidx, id, &result) == TQ_OK && k < seeded) {
+        char rev[32];
+        uint64_t seq = ++w->seq;
+        track_rev_text(rev, sizeof rev, w->id, seq);
+        const char *page = json_string_value(json_object_get(result, "page"));
+        json_t *args = json_pack("{s:s, s:o}", "page", page ? page : "page0", "section",
+                                 wl_section(id, rev));
+        json_t *r2;
+        if (request(w, tidx, SF_OP_SECTION_UPSERT, args, &r2) == TQ_OK)
+            note_write(w, tidx, r2, seq);
+        json_decref(r2);
+        json_decref(args);
+    }
+    json_decref(result);
+}
+
+static void op_simple(struct worker *w, size_t tidx, sf_op op)
+{
+    json_t *result;
+    (void)request(w, tidx, op, NULL, &result);
+    json_decref(result);
+}
+
+static int worker_setup(struct worker *w)
+{
+    struct run *run = w->run;
+    if (run->o.mode == MODE_DIRECT || run->o.mode == MODE_UNSAFE) {
+        w->pg = PQconnectdb(run->o.conninfo);
+        if (PQstatus(w->pg) != CONNECTION_OK) {
+            fprintf(stderr, "tenantq-load: client %u: %s", w->id, PQerrorMessage(w->pg));
+            return -1;
+        }
+        return 0;
+    }
+    tq_status st;
+    w->client = tq_connect(run->endpoint, &st);
+    if (w->client == NULL) {
+        fprintf(stderr, "tenantq-load: client %u: %s: %s\n", w->id, tq_code_name(st.code),
+                st.message);
+        return -1;
+    }
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct run *run = w->run;
+    w->setup_failed = worker_setup(w) != 0;
+    pthread_mutex_lock(&run->mu);
+    run->ready++;
+    pthread_cond_broadcast(&run->cond);
+    while (!run->go)
+        pthread_cond_wait(&run->cond, &run->mu);
+    pthread_mutex_unlock(&run->mu);
+    bool counted = run->o.duration_s <= 0;
+    while (!w->setup_failed && !atomic_load_explicit(&run->stop, memory_order_relaxed)) {
+        if (counted && atomic_fetch_sub(&run->budget, 1) <= 0)
+            break;
+        size_t tidx = pick_tenant(w);
+        switch (pick_op(w)) {
+        case LOP_UPSERT:
+            op_upsert(w, tidx);
+            break;
+        case LOP_REMOVE:
+            op_remove(w, tidx);
+            break;
+        case LOP_GET:
+            op_simple(w, tidx, SF_OP_DRAFT_GET);
+            break;
+        case LOP_PING:
+        case LOP__COUNT:
+            op_simple(w, tidx, SF_OP_PING);
+            break;
+        }
+    }
+    atomic_fetch_add(&run->done, 1);
+    return NULL;
+}
+
+/* ---- options ------------------------------------------------------------ */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tenantq-load --mode daemon|direct|unsafe|echo [-e ENDPOINT]...\n"
+            "         [--database CONNINFO] --clients N --tenants N\n"
+            "         [--dist uniform|zipf:S|hot] [--mix upsert=80,get=10,remove=10[,ping=0]]\n"
+            "         [--collide P] (--duration S | --requests N) [--json FILE] [--no-check]\n"
+            "         [--seed N] [--unsafe-write page|document]\n"
+            "Drive tenantqd (or PostgreSQL directly) with concurrent storefront edits,\n"
+            "report throughput and latency, then check the stored drafts.\n"
+            "Exit status: 0 run done and check passed, 1 check failed or no request\n"
+            "succeeded, 2 usage or setup error.  See tests/load/README.md.\n");
+}
+
+static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || s[0] == '-' || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_double(const char *s, double min, double max, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !(v >= min && v <= max))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_mix(const char *text, struct options *o)
+{
+    memset(o->mix, 0, sizeof o->mix);
+    o->mix_total = 0;
+    char *copy = strdup(text), *save = NULL;
+    if (copy == NULL)
+        return -1;
+    int rc = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok != NULL && rc == 0;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        uint64_t v;
+        int i;
+        if (eq == NULL || parse_u64(eq + 1, 0, 1000000, &v) != 0) {
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        for (i = 0; i < LOP__COUNT && strcmp(tok, LOP_NAMES[i]) != 0; i++)
+            ;
+        if (i == LOP__COUNT) {
+            rc = -1;
+            break;
+        }
+        o->mix[i] = (unsigned)v;
+    }
+    free(copy);
+    for (int i = 0; i < LOP__COUNT; i++)
+        o->mix_total += o->mix[i];
+    return rc == 0 && o->mix_total > 0 ? 0 : -1;
+}
+
+static int append_endpoint(struct options *o, const char *ep)
+{
+    size_t old = o->endpoints ? strlen(o->endpoints) : 0;
+    char *s = realloc(o->endpoints, old + strlen(ep) + 2);
+    if (s == NULL)
+        return -1;
+    if (old > 0)
+        s[old++] = ',';
+    strcpy(s + old, ep);
+    o->endpoints = s;
+    return 0;
+}
+
+static int parse_options(int argc, char **argv, struct options *o)
+{
+    enum { O_DATABASE = 256, O_CLIENTS, O_TENANTS, O_DIST, O_MIX, O_COLLIDE, O_DURATION,
+           O_REQUESTS, O_JSON, O_NO_CHECK, O_SEED, O_UNSAFE_WRITE };
+    static const struct option longopts[] = {
+        {"mode", required_argument, NULL, 'm'},
+        {"endpoint", required_argument, NULL, 'e'},
+        {"database", required_argument, NULL, O_DATABASE},
+        {"clients", required_argument, NULL, O_CLIENTS},
+        {"tenants", required_argument, NULL, O_TENANTS},
+        {"dist", required_argument, NULL, O_DIST},
+        {"mix", required_argument, NULL, O_MIX},
+        {"collide", required_argument, NULL, O_COLLIDE},
+        {"duration", required_argument, NULL, O_DURATION},
+        {"requests", required_argument, NULL, O_REQUESTS},
+        {"json", required_argument, NULL, O_JSON},
+        {"no-check", no_argument, NULL, O_NO_CHECK},
+        {"seed", required_argument, NULL, O_SEED},
+        {"unsafe-write", required_argument, NULL, O_UNSAFE_WRITE},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    *o = (struct options){.mode = MODE_DAEMON, .conninfo = "", .clients = 8, .tenants = 100,
+                          .dist = DIST_UNIFORM, .dist_text = "uniform", .check = true,
+                          .seed = (uint64_t)time(NULL), .unsafe_page_writes = true};
+    (void)parse_mix("upsert=80,get=10,remove=10", o);
+    bool have_mode = false;
+    uint64_t v;
+    int c, li = -1;
+    while ((c = getopt_long(argc, argv, "m:e:h", longopts, &li)) != -1) {
+        switch (c) {
+        case 'm': {
+            int i;
+            for (i = 0; i <= MODE_ECHO && strcmp(optarg, MODE_NAMES[i]) != 0; i++)
+                ;
+            if (i > MODE_ECHO)
+                goto bad;
+            o->mode = (enum mode)i;
+            have_mode = true;
+            break;
+        }
+        case 'e':
+            if (append_endpoint(o, optarg) != 0)
+                goto bad;
+            break;
+        case O_DATABASE:
+            o->conninfo = optarg;
+            break;
+        case O_CLIENTS:
+            if (parse_u64(optarg, 1, 400, &v) != 0)
+                goto bad;
+            o->clients = (unsigned)v;
+            break;
+        case O_TENANTS:
+            if (parse_u64(optarg, 1, 999999, &v) != 0)
+                goto bad;
+            o->tenants = (size_t)v;
+            break;
+        case O_DIST:
+            o->dist_text = optarg;
+            if (strcmp(optarg, "uniform") == 0)
+                o->dist = DIST_UNIFORM;
+            else if (strcmp(optarg, "hot") == 0)
+                o->dist = DIST_HOT;
+            else if (strncmp(optarg, "zipf:", 5) == 0 &&
+                     parse_double(optarg + 5, 1e-3, 100, &o->zipf_s) == 0)
+                o->dist = DIST_ZIPF;
+            else
+                goto bad;
+            break;
+        case O_MIX:
+            if (parse_mix(optarg, o) != 0)
+                goto bad;
+            break;
+        case O_COLLIDE:
+            if (parse_double(optarg, 0, 1, &o->collide) != 0)
+                goto bad;
+            break;
+        case O_DURATION:
+            if (parse_double(optarg, 0.01, 86400 * 7, &o->duration_s) != 0)
+                goto bad;
+            break;
+        case O_REQUESTS:
+            if (parse_u64(optarg, 1, INT64_MAX / 2, &o->requests) != 0)
+                goto bad;
+            break;
+        case O_JSON:
+            o->json_path = optarg;
+            break;
+        case O_NO_CHECK:
+            o->check = false;
+            break;
+        case O_SEED:
+            if (parse_u64(optarg, 0, UINT64_MAX, &o->seed) != 0)
+                goto bad;
+            break;
+        case O_UNSAFE_WRITE:
+            if (strcmp(optarg, "page") == 0)
+                o->unsafe_page_writes = true;
+            else if (strcmp(optarg, "document") == 0)
+                o->unsafe_page_writes = false;
+            else
+                goto bad;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+        li = -1;
+    }
+    if (optind < argc || !have_mode) {
+        fprintf(stderr, "tenantq-load: %s\n", !have_mode ? "--mode is required" : "extra arguments");
+        usage(stderr);
+        return -1;
+    }
+    if (o->duration_s > 0 && o->requests > 0) {
+        fprintf(stderr, "tenantq-load: give --duration or --requests, not both\n");
+        return -1;
+    }
+    if (o->duration_s <= 0 && o->requests == 0)
+        o->duration_s = DEFAULT_DURATION_S;
+    if (o->mode == MODE_ECHO) {
+        /* the echo server only answers ping */
+        memset(o->mix, 0, sizeof o->mix);
+        o->mix[LOP_PING] = o->mix_total = 100;
+    }
+    if (o->endpoints == NULL && append_endpoint(o, DEFAULT_ENDPOINT) != 0)
+        return -1;
+    return 0;
+bad:
+    if (li >= 0)
+        fprintf(stderr, "tenantq-load: invalid value for --%s: \"%s\"\n", longopts[li].name,
+                optarg);
+    else
+        fprintf(stderr, "tenantq-load: invalid value for -%c: \"%s\"\n", c, optarg);
+    return -1;
+}
+
+/* ---- reporting ---------------------------------------------------------- */
+
+struct totals {
+    uint64_t ok, errors, err[NERR];
+    hist lat;
+};
+
+static void collect_totals(struct run *run, struct totals *t)
+{
+    memset(t, 0, sizeof *t);
+    hist_init(&t->lat);
+    for (unsigned i = 0; i < run->o.clients; i++) {
+        struct worker *w = &run->w[i];
+        t->ok += atomic_load_explicit(&w->ok, memory_order_relaxed);
+        for (unsigned c = 0; c < NERR; c++) {
+            uint64_t n = atomic_load_explicit(&w->err[c], memory_order_relaxed);
+            t->err[c] += n;
+            t->errors += n;
+        }
+        hist_merge_into(&t->lat, &w->lat);
+    }
+}
+
+static void mix_text(const struct options *o, char *buf, size_t len)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < LOP__COUNT; i++)
+        if (o->mix[i] > 0 && n < len)
+            n += (size_t)snprintf(buf + n, len - n, "%s%s=%u", n ? "," : "", LOP_NAMES[i],
+                                  o->mix[i]);
+}
+
+static void print_table(const struct run *run, const struct totals *t, double secs,
+                        const track_result *chk, bool checked)
+{
+    const struct options *o = &run->o;
+    char mix[128];
+    mix_text(o, mix, sizeof mix);
+    uint64_t n = t->ok + t->errors;
+    printf("\ntenantq-load  mode %s  clients %u  tenants %zu  dist %s  mix %s  collide %.2f\n",
+           MODE_NAMES[o->mode], o->clients, o->tenants, o->dist_text, mix, o->collide);
+    printf("  duration      %10.2f s\n", secs);
+    printf("  requests      %10" PRIu64 "   ok %" PRIu64 "   errors %" PRIu64 "\n", n, t->ok,
+           t->errors);
+    printf("  throughput    %10.1f req/s\n", secs > 0 ? (double)n / secs : 0.0);
+    printf("  latency (us)  p50 %" PRIu64 "   p90 %" PRIu64 "   p99 %" PRIu64 "   p99.9 %" PRIu64
+           "   max %" PRIu64 "\n",
+           hist_quantile(&t->lat, 0.5), hist_quantile(&t->lat, 0.9), hist_quantile(&t->lat, 0.99),
+           hist_quantile(&t->lat, 0.999), hist_max(&t->lat));
+    for (unsigned c = 0; c < NERR; c++)
+        if (t->err[c] > 0)
+            printf("  error         %-24s %" PRIu64 "\n", err_name(c), t->err[c]);
+    if (!checked) {
+        printf("  check         skipped\n");
+        return;
+    }
+    printf("  check         %s: tenants %" PRIu64 " (uncertain %" PRIu64 "), duplicate ids %" PRIu64
+           " (in %" PRIu64 " tenants), lost acknowledged %" PRIu64 ", version deficit %" PRIu64
+           "\n",
+           chk->passed ? "PASSED" : "FAILED", chk->tenants_checked, chk->tenants_uncertain,
+           chk->duplicate_ids, chk->tenants_with_duplicates, chk->lost_acknowledged,
+           chk->version_deficit);
+}
+
+static int write_json(const struct run *run, const struct totals *t, double secs,
+                      const track_result *chk, bool checked)
+{
+    const struct options *o = &run->o;
+    char mix[128];
+    mix_text(o, mix, sizeof mix);
+    uint64_t n = t->ok + t->errors;
+    json_t *errors = json_object();
+    for (unsigned c = 0; c < NERR; c++)
+        if (t->err[c] > 0)
+            json_object_set_new(errors, err_name(c), json_integer((json_int_t)t->err[c]));
+    json_t *check;
+    if (checked)
+        check = json_pack("{s:I, s:I, s:b, s:I, s:I, s:I, s:I}", "duplicate_ids",
+                          (json_int_t)chk->duplicate_ids, "lost_acknowledged",
+                          (json_int_t)chk->lost_acknowledged, "passed", chk->passed,
+                          "tenants_with_duplicates", (json_int_t)chk->tenants_with_duplicates,
+                          "version_deficit", (json_int_t)chk->version_deficit, "tenants_checked",
+                          (json_int_t)chk->tenants_checked, "tenants_uncertain",
+                          (json_int_t)chk->tenants_uncertain);
+    else
+        check = json_pack("{s:n, s:n, s:n, s:b}", "duplicate_ids", "lost_acknowledged", "passed",
+                          "skipped", 1);
+    json_t *doc = json_pack(
+        "{s:s, s:i, s:I, s:s, s:s, s:f, s:f, s:I, s:I, s:I, s:o, s:f,"
+        " s:{s:I, s:I, s:I, s:I, s:I}, s:o}",
+        "mode", MODE_NAMES[o->mode], "clients", (int)o->clients, "tenants", (json_int_t)o->tenants,
+        "dist", o->dist_text, "mix", mix, "collide", o->collide, "duration_s", secs, "requests",
+        (json_int_t)n, "ok", (json_int_t)t->ok, "errors_total", (json_int_t)t->errors, "errors",
+        errors, "throughput_rps", secs > 0 ? (double)n / secs : 0.0, "latency_us", "p50",
+        (json_int_t)hist_quantile(&t->lat, 0.5), "p90", (json_int_t)hist_quantile(&t->lat, 0.9),
+        "p99", (json_int_t)hist_quantile(&t->lat, 0.99), "p999",
+        (json_int_t)hist_quantile(&t->lat, 0.999), "max", (json_int_t)hist_max(&t->lat), "check",
+        check);
+    if (doc == NULL || json_dump_file(doc, o->json_path, JSON_INDENT(2)) != 0) {
+        fprintf(stderr, "tenantq-load: cannot write %s\n", o->json_path);
+        json_decref(doc);
+        return -1;
+    }
+    json_decref(doc);
+    return 0;
+}
+
+/* ---- main ---------------------------------------------------------------- */
+
+static PGconn *db_connect(const char *conninfo)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "tenantq-load: database: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Fail fast with a clear message if the daemon does not answer at all. */
+static int daemon_preflight(const char *endpoint)
+{
+    tq_status st;
+    tq_client *c = tq_connect(endpoint, &st);
+    int rc = -1;
+    if (c != NULL) {
+        tq_set_timeout(c, 3000);
+        char tenant[WL_NAME_MAX];
+        wl_tenant_name(tenant, 0);
+        rc = tq_call(c, tenant, "ping", NULL, NULL, NULL, &st);
+        tq_close(c);
+    }
+    if (rc != 0)
+        fprintf(stderr, "tenantq-load: %s: %s: %s\n", endpoint, tq_code_name(st.code),
+                st.message);
+    return rc;
+}
+
+static void progress(struct run *run, uint64_t start, uint64_t *last_n, uint64_t *last_t)
+{
+    struct totals *t = malloc(sizeof *t);
+    if (t == NULL)
+        return;
+    collect_totals(run, t);
+    uint64_t now = now_us(), n = t->ok + t->errors;
+    double dt = (double)(now - *last_t) / 1e6;
+    fprintf(stderr, "[%6.1fs] %9.0f req/s  total %" PRIu64 "  errors %" PRIu64 "  p99 %" PRIu64
+                    " us\n",
+            (double)(now - start) / 1e6, dt > 0 ? (double)(n - *last_n) / dt : 0.0, n, t->errors,
+            hist_quantile(&t->lat, 0.99));
+    *last_n = n;
+    *last_t = now;
+    free(t);
+}
+
+int main(int argc, char **argv)
+{
+    struct run run;
+    memset(&run, 0, sizeof run);
+    pthread_mutex_init(&run.mu, NULL);
+    pthread_cond_init(&run.cond, NULL);
+    if (parse_options(argc, argv, &run.o) != 0)
+        return 2;
+    struct options *o = &run.o;
+    int status = 2;
+    echo_server *echo = NULL;
+    PGconn *db = NULL;
+    bool db_mode = o->mode != MODE_ECHO;
+    /* pure ping runs change nothing: no seeding, nothing to check */
+    bool seeded = db_mode && o->mix[LOP_PING] < o->mix_total;
+    bool checked = seeded && o->check;
+
+    if (o->dist == DIST_ZIPF && (run.zipf_cdf = zipf_cdf_new(o->tenants, o->zipf_s)) == NULL)
+        goto out;
+    run.endpoint = o->endpoints;
+    if (o->mode == MODE_ECHO) {
+        if ((echo = echo_start()) == NULL)
+            goto out;
+        run.endpoint = echo_endpoint(echo);
+    }
+    if (o->mode == MODE_DAEMON && daemon_preflight(run.endpoint) != 0)
+        goto out;
+    if (seeded) {
+        if ((db = db_connect(o->conninfo)) == NULL || wl_seed(db, o->tenants) != 0)
+            goto out;
+        if ((run.track = track_new(o->tenants, WL_SEED_VERSION)) == NULL)
+            goto out;
+    }
+
+    run.w = calloc(o->clients, sizeof *run.w);
+    if (run.w == NULL)
+        goto out;
+    atomic_init(&run.stop, false);
+    atomic_init(&run.done, 0);
+    atomic_init(&run.budget, (int64_t)o->requests);
+    unsigned started = 0;
+    for (; started < o->clients; started++) {
+        struct worker *w = &run.w[started];
+        w->id = started;
+        w->run = &run;
+        w->rng = o->seed ^ (UINT64_C(0x9e3779b97f4a7c15) * (started + 1));
+        hist_init(&w->lat);
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            fprintf(stderr, "tenantq-load: cannot start client thread %u\n", started);
+            break;
+        }
+    }
+    bool setup_failed = started < o->clients;
+    pthread_mutex_lock(&run.mu);
+    while (run.ready < started)
+        pthread_cond_wait(&run.cond, &run.mu);
+    for (unsigned i = 0; i < started; i++)
+        setup_failed |= run.w[i].setup_failed;
+    if (setup_failed)
+        atomic_store(&run.stop, true); /* before go: nobody sends anything */
+    run.go = true;
+    pthread_cond_broadcast(&run.cond);
+    pthread_mutex_unlock(&run.mu);
+    uint64_t start = now_us();
+
+    bool tty = isatty(STDERR_FILENO);
+    uint64_t deadline = o->duration_s > 0 ? start + (uint64_t)(o->duration_s * 1e6) : UINT64_MAX;
+    uint64_t next_tick = start + 1000000, last_n = 0, last_t = start;
+    while (atomic_load(&run.done) < started) {
+        uint64_t now = now_us();
+        if (now >= deadline)
+            atomic_store(&run.stop, true);
+        if (tty && now >= next_tick && !atomic_load(&run.stop)) {
+            progress(&run, start, &last_n, &last_t);
+            next_tick += 1000000;
+        }
+        struct timespec nap = {0, 5 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+    }
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(run.w[i].thread, NULL);
+    double secs = (double)(now_us() - start) / 1e6;
+    if (setup_failed)
+        goto out;
+
+    struct totals *tot = malloc(sizeof *tot);
+    if (tot == NULL)
+        goto out;
+    collect_totals(&run, tot);
+    track_result chk = {0};
+    if (checked && track_check(run.track, db, &chk) != 0) {
+        free(tot);
+        goto out;
+    }
+    print_table(&run, tot, secs, &chk, checked);
+    status = (checked && !chk.passed) || tot->ok == 0 ? 1 : 0;
+    if (o->json_path != NULL && write_json(&run, tot, secs, &chk, checked) != 0)
+        status = 2;
+    free(tot);
+
+out:
+    if (run.w != NULL)
+        for (unsigned i = 0; i < o->clients; i++) {
+            tq_close(run.w[i].client);
+            if (run.w[i].pg != NULL)
+                PQfinish(run.w[i].pg);
+        }
+    free(run.w);
+    echo_stop(echo);
+    track_free(run.track);
+    if (db != NULL)
+        PQfinish(db);
+    free(run.zipf_cdf);
+    free(o->endpoints);
+    pthread_cond_destroy(&run.cond);
+    pthread_mutex_destroy(&run.mu);
+    return status;
+}
