@@ -106,9 +106,11 @@ static const char SQL_UPSERT[] =
     " VALUES ($1, $2::jsonb, $3::jsonb, $4::bigint, now())"
     " ON CONFLICT (tenant) DO UPDATE SET draft = EXCLUDED.draft,"
     " published = EXCLUDED.published, version = EXCLUDED.version, updated_at = now()";
+/* key = ANY(ARRAY(...)) keeps the lookup an index scan on (tenant, key);
+ * "key IN (SELECT ...)" became a hash join over all of a tenant's records */
 static const char SQL_IDEM_SELECT[] =
     "SELECT key, fingerprint, response::text FROM tenantq_idempotency WHERE tenant = $1"
-    " AND key IN (SELECT jsonb_array_elements_text($2::jsonb))"
+    " AND key = ANY (ARRAY(SELECT jsonb_array_elements_text($2::jsonb)))"
     " AND created_at > now() - make_interval(secs => $3::int)";
 static const char SQL_IDEM_INSERT[] =
     "INSERT INTO tenantq_idempotency (tenant, key, fingerprint, response)"

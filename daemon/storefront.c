@@ -242,6 +242,7 @@ void sf_state_init_empty(sf_state *st)
     st->draft = json_pack("{s:{}}", "pages");
     st->published = NULL;
     st->version = 0;
+    st->size_ub = 0;
 }
 
 void sf_state_clear(sf_state *st)
@@ -251,6 +252,7 @@ void sf_state_clear(sf_state *st)
     st->draft = NULL;
     st->published = NULL;
     st->version = 0;
+    st->size_ub = 0;
 }
 
 /* ---- walking the stored document ---- */
@@ -442,12 +444,28 @@ static int ensure_sections(json_t *draft, json_t *pages, const char *pname, json
     return 0;
 }
 
-/* DRAFT_TOO_LARGE if the compact serialisation of draft exceeds max (0 =
- * unlimited).  The only place an op serialises the document. */
-static int check_size(const json_t *draft, size_t max, tq_error *err)
+/* What adding sec to page pname can add to the compact draft at most: the
+ * section, and a new page object with its punctuation. */
+static size_t growth_bound(const json_t *sec, const char *pname)
 {
-    if (max == 0)
+    return json_dumpb(sec, NULL, 0, JSON_COMPACT) + strlen(pname) + 32;
+}
+
+/* DRAFT_TOO_LARGE if the compact serialisation of the draft, after an edit
+ * that grew it by at most `grown` bytes, exceeds max (0 = unlimited).  While
+ * the known upper bound plus growth stays within max the document is not
+ * serialised at all; otherwise it is, and the bound becomes exact. */
+static int check_size(sf_state *st, size_t grown, size_t max, tq_error *err)
+{
+    if (max == 0) {
+        st->size_ub = 0; /* grown is not computed without a limit */
         return 0;
+    }
+    if (st->size_ub != 0 && st->size_ub + grown <= max) {
+        st->size_ub += grown;
+        return 0;
+    }
+    const json_t *draft = st->draft;
     size_t n = json_dumpb(draft, NULL, 0, JSON_COMPACT);
     if (n == 0)
         return tq_error_set(err, TQ_E_INTERNAL, "draft: cannot be serialised");
@@ -455,6 +473,7 @@ static int check_size(const json_t *draft, size_t max, tq_error *err)
         return tq_error_set(err, TQ_E_DRAFT_TOO_LARGE,
                             "the draft would be %zu bytes, over the limit max_draft_bytes = %zu", n,
                             max);
+    st->size_ub = n;
     return 0;
 }
 
@@ -569,7 +588,7 @@ static int op_upsert(sf_state *st, const json_t *args, size_t max, json_t **resu
         }
     }
 
-    rc = check_size(st->draft, max, err);
+    rc = check_size(st, max ? growth_bound(sec, pname) : 0, max, err);
     if (rc == 0) {
         *result = json_pack("{s:s, s:s, s:I, s:b, s:I}", "id", id, "page", pname, "index",
                             (json_int_t)index, "created", !replace, "version",
@@ -658,7 +677,7 @@ static int op_move(sf_state *st, const json_t *args, size_t max, json_t **result
         json_array_insert_new(at.sections, at.index, sec);
         return oom(err);
     }
-    rc = check_size(st->draft, max, err);
+    rc = check_size(st, max ? growth_bound(sec, tname) : 0, max, err);
     if (rc == 0) {
         *result = json_pack("{s:s, s:I, s:I}", "page", tname, "index", (json_int_t)index,
                             "version", (json_int_t)(st->version + 1));
@@ -724,6 +743,7 @@ static int op_discard(sf_state *st, json_t **result, tq_error *err)
     }
     json_decref(st->draft);
     st->draft = copy;
+    st->size_ub = 0;
     st->version++;
     return 0;
 }

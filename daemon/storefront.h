@@ -41,6 +41,11 @@ typedef struct sf_state {
     json_t *draft;
     json_t *published;
     int64_t version;
+    /* An upper bound of the draft's compact JSON size, or 0 = unknown.  Kept
+     * by sf_apply so that a batch serialises the document once for the
+     * max_draft_bytes check instead of once per edit.  Whoever replaces
+     * draft directly must reset it to 0. */
+    size_t size_ub;
 } sf_state;
 
 /* Look an op up by wire name (not NUL-terminated).  Returns false if unknown. */
