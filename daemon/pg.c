@@ -67,7 +67,7 @@ static void clear_results(PGresult **res, int n)
 static void pg_drop(struct pgconn *c, const char *why)
 {
     bool was_busy = c->state == PGC_BUSY;
-    if (c->state == PGC_IDLE || c->state == PGC_BUSY)
+    if (c->state == PGC_IDLE || c->state == PGC_BUSY || c->state == PGC_PREPARING)
         log_warn("shard %d conn %d: database connection lost: %s", c->shard_id, c->idx, why);
     else
         log_warn("shard %d conn %d: cannot connect to the database: %s", c->shard_id, c->idx,
@@ -107,6 +107,42 @@ static void pg_drop_with_libpq_error(struct pgconn *c)
     pg_drop(c, buf[0] ? buf : "connection closed");
 }
 
+static void prepared_cb(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost);
+static int pg_send(struct pgconn *c, const struct pg_stmt *stmts, int n, bool prepare,
+                   pg_pipeline_cb cb, void *arg);
+
+/* The connection is usable: tell the owner. */
+static void pg_usable(struct pgconn *c)
+{
+    c->state = PGC_IDLE;
+    c->backoff_ms = 0;
+    if (c->was_up)
+        log_notice("shard %d conn %d: reconnected to the database", c->shard_id, c->idx);
+    else
+        log_info("shard %d conn %d: connected to the database", c->shard_id, c->idx);
+    c->was_up = true;
+    if (c->on_state)
+        c->on_state(c, c->owner);
+}
+
+static void prepared_cb(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
+{
+    (void)arg;
+    if (lost)
+        return; /* pg_drop already scheduled the reconnect */
+    for (int i = 0; i < n; i++) {
+        if (!res[i] || PQresultStatus(res[i]) != PGRES_COMMAND_OK) {
+            const char *m = res[i] ? PQresultErrorMessage(res[i]) : "no result";
+            char why[400];
+            snprintf(why, sizeof why, "preparing statements failed (run tenantqd --init-db?): %.*s",
+                     (int)strcspn(m, "\n"), m);
+            pg_drop(c, why);
+            return;
+        }
+    }
+    pg_usable(c);
+}
+
 static void pg_connected(struct pgconn *c)
 {
     free_events(c);
@@ -121,15 +157,14 @@ static void pg_connected(struct pgconn *c)
         pg_drop(c, "cannot register connection events");
         return;
     }
-    c->state = PGC_IDLE;
-    c->backoff_ms = 0;
-    if (c->was_up)
-        log_notice("shard %d conn %d: reconnected to the database", c->shard_id, c->idx);
-    else
-        log_info("shard %d conn %d: connected to the database", c->shard_id, c->idx);
-    c->was_up = true;
-    if (c->on_state)
-        c->on_state(c, c->owner);
+    if (c->nprepare == 0) {
+        pg_usable(c);
+        return;
+    }
+    c->state = PGC_IDLE; /* so that pg_send may start */
+    if (pg_send(c, c->prepare, c->nprepare, true, prepared_cb, NULL) == 0 &&
+        c->state == PGC_BUSY)
+        c->state = PGC_PREPARING;
 }
 
 static void pg_connect_cb(evutil_socket_t fd, short what, void *arg);
@@ -217,7 +252,8 @@ static void pg_schedule_reconnect(struct pgconn *c)
 }
 
 int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int shard_id,
-            int idx, pg_state_cb on_state, void *owner)
+            int idx, pg_state_cb on_state, void *owner, const struct pg_stmt *prepare,
+            int nprepare)
 {
     memset(c, 0, sizeof *c);
     c->base = base;
@@ -226,6 +262,8 @@ int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int
     c->idx = idx;
     c->on_state = on_state;
     c->owner = owner;
+    c->prepare = prepare;
+    c->nprepare = nprepare;
     c->state = PGC_DOWN;
     if (getrandom(&c->rng, sizeof c->rng, 0) != sizeof c->rng || c->rng == 0)
         c->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)(shard_id * 64 + idx + 1);
@@ -269,7 +307,7 @@ static void pg_read(struct pgconn *c)
         return;
     }
     int nulls = 0;
-    while (c->state == PGC_BUSY && !PQisBusy(c->conn)) {
+    while ((c->state == PGC_BUSY || c->state == PGC_PREPARING) && !PQisBusy(c->conn)) {
         PGresult *r = PQgetResult(c->conn);
         if (!r) {
             /* NULL ends one statement's results; two in a row means the
@@ -330,7 +368,7 @@ static void pg_io_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
         pg_read(c);
-        if (c->state != PGC_BUSY || !c->conn)
+        if ((c->state != PGC_BUSY && c->state != PGC_PREPARING) || !c->conn)
             return;
     }
     if (c->ev_write && event_pending(c->ev_write, EV_WRITE, NULL))
@@ -340,11 +378,22 @@ static void pg_io_cb(evutil_socket_t fd, short what, void *arg)
 int pg_pipeline(struct pgconn *c, const struct pg_stmt *stmts, int n, pg_pipeline_cb cb,
                 void *arg)
 {
+    return pg_send(c, stmts, n, false, cb, arg);
+}
+
+static int pg_send(struct pgconn *c, const struct pg_stmt *stmts, int n, bool prepare,
+                   pg_pipeline_cb cb, void *arg)
+{
     if (c->state != PGC_IDLE || n <= 0 || n > PG_MAX_STMTS)
         return -1;
     for (int i = 0; i < n; i++) {
-        if (!PQsendQueryParams(c->conn, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params,
-                               NULL, NULL, 0))
+        const struct pg_stmt *s = &stmts[i];
+        int ok = prepare ? PQsendPrepare(c->conn, s->name, s->sql, s->nparams, NULL)
+                 : s->name
+                     ? PQsendQueryPrepared(c->conn, s->name, s->nparams, s->params, NULL, NULL, 0)
+                     : PQsendQueryParams(c->conn, s->sql, s->nparams, NULL, s->params, NULL, NULL,
+                                         0);
+        if (!ok)
             goto fail;
     }
     if (!PQpipelineSync(c->conn))

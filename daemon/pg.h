@@ -24,12 +24,14 @@
 enum pgc_state {
     PGC_DOWN,       /* waiting for the reconnect timer */
     PGC_CONNECTING, /* PQconnectPoll in progress */
+    PGC_PREPARING,  /* connected, preparing the owner's statements */
     PGC_IDLE,       /* connected, no pipeline running */
     PGC_BUSY,       /* a pipeline is running */
 };
 
 struct pg_stmt {
-    const char *sql;
+    const char *name; /* a statement prepared on connect (see pg_init), or NULL */
+    const char *sql;  /* used when name is NULL */
     int nparams;
     const char *params[PG_MAX_PARAMS]; /* text values, NULL = SQL NULL */
 };
@@ -73,11 +75,18 @@ struct pgconn {
     /* owner */
     pg_state_cb on_state;
     void *owner;
+    const struct pg_stmt *prepare; /* prepared (name, sql, nparams) after each connect */
+    int nprepare;
 };
 
-/* Prepare c (no connection yet).  Returns 0 or -1 (out of memory). */
+/* Prepare c (no connection yet).  After every (re)connect the nprepare
+ * statements of prepare (borrowed, must outlive c) are prepared under their
+ * names before the connection counts as usable; a failure there (say, the
+ * schema is missing) drops the connection and retries with backoff.
+ * Returns 0 or -1 (out of memory). */
 int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int shard_id,
-            int idx, pg_state_cb on_state, void *owner) __attribute__((warn_unused_result));
+            int idx, pg_state_cb on_state, void *owner, const struct pg_stmt *prepare,
+            int nprepare) __attribute__((warn_unused_result));
 
 /* Start connecting now (from DOWN). */
 void pg_start(struct pgconn *c);

@@ -33,6 +33,7 @@
 #include "lane.h"
 #include "log.h"
 #include "metrics.h"
+#include "idem.h"
 #include "pg.h"
 #include "siphash.h"
 
@@ -45,6 +46,10 @@ struct shard_msg {
     struct job *job;
 };
 
+/* Statements prepared on every connection (pg_init), indexes into prep[]. */
+enum { ST_TIMEOUTS, ST_LOCK, ST_SELECT, ST_UPSERT, ST_IDEM_SELECT, ST_IDEM_INSERT, ST_CLEANUP,
+       ST__COUNT };
+
 struct txn {
     struct shard *s;
     struct pgconn *pc;
@@ -55,9 +60,10 @@ struct txn {
     bool *replayed;            /* answered from an idempotency record */
     int n;
     bool has_keys;             /* some mutating job carries a key */
+    bool oom;                  /* recording keys ran out of memory: fail the batch */
     json_t *records;           /* key -> {"f": fingerprint, "r": result}, stored + this batch */
-    json_t *new_records;       /* [{"k","f","r"}] to insert with the edit */
-    char *keys_text, *records_text;
+    struct pg_text_array keys; /* the batch's keys, for the lookup */
+    struct pg_text_array new_keys, new_fps, new_resps; /* records to insert with the edit */
     uint64_t start_us;
     sf_state st;
     char *draft_text, *pub_text;
@@ -87,6 +93,7 @@ struct shard {
     char cleanup_ttl[16];
     msgpack_sbuffer sb;
     char *sql_lock;
+    struct pg_stmt prep[ST__COUNT]; /* prepared on every connection */
     bool draining, stopping;
     atomic_bool drained;
     atomic_int connected;
@@ -96,6 +103,9 @@ struct shard {
 };
 
 static const char SQL_BEGIN[] = "BEGIN";
+static const char SQL_COMMIT[] = "COMMIT";
+static const char SQL_ROLLBACK[] = "ROLLBACK";
+
 static const char SQL_TIMEOUTS[] =
     "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true),"
     " set_config('idle_in_transaction_session_timeout', $3, true)";
@@ -106,15 +116,17 @@ static const char SQL_UPSERT[] =
     " VALUES ($1, $2::jsonb, $3::jsonb, $4::bigint, now())"
     " ON CONFLICT (tenant) DO UPDATE SET draft = EXCLUDED.draft,"
     " published = EXCLUDED.published, version = EXCLUDED.version, updated_at = now()";
-/* key = ANY(ARRAY(...)) keeps the lookup an index scan on (tenant, key);
- * "key IN (SELECT ...)" became a hash join over all of a tenant's records */
+/* One primary-key probe per key (LATERAL keeps it so even in the generic
+ * plan of the prepared statement; "key = ANY($2)" became a filter over all
+ * of a hot tenant's records).  text[] parameters keep JSON parsing out. */
 static const char SQL_IDEM_SELECT[] =
-    "SELECT key, fingerprint, response::text FROM tenantq_idempotency WHERE tenant = $1"
-    " AND key = ANY (ARRAY(SELECT jsonb_array_elements_text($2::jsonb)))"
-    " AND created_at > now() - make_interval(secs => $3::int)";
+    "SELECT i.key, i.fingerprint, i.response FROM unnest($2::text[]) AS k(key),"
+    " LATERAL (SELECT key, fingerprint, response FROM tenantq_idempotency"
+    "  WHERE tenant = $1 AND key = k.key"
+    "  AND created_at > now() - make_interval(secs => $3::int)) AS i";
 static const char SQL_IDEM_INSERT[] =
     "INSERT INTO tenantq_idempotency (tenant, key, fingerprint, response)"
-    " SELECT $1, r->>'k', r->>'f', r->'r' FROM jsonb_array_elements($2::jsonb) AS r"
+    " SELECT $1, k, f, r FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, f, r)"
     " ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
     " response = EXCLUDED.response, created_at = now()";
 /* small batches, so expiry never holds long locks or competes with edits */
@@ -123,8 +135,18 @@ static const char SQL_IDEM_CLEANUP[] =
     " WHERE created_at < now() - make_interval(secs => $1::int) LIMIT 500)";
 #define CLEANUP_BATCH 500
 #define CLEANUP_IDLE_S 60
-static const char SQL_COMMIT[] = "COMMIT";
-static const char SQL_ROLLBACK[] = "ROLLBACK";
+
+/* A prepared statement of s with its parameters. */
+static struct pg_stmt stmt(const struct shard *s, int which, const char *p0, const char *p1,
+                           const char *p2, const char *p3)
+{
+    struct pg_stmt st = s->prep[which];
+    st.params[0] = p0;
+    st.params[1] = p1;
+    st.params[2] = p2;
+    st.params[3] = p3;
+    return st;
+}
 
 static void shard_kick(struct shard *s);
 
@@ -163,13 +185,15 @@ static void txn_reset(struct txn *t)
     sf_state_clear(&t->st);
     free(t->draft_text);
     free(t->pub_text);
-    free(t->keys_text);
-    free(t->records_text);
-    t->draft_text = t->pub_text = t->keys_text = t->records_text = NULL;
+    t->draft_text = t->pub_text = NULL;
+    pg_text_array_free(&t->keys);
+    pg_text_array_free(&t->new_keys);
+    pg_text_array_free(&t->new_fps);
+    pg_text_array_free(&t->new_resps);
     json_decref(t->records);
-    json_decref(t->new_records);
-    t->records = t->new_records = NULL;
+    t->records = NULL;
     t->has_keys = false;
+    t->oom = false;
 }
 
 static void lane_release(struct shard *s, struct lane *lane)
@@ -312,38 +336,12 @@ static void reply_all(struct txn *t)
     }
 }
 
-#define FINGERPRINT_HEX 33
-
-/* What a key is bound to: the op and its args in canonical form (sorted
- * keys), hashed to 128 bits with fixed keys so that every instance and every
- * restart computes the same value. */
-static int fingerprint(const struct job *j, char out[FINGERPRINT_HEX])
-{
-    static const uint8_t k1[16] = "tenantq-fp-one!", k2[16] = "tenantq-fp-two!";
-    char *canon = json_dumps(j->req.args, JSON_COMPACT | JSON_SORT_KEYS);
-    if (!canon)
-        return -1;
-    size_t olen = strlen(j->req.op), clen = strlen(canon);
-    char *buf = malloc(olen + 1 + clen);
-    if (!buf) {
-        free(canon);
-        return -1;
-    }
-    memcpy(buf, j->req.op, olen);
-    buf[olen] = '\n';
-    memcpy(buf + olen + 1, canon, clen);
-    uint64_t a = siphash24(k1, buf, olen + 1 + clen), b = siphash24(k2, buf, olen + 1 + clen);
-    snprintf(out, FINGERPRINT_HEX, "%016" PRIx64 "%016" PRIx64, a, b);
-    free(buf);
-    free(canon);
-    return 0;
-}
-
 /* Load the stored idempotency records of this batch's keys. */
 static int load_records(struct txn *t, const PGresult *r)
 {
     for (int i = 0; i < PQntuples(r); i++) {
         json_t *resp = json_loads(PQgetvalue(r, i, 2), JSON_DECODE_ANY, NULL);
+        /* (stored as text: the exact bytes the first answer was built from) */
         json_t *rec = resp ? json_pack("{s:s,s:o}", "f", PQgetvalue(r, i, 1), "r", resp) : NULL;
         if (!rec || json_object_set_new(t->records, PQgetvalue(r, i, 0), rec) < 0)
             return -1;
@@ -363,9 +361,9 @@ static bool apply_batch(struct txn *t)
         t->replayed[i] = false;
         t->results[i] = NULL;
         bool keyed = j->req.key && sf_op_mutates(j->op) && t->records;
-        char fp[FINGERPRINT_HEX];
+        char fp[IDEM_FINGERPRINT_HEX];
         if (keyed) {
-            if (fingerprint(j, fp) < 0) {
+            if (idem_fingerprint(j->req.op, j->req.args, fp) < 0) {
                 tq_error_set(&t->errs[i], TQ_E_INTERNAL, "out of memory fingerprinting the request");
                 continue;
             }
@@ -392,10 +390,12 @@ static bool apply_batch(struct txn *t)
         if (keyed) {
             /* bind the key to this success; duplicates later in the batch replay it */
             json_t *rec = json_pack("{s:s,s:O}", "f", fp, "r", t->results[i]);
-            json_t *ins = json_pack("{s:s,s:s,s:O}", "k", j->req.key, "f", fp, "r", t->results[i]);
-            if (!rec || !ins || json_object_set_new(t->records, j->req.key, rec) < 0 ||
-                json_array_append_new(t->new_records, ins) < 0)
-                log_err("shard %d: out of memory recording key \"%s\"", t->s->id, j->req.key);
+            char *resp = json_dumps(t->results[i], JSON_COMPACT);
+            if (!rec || !resp || json_object_set_new(t->records, j->req.key, rec) < 0 ||
+                pg_text_array_add(&t->new_keys, j->req.key) < 0 ||
+                pg_text_array_add(&t->new_fps, fp) < 0 || pg_text_array_add(&t->new_resps, resp) < 0)
+                t->oom = true;
+            free(resp);
         }
     }
     return t->st.version != before;
@@ -502,21 +502,20 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
         txn_end_with_rollback(t);
         return;
     }
-    struct pg_stmt stmts[3] = {
-        {.sql = SQL_UPSERT,
-         .nparams = 4,
-         .params = {t->lane->tenant, t->draft_text, t->pub_text, t->version}},
-    };
-    int ns = 1;
-    if (t->new_records && json_array_size(t->new_records) > 0) {
-        t->records_text = json_dumps(t->new_records, JSON_COMPACT);
-        if (!t->records_text) {
-            fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory", t->lane->tenant);
+    struct shard *s = t->s;
+    struct pg_stmt stmts[3];
+    int ns = 0;
+    stmts[ns++] = stmt(s, ST_UPSERT, t->lane->tenant, t->draft_text, t->pub_text, t->version);
+    if (t->new_keys.n > 0) {
+        const char *k = pg_text_array_get(&t->new_keys), *f = pg_text_array_get(&t->new_fps),
+                   *r = pg_text_array_get(&t->new_resps);
+        if (t->oom || !k || !f || !r) {
+            fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys",
+                       t->lane->tenant);
             txn_end_with_rollback(t);
             return;
         }
-        stmts[ns++] = (struct pg_stmt){
-            .sql = SQL_IDEM_INSERT, .nparams = 2, .params = {t->lane->tenant, t->records_text}};
+        stmts[ns++] = stmt(s, ST_IDEM_INSERT, t->lane->tenant, k, f, r);
     }
     stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
     if (pg_pipeline(c, stmts, ns, commit_done, t) < 0) {
@@ -571,7 +570,7 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
     const char *tenant = lane->tenant;
     int rc;
     if (!mutating) {
-        struct pg_stmt sel = {.sql = SQL_SELECT, .nparams = 1, .params = {tenant}};
+        struct pg_stmt sel = stmt(s, ST_SELECT, tenant, NULL, NULL, NULL);
         rc = pg_pipeline(c, &sel, 1, read_done, t);
     } else {
         /* the lock wait is bounded by the batch's tightest deadline too */
@@ -584,29 +583,25 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
                  s->cfg->statement_timeout_ms + s->cfg->lock_timeout_ms + 5000);
         struct pg_stmt stmts[5] = {
             {.sql = SQL_BEGIN},
-            {.sql = SQL_TIMEOUTS, .nparams = 3,
-             .params = {t->tout_lock, t->tout_stmt, t->tout_idle}},
-            {.sql = s->sql_lock, .nparams = 1, .params = {tenant}},
-            {.sql = SQL_SELECT, .nparams = 1, .params = {tenant}},
+            stmt(s, ST_TIMEOUTS, t->tout_lock, t->tout_stmt, t->tout_idle, NULL),
+            stmt(s, ST_LOCK, tenant, NULL, NULL, NULL),
+            stmt(s, ST_SELECT, tenant, NULL, NULL, NULL),
         };
         int ns = 4;
         if (t->has_keys) {
             t->records = json_object();
-            t->new_records = json_array();
-            json_t *keys = json_array();
-            for (int k = 0; keys && k < t->n; k++)
+            bool ok = t->records != NULL;
+            for (int k = 0; ok && k < t->n; k++)
                 if (t->jobs[k]->req.key && sf_op_mutates(t->jobs[k]->op))
-                    json_array_append_new(keys, json_string(t->jobs[k]->req.key));
-            t->keys_text = keys ? json_dumps(keys, JSON_COMPACT) : NULL;
-            json_decref(keys);
-            if (!t->records || !t->new_records || !t->keys_text) {
+                    ok = pg_text_array_add(&t->keys, t->jobs[k]->req.key) == 0;
+            const char *keys = ok ? pg_text_array_get(&t->keys) : NULL;
+            if (!keys) {
                 fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
                 txn_end(t, true);
                 return;
             }
             snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
-            stmts[ns++] = (struct pg_stmt){.sql = SQL_IDEM_SELECT, .nparams = 3,
-                                           .params = {tenant, t->keys_text, t->ttl}};
+            stmts[ns++] = stmt(s, ST_IDEM_SELECT, tenant, keys, t->ttl, NULL);
         }
         rc = pg_pipeline(c, stmts, ns, locked_done, t);
     }
@@ -796,7 +791,7 @@ static void maybe_cleanup(struct shard *s)
     int i = idle_conn(s);
     if (i < 0)
         return;
-    struct pg_stmt del = {.sql = SQL_IDEM_CLEANUP, .nparams = 1, .params = {s->cleanup_ttl}};
+    struct pg_stmt del = stmt(s, ST_CLEANUP, s->cleanup_ttl, NULL, NULL, NULL);
     if (pg_pipeline(&s->conns[i], &del, 1, cleanup_done, s) == 0)
         s->inflight++;
     s->next_cleanup_us = now_us() + CLEANUP_IDLE_S * 1000000u;
@@ -885,6 +880,23 @@ struct shard *shard_create(struct daemon *d, int id)
     if (!s->sql_lock)
         goto fail;
     sprintf(s->sql_lock, "SELECT pg_advisory_xact_lock((%s)::bigint)", cfg->lock_key_sql);
+    static const struct {
+        const char *name;
+        const char *sql;
+        int nparams;
+    } prep[ST__COUNT] = {
+        [ST_TIMEOUTS] = {"tq_timeouts", SQL_TIMEOUTS, 3},
+        [ST_LOCK] = {"tq_lock", NULL, 1},
+        [ST_SELECT] = {"tq_select", SQL_SELECT, 1},
+        [ST_UPSERT] = {"tq_upsert", SQL_UPSERT, 4},
+        [ST_IDEM_SELECT] = {"tq_idem_select", SQL_IDEM_SELECT, 3},
+        [ST_IDEM_INSERT] = {"tq_idem_insert", SQL_IDEM_INSERT, 4},
+        [ST_CLEANUP] = {"tq_idem_cleanup", SQL_IDEM_CLEANUP, 1},
+    };
+    for (int i = 0; i < ST__COUNT; i++)
+        s->prep[i] = (struct pg_stmt){.name = prep[i].name,
+                                      .sql = prep[i].sql ? prep[i].sql : s->sql_lock,
+                                      .nparams = prep[i].nparams};
 
     s->nconns = cfg->connections_per_shard;
     s->conns = calloc((size_t)s->nconns, sizeof *s->conns);
@@ -900,7 +912,7 @@ struct shard *shard_create(struct daemon *d, int id)
         t->errs = calloc((size_t)cfg->max_batch, sizeof *t->errs);
         t->replayed = calloc((size_t)cfg->max_batch, sizeof *t->replayed);
         if (!t->jobs || !t->results || !t->errs || !t->replayed ||
-            pg_init(&s->conns[i], s->base, cfg, id, i, on_conn_state, s) < 0)
+            pg_init(&s->conns[i], s->base, cfg, id, i, on_conn_state, s, s->prep, ST__COUNT) < 0)
             goto fail;
     }
     return s;

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # lib.sh - shell helpers shared by scripts/run and scripts/test.
 #
 # Sourced, never executed.  Provides: installing the Debian packages the
@@ -96,6 +97,7 @@ tq_pg_start() {
         TQ_PG_DIR=
         tq_die "PostgreSQL did not start"
     fi
+    # shellcheck disable=SC2034 # read by the sourcing script
     TQ_PG_CONNINFO="host=$dir user=postgres dbname=postgres"
 }
 

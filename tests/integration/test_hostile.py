@@ -139,7 +139,7 @@ def test_garbage_does_not_stall_other_clients(daemon_factory, db):
     d = daemon_factory()
     rng = random.Random(42)
     with RawReq(d.endpoint) as flood, Client(d.endpoint) as c:
-        n = 200
+        n = 100
         for _ in range(n):
             flood.send(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200))))
         for k in range(20):

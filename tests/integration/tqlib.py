@@ -489,7 +489,9 @@ def cli(*args, env=None, timeout=30):
 class RawReq:
     """AF_SP_RAW REQ socket: we write the SP header (a request id with bit 31
     set) ourselves, so any number of requests can be outstanding.  nn_recv
-    strips the header of replies, so callers match replies by content."""
+    strips the header of replies, so callers match replies by content.
+    Keep fewer than ~200 replies unread: the daemon's raw REP silently drops
+    replies while the pipe to us is blocked (kernel socket buffer full)."""
 
     def __init__(self, endpoint, timeout_ms=10000):
         self.sock = NNSocket(endpoint, timeout_ms, raw=True)
