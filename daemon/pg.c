@@ -63,11 +63,14 @@ static void clear_results(PGresult **res, int n)
 }
 
 /* Drop the connection (events first: the fd number may be reused at once),
- * tell the running pipeline, schedule the reconnect. */
-static void pg_drop(struct pgconn *c, const char *why)
+ * tell the running pipeline, schedule the reconnect unless aborting. */
+static void pg_close(struct pgconn *c, const char *why, bool reconnect)
 {
     bool was_busy = c->state == PGC_BUSY;
-    if (c->state == PGC_IDLE || c->state == PGC_BUSY || c->state == PGC_PREPARING)
+    if (!reconnect)
+        log_info("shard %d conn %d: closing the database connection: %s", c->shard_id, c->idx,
+                 why);
+    else if (c->state == PGC_IDLE || c->state == PGC_BUSY || c->state == PGC_PREPARING)
         log_warn("shard %d conn %d: database connection lost: %s", c->shard_id, c->idx, why);
     else
         log_warn("shard %d conn %d: cannot connect to the database: %s", c->shard_id, c->idx,
@@ -88,9 +91,21 @@ static void pg_drop(struct pgconn *c, const char *why)
         cb(c, c->cb_arg, res, n, true);
         clear_results(res, n);
     }
-    pg_schedule_reconnect(c);
+    if (reconnect)
+        pg_schedule_reconnect(c);
     if (c->on_state)
         c->on_state(c, c->owner);
+}
+
+static void pg_drop(struct pgconn *c, const char *why)
+{
+    pg_close(c, why, true);
+}
+
+void pg_abort(struct pgconn *c, const char *why)
+{
+    if (c->state != PGC_DOWN)
+        pg_close(c, why, false);
 }
 
 static void conn_error_text(struct pgconn *c, char *buf, size_t len)

@@ -99,6 +99,11 @@ void pg_start(struct pgconn *c);
 int pg_pipeline(struct pgconn *c, const struct pg_stmt *stmts, int n, pg_pipeline_cb cb,
                 void *arg) __attribute__((warn_unused_result));
 
+/* Close the connection now, without reconnecting (shutdown).  A running
+ * pipeline's callback gets lost = true; the server rolls back whatever
+ * transaction was open. */
+void pg_abort(struct pgconn *c, const char *why);
+
 /* Close the connection and free every event; c may be re-initialised. */
 void pg_destroy(struct pgconn *c);
 

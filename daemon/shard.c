@@ -61,6 +61,7 @@ struct txn {
     int n;
     bool has_keys;             /* some mutating job carries a key */
     bool oom;                  /* recording keys ran out of memory: fail the batch */
+    bool committing;           /* COMMIT sent: the batch must not be aborted */
     json_t *records;           /* key -> {"f": fingerprint, "r": result}, stored + this batch */
     struct pg_text_array keys; /* the batch's keys, for the lookup */
     struct pg_text_array new_keys, new_fps, new_resps; /* records to insert with the edit */
@@ -194,6 +195,7 @@ static void txn_reset(struct txn *t)
     t->records = NULL;
     t->has_keys = false;
     t->oom = false;
+    t->committing = false;
 }
 
 static void lane_release(struct shard *s, struct lane *lane)
@@ -303,12 +305,25 @@ static int load_state(struct txn *t, const PGresult *r, char *why, size_t whylen
     }
     json_error_t jerr;
     t->st.draft = json_loads(PQgetvalue(r, 0, 0), JSON_DECODE_ANY, &jerr);
+    if (!t->st.draft) {
+        /* jsonb prints big numbers without exponent; a direct writer may have
+         * stored an integer beyond int64, which jansson refuses as such */
+        t->st.draft = json_loads(PQgetvalue(r, 0, 0), JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
+                                 NULL);
+        if (t->st.draft)
+            log_warn("shard %d tenant \"%s\": stored draft has integers beyond 64 bits; "
+                     "they are read as floating point",
+                     t->s->id, t->lane->tenant);
+    }
     if (!t->st.draft || !json_is_object(t->st.draft)) {
         snprintf(why, whylen, "stored draft is not a JSON object (%s)", jerr.text);
         return -1;
     }
     if (!PQgetisnull(r, 0, 1)) {
         t->st.published = json_loads(PQgetvalue(r, 0, 1), JSON_DECODE_ANY, &jerr);
+        if (!t->st.published)
+            t->st.published = json_loads(PQgetvalue(r, 0, 1),
+                                         JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
         if (!t->st.published) {
             snprintf(why, whylen, "stored published config is not JSON (%s)", jerr.text);
             return -1;
@@ -434,8 +449,11 @@ static void read_done(struct pgconn *c, void *arg, PGresult *const *res, int n, 
     (void)c;
     char why[256];
     if (lost) {
-        fail_batch(t, TQ_E_DB_UNAVAILABLE,
-                   "tenant \"%s\": database connection lost; not executed", t->lane->tenant);
+        if (t->s->stopping)
+            fail_batch(t, TQ_E_SHUTTING_DOWN, "the daemon is shutting down; not executed");
+        else
+            fail_batch(t, TQ_E_DB_UNAVAILABLE,
+                       "tenant \"%s\": database connection lost; not executed", t->lane->tenant);
         txn_end(t, true);
         return;
     }
@@ -460,9 +478,12 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     struct txn *t = arg;
     char why[256];
     if (lost) {
-        fail_batch(t, TQ_E_DB_UNAVAILABLE,
-                   "tenant \"%s\": database connection lost before commit; not executed",
-                   t->lane->tenant);
+        if (t->s->stopping)
+            fail_batch(t, TQ_E_SHUTTING_DOWN, "the daemon is shutting down; not executed");
+        else
+            fail_batch(t, TQ_E_DB_UNAVAILABLE,
+                       "tenant \"%s\": database connection lost before commit; not executed",
+                       t->lane->tenant);
         txn_end(t, true);
         return;
     }
@@ -518,6 +539,7 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
         stmts[ns++] = stmt(s, ST_IDEM_INSERT, t->lane->tenant, k, f, r);
     }
     stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
+    t->committing = true;
     if (pg_pipeline(c, stmts, ns, commit_done, t) < 0) {
         fail_batch(t, TQ_E_DB_UNAVAILABLE,
                    "tenant \"%s\": database connection lost before commit; not executed",
@@ -759,6 +781,13 @@ static void on_pull(evutil_socket_t fd, short what, void *arg)
             s->draining = true;
             s->stopping = true;
             sweep(s, true);
+            /* The grace is over: a batch still waiting for its lock or its
+             * read has committed nothing, so closing its connection fails it
+             * cleanly.  A batch whose COMMIT is out finishes (bounded by
+             * statement_timeout). */
+            for (int i = 0; i < s->nconns; i++)
+                if (s->txns[i].lane && !s->txns[i].committing)
+                    pg_abort(&s->conns[i], "shutdown grace is over");
             break;
         }
     }

@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #define NAME_RULE "must match ^[a-z0-9]+(-[a-z0-9]+)*$ (at most 64 bytes)"
@@ -137,9 +138,14 @@ static int check_index(const json_t *args, bool required, tq_error *err)
 }
 
 /* Container nesting depth of a JSON value (a scalar is 0, {} or [] is 1),
- * as the codec counts levels; gives up past limit. */
+ * as the codec counts levels; gives up past limit.  A number that
+ * PostgreSQL's jsonb would hand back as an integer beyond int64 (any real of
+ * magnitude >= 2^63: jsonb prints numbers without exponents) makes it
+ * return -1, so such a value is refused instead of poisoning the draft. */
 static int json_depth(const json_t *v, int limit)
 {
+    if (json_is_real(v))
+        return fabs(json_real_value(v)) < 9223372036854775808.0 ? 0 : -1;
     if (!json_is_object(v) && !json_is_array(v))
         return 0;
     if (limit <= 0)
@@ -150,6 +156,8 @@ static int json_depth(const json_t *v, int limit)
         const json_t *child;
         json_object_foreach((json_t *)(uintptr_t)v, k, child) {
             int d = json_depth(child, limit - 1);
+            if (d < 0)
+                return -1;
             if (d > deepest)
                 deepest = d;
         }
@@ -158,6 +166,8 @@ static int json_depth(const json_t *v, int limit)
         const json_t *child;
         json_array_foreach(v, i, child) {
             int d = json_depth(child, limit - 1);
+            if (d < 0)
+                return -1;
             if (d > deepest)
                 deepest = d;
         }
@@ -216,7 +226,12 @@ int sf_validate_args(sf_op op, const json_t *args, tq_error *err)
             return rc;
         /* a section sits at level 7 of a draft.get reply, which must stay
          * within the codec's 32 levels (PROTOCOL.md) */
-        if (json_depth(sec, SF_SECTION_MAX_DEPTH + 1) > SF_SECTION_MAX_DEPTH)
+        int depth = json_depth(sec, SF_SECTION_MAX_DEPTH + 1);
+        if (depth < 0)
+            return tq_error_set(err, TQ_E_INVALID_ARGUMENT,
+                                "args.section: holds a number of magnitude 2^63 or more, which "
+                                "cannot be stored exactly");
+        if (depth > SF_SECTION_MAX_DEPTH)
             return tq_error_set(err, TQ_E_INVALID_ARGUMENT,
                                 "args.section: nested deeper than %d levels",
                                 SF_SECTION_MAX_DEPTH);

@@ -342,6 +342,10 @@ static void test_validate_args(void)
                 ARGS_BAD(U, deep, "args.section: nested deeper than 26 levels");
         }
     }
+    ARGS_OK(U, "{'page':'home','section':{'type':'hero','n':9.2e18,'m':[-9.2e18,1.5]}}");
+    ARGS_BAD(U, "{'page':'home','section':{'type':'hero','n':1e19}}", "args.section: holds a number");
+    ARGS_BAD(U, "{'page':'home','section':{'type':'hero','n':{'x':[-1e300]}}}",
+             "args.section: holds a number");
     ARGS_BAD(U, "{}", "args.page: required");
     ARGS_BAD(U, NULL, "args.page: required");
     ARGS_BAD(U, "{'section':{'type':'hero'}}", "args.page: required");
