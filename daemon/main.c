@@ -31,6 +31,7 @@
 #include "shard.h"
 
 #define MAIN_TICK_MS 20
+#define SHUTDOWN_LINGER_MS 200
 
 /* Keys are compared bytewise (COLLATE "C"): cheaper than the database's
  * default collation in the primary-key indexes, and what an id means. */
@@ -271,11 +272,24 @@ out:
                 while (shard_request_stop(d->shards[i]) < 0)
                     usleep(1000);
     }
+    atomic_store(&d->draining, true); /* the front answers SHUTTING_DOWN from here on */
+    if (m->ev_tick)
+        event_del(m->ev_tick); /* it looks at the shards, which go now */
+    metrics_stop(m->metrics);   /* so does /metrics */
+    m->metrics = NULL;
+    for (int i = 0; d->shards && i < d->nshards; i++)
+        shard_destroy(d->shards[i]); /* joins the thread */
+    if (rc == 0 && m->front) {
+        /* nanomsg has no linger (TECHNOTES): give its worker a moment to put
+         * the last replies on the wire before the socket closes, answering
+         * late arrivals with SHUTTING_DOWN meanwhile */
+        struct timeval linger = {0, SHUTDOWN_LINGER_MS * 1000};
+        event_base_loopexit(m->base, &linger);
+        event_base_dispatch(m->base);
+    }
     if (m->front)
         front_stop_reading(m->front);
     metrics_stop(m->metrics);
-    for (int i = 0; d->shards && i < d->nshards; i++)
-        shard_destroy(d->shards[i]); /* joins the thread */
     front_close(m->front);
     if (m->ev_tick)
         event_free(m->ev_tick);
