@@ -304,8 +304,18 @@ static int load_state(struct txn *t, const PGresult *r, char *why, size_t whylen
         return 0;
     }
     json_error_t jerr;
-    t->st.draft = json_loads(PQgetvalue(r, 0, 0), JSON_DECODE_ANY, &jerr);
-    if (!t->st.draft) {
+    const char *text = PQgetvalue(r, 0, 0);
+    t->st.draft = json_loads(text, JSON_DECODE_ANY, &jerr);
+    if (t->st.draft) {
+        /* An upper bound of the compact size for the max_draft_bytes check,
+         * without serialising: jsonb's text has ", " and ": " where compact
+         * JSON has none and the same escapes, but prints a real more briefly
+         * than jansson's %.17g (at most 24 bytes); every such real has a '.'. */
+        size_t len = (size_t)PQgetlength(r, 0, 0), dots = 0;
+        for (const char *p = text; (p = memchr(p, '.', len - (size_t)(p - text))) != NULL; p++)
+            dots++;
+        t->st.size_ub = len + 24 * dots;
+    } else {
         /* jsonb prints big numbers without exponent; a direct writer may have
          * stored an integer beyond int64, which jansson refuses as such */
         t->st.draft = json_loads(PQgetvalue(r, 0, 0), JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,

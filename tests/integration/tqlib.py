@@ -567,3 +567,186 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------
+# pipelining with reply matching: the routing header of each reply
+
+class _NNIovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _NNMsghdr(ctypes.Structure):
+    _fields_ = [("msg_iov", ctypes.POINTER(_NNIovec)), ("msg_iovlen", ctypes.c_int),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t)]
+
+
+_nn.nn_recvmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_NNMsghdr), ctypes.c_int]
+_nn.nn_recvmsg.restype = ctypes.c_int
+
+_PROTO_SP = 1
+_SP_HDR = 1
+
+
+class TaggedRawReq(RawReq):
+    """A RawReq whose send() returns the request id it put in the SP header
+    and whose recv_tagged() returns (request id, response), read from the
+    reply's routing header with nn_recvmsg.  This matches replies to
+    requests whatever order they arrive in (PROTOCOL.md promises none)."""
+
+    def send(self, body):
+        rid = 0x80000000 | (next(self._ids) & 0x7FFFFFFF)
+        self.sock.send(rid.to_bytes(4, "big") + body)
+        return rid
+
+    def recv_tagged(self):
+        body = ctypes.c_void_p()
+        iov = _NNIovec(ctypes.cast(ctypes.byref(body), ctypes.c_void_p), NN_MSG)
+        control = ctypes.create_string_buffer(256)
+        mh = _NNMsghdr(ctypes.pointer(iov), 1,
+                       ctypes.cast(control, ctypes.c_void_p), len(control))
+        n = _check(_nn.nn_recvmsg(self.sock.fd, ctypes.byref(mh), 0), "nn_recvmsg")
+        try:
+            data = ctypes.string_at(body, n)
+        finally:
+            _nn.nn_freemsg(body)
+        # struct nn_cmsghdr {size_t cmsg_len; int cmsg_level; int cmsg_type;},
+        # data aligned to size_t: [size_t hdr_len][hdr]; the reply's header is
+        # the request id we sent
+        sz = ctypes.sizeof(ctypes.c_size_t)
+        raw = control.raw[:min(mh.msg_controllen, len(control))]
+        rid = None
+        off = 0
+        hdr_size = sz + 2 * ctypes.sizeof(ctypes.c_int)
+        data_off = (hdr_size + sz - 1) // sz * sz
+        while off + data_off + sz <= len(raw):
+            clen = int.from_bytes(raw[off:off + sz], "little")
+            level = int.from_bytes(raw[off + sz:off + sz + 4], "little")
+            ctype = int.from_bytes(raw[off + sz + 4:off + sz + 8], "little")
+            if clen == 0:
+                break
+            if level == _PROTO_SP and ctype == _SP_HDR:
+                d = off + data_off
+                hlen = int.from_bytes(raw[d:d + sz], "little")
+                hdr = raw[d + sz:d + sz + hlen]
+                assert len(hdr) >= 4, "short routing header %r" % hdr
+                rid = int.from_bytes(hdr[-4:], "big")
+                break
+            off += (clen + sz - 1) // sz * sz
+        assert rid is not None, "reply without a routing header (control %r)" % raw
+        resp = unpack(data)
+        check_response_shape(resp)
+        return rid, resp
+
+    def recv_for(self, rids):
+        """Replies to every id in rids (each exactly once), as a list in the
+        order of rids; also returns the ids in the order the replies came."""
+        want = set(rids)
+        got = {}
+        arrival = []
+        while len(got) < len(want):
+            rid, resp = self.recv_tagged()
+            assert rid in want, "reply to unknown request id %#x: %r" % (rid, resp)
+            assert rid not in got, "two replies to request id %#x" % rid
+            got[rid] = resp
+            arrival.append(rid)
+        return [got[r] for r in rids], arrival
+
+
+# --------------------------------------------------------------------------
+# fault injection: kill -9, a successor on the same endpoint, a PostgreSQL
+# restart, metrics counters, retries of the same request bytes
+
+RETRYABLE_CODES = {"QUEUE_FULL", "DEADLINE_EXCEEDED", "LOCK_TIMEOUT", "DB_UNAVAILABLE",
+                   "OUTCOME_UNKNOWN", "SHUTTING_DOWN"}
+
+
+def sigkill(d):
+    """kill -9 a Daemon: no drain and no exit check (the fixture's stop() is
+    then a no-op).  Its temp dir is kept, because a successor may listen on
+    the same ipc path; the caller removes d.dir when done.  A sanitizer
+    report written before the kill is still a failure."""
+    d.proc.kill()
+    d.proc.wait()
+    d.stopped = True
+    d._log.close()
+    text = d.log()
+    for m in SANITIZER_MARKERS:
+        assert m not in text, "sanitizer report (%s) before kill -9\n%s" % (m, d.tail(150))
+
+
+def daemon_at(factory, endpoint, *extra, conninfo=None, timeout=10.0):
+    """A ready tenantqd listening on endpoint (for instance the one of a
+    daemon killed with sigkill), stopped and checked by the factory at
+    teardown like factory(...)'s.  The last --listen flag wins."""
+    d = Daemon(conninfo or factory.conninfo, [str(a) for a in extra] + ["--listen", endpoint])
+    factory.daemons.append(d)
+    d.wait_ready(timeout)
+    return d
+
+
+def pg_restart(cluster):
+    """pg_ctl restart -m fast of a PgCluster (same options as its start)."""
+    cluster._pg(["pg_ctl", "-D", cluster.data, "-l", cluster.logfile, "-m", "fast",
+                 "-w", "-t", "30", "restart"])
+
+
+def free_tcp_port():
+    """A loopback TCP port that was free a moment ago (for --metrics-listen)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metrics_counters(port, name="tenantq_requests_total"):
+    """{labels-text: value} of one Prometheus counter from the daemon's
+    /metrics on 127.0.0.1:port, e.g. {'op="ping",code="OK"': 3.0}."""
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1:].rsplit("} ", 1)
+            out[labels] = float(value)
+    return out
+
+
+def idempotency_records(db, tenant=None):
+    """{(tenant, key): response dict} of every stored idempotency record."""
+    with db.connect() as c:
+        if tenant is None:
+            rows = c.execute("SELECT tenant, key, response FROM tenantq_idempotency").fetchall()
+        else:
+            rows = c.execute("SELECT tenant, key, response FROM tenantq_idempotency "
+                             "WHERE tenant = %s", (tenant,)).fetchall()
+    return {(t, k): json.loads(r) for t, k, r in rows}
+
+
+def send_until_ok(client, body, limit_s=20.0, pause_s=0.05, log=None):
+    """Send the same request bytes on client (a Client) until the reply is
+    ok.  A timeout (no reply: outcome unknown) or a retryable error is
+    retried with the same bytes, hence the same key; anything else fails the
+    test.  log, if given, gets one entry per try: 'ok', 'replayed', an error
+    code or 'timeout'.  Returns the ok response."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            r = client.raw(body)
+        except NNTimeout:
+            if log is not None:
+                log.append("timeout")
+            r = None
+        if r is not None:
+            if r["ok"]:
+                if log is not None:
+                    log.append("replayed" if r.get("replayed") else "ok")
+                return r
+            e = r["error"]
+            if log is not None:
+                log.append(e["code"])
+            assert e["code"] in RETRYABLE_CODES and e["retryable"] is True, \
+                "non-retryable reply to a retried request: %r" % (r,)
+        assert time.monotonic() < deadline, "no ok within %.0fs (tries: %r)" % (limit_s, log)
+        time.sleep(pause_s)
