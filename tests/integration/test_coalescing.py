@@ -339,8 +339,9 @@ def test_commit_failure_fails_the_whole_batch(daemon_factory, db):
         codes = {r["error"]["code"] for r in replies[1:] if not r["ok"]}
         assert all(not r["ok"] for r in replies[1:]), replies
         assert len(codes) == 1, replies
-        code = codes.pop()
-        assert code in ("INTERNAL", "DB_UNAVAILABLE"), replies
+        # a constraint violation is no transient outage: INTERNAL, not retryable
+        assert codes == {"INTERNAL"}, replies
+        assert all(r["error"]["retryable"] is False for r in replies[1:]), replies
         msgs = {r["error"]["message"] for r in replies[1:]}
         assert len(msgs) == 1, msgs
         assert t in msgs.pop()
@@ -406,3 +407,64 @@ def test_commit_failure_with_keys_stores_no_record(daemon_factory, db, keyed):
         err(again[0], "DUPLICATE_SECTION_ID")
     assert [ok(r)["version"] for r in again[1:]] == [3, 4, 5, 6, 7]
     assert [s_["id"] for s_ in db.sections(t, "home")] == ["s0"] + ["e%d" % i for i in range(6)]
+
+
+def test_keys_inside_a_batch_equal_one_by_one(daemon_factory, db):
+    """Idempotency keys inside one batch: a repeat of a key bound earlier in
+    the same transaction replays it, a different request with that key is
+    IDEMPOTENCY_KEY_REUSED, a key whose request failed stays free; all
+    exactly as when the same requests come one by one."""
+    d = daemon_factory("--lock-timeout-ms", 5000)
+    ta, tb = "keys-a", "keys-b"
+    x = {"page": "home", "section": {"type": "x"}}
+    seq = [
+        ("section.upsert", x, "k1"),                                  # alone, home-x-main
+        ("section.upsert", x, "k2"),                                  # home-x-2
+        ("section.upsert", x, "k2"),                                  # replay of the previous
+        ("section.upsert", {"page": "home", "section": {"type": "y"}}, "k2"),  # reused
+        ("section.remove", {"id": "home-x-main"}, "k3"),
+        ("section.remove", {"id": "home-x-main"}, "k3"),              # replay, not NOT_FOUND
+        ("section.remove", {"id": "home-x-main"}, "k4"),              # NOT_FOUND: k4 stays free
+        ("section.upsert", {"page": "home", "section": {"id": "z", "type": "x"}}, "k4"),
+        ("section.upsert", x, "k1"),                                  # replay from the stored record
+        ("section.upsert", x, "k5"),                                  # home-x-main (free again)
+        ("draft.get", None, None),
+    ]
+
+    def body(t, op, args, key):
+        return pack(envelope(t, op, args, **({"key": key} if key else {})))
+
+    with db.connect(autocommit=False) as holder, TaggedRawReq(d.endpoint) as s:
+        holder.execute(LOCK_SQL, (ta,))
+        rids = [s.send(body(ta, *seq[0]))]
+        time.sleep(0.3)
+        rids += [s.send(body(ta, *req)) for req in seq[1:]]
+        time.sleep(0.3)
+        holder.commit()
+        batched, _ = s.recv_for(rids)
+    assert batched[1]["timing"]["batch"] == len(seq) - 1, batched[1]
+    with Client(d.endpoint) as c:
+        single = [c.raw(body(tb, *req)) for req in seq]
+    for i, (ra, rb) in enumerate(zip(batched, single)):
+        try:
+            _same_but_tenant(ra, rb, ta, tb)
+        except AssertionError as e:
+            raise AssertionError("request %d %r differs: %s" % (i, seq[i], e)) from None
+
+    outcome = [("replayed" if r.get("replayed") else "ok") if r["ok"] else r["error"]["code"]
+               for r in batched]
+    assert outcome == ["ok", "ok", "replayed", "IDEMPOTENCY_KEY_REUSED", "ok", "replayed",
+                       "NOT_FOUND", "ok", "replayed", "ok", "ok"], outcome
+    assert batched[2]["result"] == batched[1]["result"]
+    assert batched[5]["result"] == batched[4]["result"]
+    assert batched[8]["result"] == batched[0]["result"]
+    assert [ok(batched[i])["version"] for i in (0, 1, 4, 7, 9)] == [1, 2, 3, 4, 5]
+    assert ok(batched[9])["id"] == "home-x-main"
+    assert db.row(ta) == db.row(tb)
+    assert db.row(ta)["version"] == 5
+    with db.connect() as c:
+        for t in (ta, tb):
+            keys = [k for (k,) in c.execute(
+                "SELECT key FROM tenantq_idempotency WHERE tenant = %s ORDER BY key",
+                (t,)).fetchall()]
+            assert keys == ["k1", "k2", "k3", "k4", "k5"], (t, keys)

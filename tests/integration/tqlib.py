@@ -680,6 +680,7 @@ def daemon_at(factory, endpoint, *extra, conninfo=None, timeout=10.0):
     daemon killed with sigkill), stopped and checked by the factory at
     teardown like factory(...)'s.  The last --listen flag wins."""
     d = Daemon(conninfo or factory.conninfo, [str(a) for a in extra] + ["--listen", endpoint])
+    d.endpoint = endpoint  # its own temp dir holds only its log and config
     factory.daemons.append(d)
     d.wait_ready(timeout)
     return d
