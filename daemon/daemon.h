@@ -21,8 +21,8 @@
 #include "config.h"
 #include "storefront.h"
 #include "tq_proto.h"
+#include "tq_sp.h"
 
-#define TQ_SP_HDR_MAX 64 /* SP routing header bytes we carry; direct peers use 8 */
 
 struct shard;
 struct tq_stats;

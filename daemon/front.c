@@ -208,17 +208,9 @@ static void on_recv(evutil_socket_t fd, short what, void *arg)
             return;
         }
         const uint8_t *hdr = NULL;
-        size_t hdr_len = 0;
-        for (struct nn_cmsghdr *c = NN_CMSG_FIRSTHDR(&mh); c; c = NN_CMSG_NXTHDR(&mh, c)) {
-            if (c->cmsg_level == PROTO_SP && c->cmsg_type == SP_HDR) {
-                const unsigned char *data = NN_CMSG_DATA(c);
-                memcpy(&hdr_len, data, sizeof hdr_len);
-                hdr = data + sizeof hdr_len;
-                break;
-            }
-        }
-        if (!hdr || hdr_len == 0 || hdr_len > TQ_SP_HDR_MAX)
-            log_debug("dropping a message with a %zu-byte routing header", hdr_len);
+        size_t hdr_len = tq_sp_header(&mh, &hdr);
+        if (hdr_len == 0)
+            log_debug("dropping a message without a usable routing header");
         else
             handle(f, body, (size_t)rc, hdr, hdr_len);
         nn_freemsg(body);

@@ -25,25 +25,13 @@ uint64_t now_us(void)
 void daemon_send_reply(struct daemon *d, const uint8_t *hdr, size_t hdr_len, const void *body,
                        size_t len)
 {
-    /* A plain control buffer, rebuilt here: with NN_MSG chunks a failed
-     * nn_sendmsg frees the chunk itself (TECHNOTES), which invites a double
-     * free.  Layout of SP_HDR data: [size_t len][header bytes]. */
-    _Alignas(max_align_t) unsigned char ctrl[NN_CMSG_SPACE(sizeof(size_t) + TQ_SP_HDR_MAX)];
-    memset(ctrl, 0, sizeof ctrl);
-    struct nn_cmsghdr *c = (struct nn_cmsghdr *)(void *)ctrl;
-    c->cmsg_len = NN_CMSG_SPACE(sizeof(size_t) + hdr_len);
-    c->cmsg_level = PROTO_SP;
-    c->cmsg_type = SP_HDR;
-    unsigned char *data = NN_CMSG_DATA(c);
-    memcpy(data, &hdr_len, sizeof hdr_len);
-    memcpy(data + sizeof hdr_len, hdr, hdr_len);
-
+    _Alignas(max_align_t) unsigned char ctrl[TQ_SP_CTRL_SPACE];
     struct nn_iovec iov = {.iov_base = (void *)(uintptr_t)body, .iov_len = len};
     struct nn_msghdr msg = {
         .msg_iov = &iov,
         .msg_iovlen = 1,
         .msg_control = ctrl,
-        .msg_controllen = NN_CMSG_SPACE(sizeof(size_t) + hdr_len),
+        .msg_controllen = tq_sp_reply_ctrl(ctrl, hdr, hdr_len),
     };
     if (nn_sendmsg(d->rep_sock, &msg, NN_DONTWAIT) < 0 && nn_errno() != ETERM)
         log_debug("reply not sent: %s", nn_strerror(nn_errno()));

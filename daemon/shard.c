@@ -453,18 +453,26 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     txn_end_with_rollback(t);
 }
 
+/* The connection went away before COMMIT was sent: nothing of the batch
+ * happened.  Aborted on purpose when the shutdown grace is over. */
+static void fail_lost_before_commit(struct txn *t)
+{
+    if (t->s->stopping)
+        fail_batch(t, TQ_E_SHUTTING_DOWN, "the daemon is shutting down; not executed");
+    else
+        fail_batch(t, TQ_E_DB_UNAVAILABLE,
+                   "tenant \"%s\": database connection lost before commit; not executed",
+                   t->lane->tenant);
+    txn_end(t, true);
+}
+
 static void read_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
 {
     struct txn *t = arg;
     (void)c;
     char why[256];
     if (lost) {
-        if (t->s->stopping)
-            fail_batch(t, TQ_E_SHUTTING_DOWN, "the daemon is shutting down; not executed");
-        else
-            fail_batch(t, TQ_E_DB_UNAVAILABLE,
-                       "tenant \"%s\": database connection lost; not executed", t->lane->tenant);
-        txn_end(t, true);
+        fail_lost_before_commit(t);
         return;
     }
     if (n != 1 || !result_ok(res[0])) {
@@ -488,13 +496,7 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     struct txn *t = arg;
     char why[256];
     if (lost) {
-        if (t->s->stopping)
-            fail_batch(t, TQ_E_SHUTTING_DOWN, "the daemon is shutting down; not executed");
-        else
-            fail_batch(t, TQ_E_DB_UNAVAILABLE,
-                       "tenant \"%s\": database connection lost before commit; not executed",
-                       t->lane->tenant);
-        txn_end(t, true);
+        fail_lost_before_commit(t);
         return;
     }
     bool ok = n == (t->has_keys ? 5 : 4);
@@ -550,12 +552,8 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     }
     stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
     t->committing = true;
-    if (pg_pipeline(c, stmts, ns, commit_done, t) < 0) {
-        fail_batch(t, TQ_E_DB_UNAVAILABLE,
-                   "tenant \"%s\": database connection lost before commit; not executed",
-                   t->lane->tenant);
-        txn_end(t, true);
-    }
+    if (pg_pipeline(c, stmts, ns, commit_done, t) < 0)
+        fail_lost_before_commit(t); /* nothing was sent */
 }
 
 /* Start a batch of lane on idle connection i.  The lane is not in the ready
@@ -637,11 +635,8 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
         }
         rc = pg_pipeline(c, stmts, ns, locked_done, t);
     }
-    if (rc < 0) {
-        fail_batch(t, TQ_E_DB_UNAVAILABLE, "tenant \"%s\": database connection lost; not executed",
-                   tenant);
-        txn_end(t, true);
-    }
+    if (rc < 0)
+        fail_lost_before_commit(t);
 }
 
 /* --- scheduling ---------------------------------------------------------- */

@@ -25,7 +25,7 @@ set -euo pipefail
 # bash treats SECONDS specially: imported from the environment it keeps
 # counting up from that value, unset it counts from 0.  Read it first thing.
 dur=${FUZZ_SECONDS:-$SECONDS}
-[ "$dur" -gt 0 ] 2>/dev/null || dur=60
+[ "$dur" != 0 ] || dur=60
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -78,14 +78,14 @@ for t in $targets; do
         "$exe" -max_total_time="$dur" -rss_limit_mb=1024 -max_len=4096 -timeout=10 \
         -print_final_stats=1 -artifact_prefix="$out/fuzz_$t-" "$work" >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-    units=$(ls "$work" | wc -l)
+    units=$(find "$work" -type f | wc -l)
     if [ "$rc" -ne 0 ] || [ -z "$execs" ]; then
         echo "fuzz_$t: FAILED (exit $rc) after ${execs:-?} execs; log $log"
         grep -E "ERROR|SUMMARY|runtime error|invariant violated|Test unit written" "$log" |
             head -n 20 | sed 's/^/    /' || true
         failed=1
     else
-        echo "fuzz_$t: ok, $execs execs in ${dur}s, corpus $(ls "$seeds" | wc -l) -> $units inputs"
+        echo "fuzz_$t: ok, $execs execs in ${dur}s, corpus $(find "$seeds" -type f | wc -l) -> $units inputs"
     fi
 done
 if [ $failed -ne 0 ]; then

@@ -24,9 +24,8 @@
 #include <nanomsg/reqrep.h>
 
 #include "tq_proto.h"
+#include "tq_sp.h"
 
-/* A direct REQ peer's header is 8 bytes; allow a few device hops. */
-#define ECHO_HDR_MAX 64
 /* How often the blocked receive wakes to look at the stop flag. */
 #define ECHO_POLL_MS 100
 /* an ipc path must fit sun_path (108 bytes) anyway */
@@ -42,40 +41,14 @@ struct echo_server {
     msgpack_sbuffer reply; /* the canned reply, encoded once */
 };
 
-/* Find the SP header in a received control message.  Returns its length
- * (0 if absent or implausible) and points *hdr at it. */
-static size_t sp_header(struct nn_msghdr *mh, const unsigned char **hdr)
-{
-    for (struct nn_cmsghdr *c = NN_CMSG_FIRSTHDR(mh); c != NULL; c = NN_CMSG_NXTHDR(mh, c)) {
-        if (c->cmsg_level != PROTO_SP || c->cmsg_type != SP_HDR)
-            continue;
-        const unsigned char *data = NN_CMSG_DATA(c);
-        size_t len;
-        memcpy(&len, data, sizeof len);
-        if (len == 0 || len > ECHO_HDR_MAX)
-            return 0;
-        *hdr = data + sizeof len;
-        return len;
-    }
-    return 0;
-}
-
 /* Reply to the peer identified by hdr; a failure only loses this reply
  * (the client times out and counts it), so it is not reported. */
 static void send_reply(echo_server *e, const unsigned char *hdr, size_t hdr_len)
 {
-    alignas(max_align_t) unsigned char ctrl[NN_CMSG_SPACE(sizeof(size_t) + ECHO_HDR_MAX)];
-    memset(ctrl, 0, sizeof ctrl);
-    struct nn_cmsghdr *c = (struct nn_cmsghdr *)(void *)ctrl;
-    c->cmsg_len = NN_CMSG_SPACE(sizeof(size_t) + hdr_len);
-    c->cmsg_level = PROTO_SP;
-    c->cmsg_type = SP_HDR;
-    unsigned char *data = NN_CMSG_DATA(c);
-    memcpy(data, &hdr_len, sizeof hdr_len);
-    memcpy(data + sizeof hdr_len, hdr, hdr_len);
+    alignas(max_align_t) unsigned char ctrl[TQ_SP_CTRL_SPACE];
     struct nn_iovec iov = {.iov_base = e->reply.data, .iov_len = e->reply.size};
     struct nn_msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
-                           .msg_controllen = NN_CMSG_SPACE(sizeof(size_t) + hdr_len)};
+                           .msg_controllen = tq_sp_reply_ctrl(ctrl, hdr, hdr_len)};
     (void)nn_sendmsg(e->sock, &mh, 0);
 }
 
@@ -95,7 +68,7 @@ static void *serve(void *arg)
             break;
         }
         const unsigned char *hdr = NULL;
-        size_t hdr_len = sp_header(&mh, &hdr);
+        size_t hdr_len = tq_sp_header(&mh, &hdr);
         if (hdr_len > 0)
             send_reply(e, hdr, hdr_len);
         nn_freemsg(body);
