@@ -73,9 +73,11 @@ for t in $targets; do
     cp "$seeds"/* "$work"/
     log=$out/fuzz_$t.log
     rc=0
-    # the outer timeout only catches a fuzzer that hangs outside its own timer
+    # the outer timeout only catches a fuzzer that hangs outside its own timer;
+    # malloc_limit: no input of at most 4 KiB may make the codec allocate
+    # 128 MiB at once; rss_limit leaves room for ASan's quarantine in long runs
     timeout --kill-after=30 $((dur + 120)) \
-        "$exe" -max_total_time="$dur" -rss_limit_mb=1024 -max_len=4096 -timeout=10 \
+        "$exe" -max_total_time="$dur" -rss_limit_mb=2048 -malloc_limit_mb=128 -max_len=4096 -timeout=10 \
         -print_final_stats=1 -artifact_prefix="$out/fuzz_$t-" "$work" >"$log" 2>&1 || rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     units=$(find "$work" -type f | wc -l)

@@ -21,7 +21,7 @@ LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || %s::text
 
 
 def _run_threads(n, target):
-    """Run target(i) in n threads; re-raise the first exception."""
+    """Start target(i) in n threads; _join waits and re-raises the first error."""
     errors = []
 
     def wrap(i):
