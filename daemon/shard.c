@@ -269,10 +269,26 @@ static void fail_batch_from_results(struct txn *t, PGresult *const *res, int n)
     if (state && strcmp(state, "55P03") == 0) {
         atomic_fetch_add_explicit(&t->s->gauges[SHARD_GAUGE_LOCK_TIMEOUTS], 1,
                                   memory_order_relaxed);
-        fail_batch(t, TQ_E_LOCK_TIMEOUT,
-                   "tenant \"%s\": advisory lock not acquired within %s ms: it is held elsewhere "
-                   "(another tenantqd instance or a direct writer); nothing changed",
-                   tenant, t->tout_lock);
+        /* The wait was cut at the batch's tightest deadline when that came
+         * before lock_timeout_ms: those whose deadline is what ran out hear
+         * so; the others hear about the lock.  Nothing changed either way. */
+        char lock_msg[TQ_ERRMSG_MAX], dl_msg[TQ_ERRMSG_MAX];
+        snprintf(lock_msg, sizeof lock_msg,
+                 "tenant \"%s\": advisory lock not acquired within %s ms: it is held elsewhere "
+                 "(another tenantqd instance or a direct writer); nothing changed",
+                 tenant, t->tout_lock);
+        snprintf(dl_msg, sizeof dl_msg,
+                 "tenant \"%s\": deadline passed while waiting %s ms for the advisory lock, "
+                 "which is held elsewhere (another tenantqd instance or a direct writer); "
+                 "not executed",
+                 tenant, t->tout_lock);
+        uint64_t now = now_us();
+        for (int i = 0; i < t->n; i++) {
+            bool expired = now + 1000 >= t->jobs[i]->deadline_us;
+            fail_job(t->s, t->jobs[i], expired ? TQ_E_DEADLINE_EXCEEDED : TQ_E_LOCK_TIMEOUT,
+                     expired ? dl_msg : lock_msg);
+            t->jobs[i] = NULL;
+        }
         return;
     }
     char detail[256] = "no result";
