@@ -98,6 +98,15 @@ void lane_push(struct lane *lane, struct job *job)
     lane->depth++;
 }
 
+void lane_push_front(struct lane *lane, struct job *job)
+{
+    job->next = lane->head;
+    lane->head = job;
+    if (!lane->tail)
+        lane->tail = job;
+    lane->depth++;
+}
+
 struct job *lane_pop(struct lane *lane)
 {
     struct job *j = lane->head;

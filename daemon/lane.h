@@ -22,6 +22,7 @@ struct lane {
     uint32_t depth;            /* number of queued jobs */
     bool ready;                /* linked into the ready list */
     bool busy;                 /* a batch of this lane is executing */
+    bool recheck_keys;         /* next batch looks its keys up first (see shard.c) */
     uint64_t hash;
     size_t tenant_len;
     char tenant[];             /* NUL-terminated */
@@ -53,6 +54,9 @@ void lane_remove(struct lane_table *t, struct lane *lane);
 /* Append job (takes ownership) / pop the oldest (caller owns it, NULL if empty). */
 void lane_push(struct lane *lane, struct job *job);
 struct job *lane_pop(struct lane *lane);
+/* Put job back at the head (takes ownership): a batch that must run again
+ * returns its jobs last to first, so the lane keeps arrival order. */
+void lane_push_front(struct lane *lane, struct job *job);
 
 /* Append lane to the tail of the ready list (no-op if already there). */
 void ready_push(struct ready_list *r, struct lane *lane);

@@ -47,7 +47,7 @@ struct shard_msg {
 };
 
 /* Statements prepared on every connection (pg_init), indexes into prep[]. */
-enum { ST_TIMEOUTS, ST_LOCK, ST_SELECT, ST_UPSERT, ST_IDEM_SELECT, ST_IDEM_INSERT, ST_CLEANUP,
+enum { ST_TIMEOUTS, ST_LOCK, ST_SELECT, ST_UPSERT, ST_IDEM_INSERT, ST_IDEM_UPSERT, ST_CLEANUP,
        ST__COUNT };
 
 struct txn {
@@ -60,6 +60,7 @@ struct txn {
     bool *replayed;            /* answered from an idempotency record */
     int n;
     bool has_keys;             /* some mutating job carries a key */
+    bool lookup;               /* this batch read the stored records of its keys */
     bool oom;                  /* recording keys ran out of memory: fail the batch */
     bool committing;           /* COMMIT sent: the batch must not be aborted */
     json_t *records;           /* key -> {"f": fingerprint, "r": result}, stored + this batch */
@@ -117,19 +118,30 @@ static const char SQL_UPSERT[] =
     " VALUES ($1, $2::jsonb, $3::jsonb, $4::bigint, now())"
     " ON CONFLICT (tenant) DO UPDATE SET draft = EXCLUDED.draft,"
     " published = EXCLUDED.published, version = EXCLUDED.version, updated_at = now()";
-/* One primary-key probe per key (LATERAL keeps it so even in the generic
- * plan of the prepared statement; "key = ANY($2)" became a filter over all
- * of a hot tenant's records).  text[] parameters keep JSON parsing out. */
-static const char SQL_IDEM_SELECT[] =
-    "SELECT i.key, i.fingerprint, i.response FROM unnest($2::text[]) AS k(key),"
-    " LATERAL (SELECT key, fingerprint, response FROM tenantq_idempotency"
-    "  WHERE tenant = $1 AND key = k.key"
-    "  AND created_at > now() - make_interval(secs => $3::int)) AS i";
+/*
+ * Idempotency records, fast path: a batch does not look its keys up; it
+ * inserts their records with a plain INSERT before writing the draft, so a
+ * key seen before (a retry, a re-send) fails the transaction with a unique
+ * violation before anything is written.  The batch then runs again, in
+ * order, with its keys looked up first (SQL_IDEM_LOOKUP) and repeats
+ * answered from the records.  Retries are rare; the common batch pays one
+ * INSERT and no lookup.  text[] parameters keep JSON parsing out.
+ */
 static const char SQL_IDEM_INSERT[] =
+    "INSERT INTO tenantq_idempotency (tenant, key, fingerprint, response)"
+    " SELECT $1, k, f, r FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, f, r)";
+/* after a lookup: a record past its TTL, not yet deleted, is replaced */
+static const char SQL_IDEM_UPSERT[] =
     "INSERT INTO tenantq_idempotency (tenant, key, fingerprint, response)"
     " SELECT $1, k, f, r FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, f, r)"
     " ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
     " response = EXCLUDED.response, created_at = now()";
+/* Not prepared on purpose: planned with the actual keys each time, so it
+ * stays a primary-key probe (a generic plan once scanned all of a hot
+ * tenant's records). */
+static const char SQL_IDEM_LOOKUP[] =
+    "SELECT key, fingerprint, response FROM tenantq_idempotency WHERE tenant = $1"
+    " AND key = ANY ($2::text[]) AND created_at > now() - make_interval(secs => $3::int)";
 /* small batches, so expiry never holds long locks or competes with edits */
 static const char SQL_IDEM_CLEANUP[] =
     "DELETE FROM tenantq_idempotency WHERE ctid IN (SELECT ctid FROM tenantq_idempotency"
@@ -194,6 +206,7 @@ static void txn_reset(struct txn *t)
     json_decref(t->records);
     t->records = NULL;
     t->has_keys = false;
+    t->lookup = false;
     t->oom = false;
     t->committing = false;
 }
@@ -442,7 +455,43 @@ static bool apply_batch(struct txn *t)
     return t->st.version != before;
 }
 
+/* Whether a request with a key failed in this batch. */
+static bool keyed_failure(const struct txn *t)
+{
+    for (int i = 0; i < t->n; i++)
+        if (!t->results[i] && t->jobs[i]->req.key && sf_op_mutates(t->jobs[i]->op))
+            return true;
+    return false;
+}
+
 /* --- the transaction ----------------------------------------------------- */
+
+/* Put the batch back at the head of its lane, unanswered and in order, to
+ * run again with its keys looked up first; the transaction is rolled back. */
+static void rerun_with_lookup(struct txn *t)
+{
+    struct shard *s = t->s;
+    struct lane *lane = t->lane;
+    for (int i = t->n - 1; i >= 0; i--) {
+        if (t->jobs[i]->deadline_us < s->min_deadline_us)
+            s->min_deadline_us = t->jobs[i]->deadline_us;
+        lane_push_front(lane, t->jobs[i]);
+        t->jobs[i] = NULL;
+        s->queued++;
+    }
+    lane->recheck_keys = true;
+    txn_end_with_rollback(t); /* releases the lane: it is ready again */
+}
+
+/* Whether r is the fast path's INSERT of idempotency records failing on a
+ * key that already has one. */
+static bool key_seen_before(const PGresult *r)
+{
+    const char *state = pg_sqlstate(r);
+    const char *constraint = r ? PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME) : NULL;
+    return state && strcmp(state, "23505") == 0 && constraint &&
+           strcmp(constraint, "tenantq_idempotency_pkey") == 0;
+}
 
 static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
 {
@@ -463,6 +512,11 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     if (ok && strcmp(PQcmdStatus(res[n - 1]), "COMMIT") == 0) {
         reply_all(t);
         txn_end(t, true);
+        return;
+    }
+    if (!t->lookup && n == 3 && key_seen_before(res[0])) {
+        /* a key of this batch has a record: nothing was written */
+        rerun_with_lookup(t);
         return;
     }
     fail_batch_from_results(t, res, n);
@@ -515,7 +569,7 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
         fail_lost_before_commit(t);
         return;
     }
-    bool ok = n == (t->has_keys ? 5 : 4);
+    bool ok = n == (t->lookup ? 5 : 4);
     for (int i = 0; ok && i < n; i++)
         ok = result_ok(res[i]);
     if (!ok) {
@@ -523,7 +577,7 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
         txn_end_with_rollback(t);
         return;
     }
-    if (t->has_keys && load_records(t, res[4]) < 0) {
+    if (t->lookup && load_records(t, res[4]) < 0) {
         fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": unreadable idempotency record",
                    t->lane->tenant);
         txn_end_with_rollback(t);
@@ -535,7 +589,14 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
         txn_end_with_rollback(t);
         return;
     }
-    if (!apply_batch(t)) {
+    bool wrote = apply_batch(t);
+    if (!t->lookup && t->has_keys && keyed_failure(t)) {
+        /* the failure may be a repeat of an edit that did succeed (an id
+         * that now exists because of it): only its record can tell */
+        rerun_with_lookup(t);
+        return;
+    }
+    if (!wrote) {
         /* nothing to write: every edit failed validation or only read */
         reply_all(t);
         txn_end_with_rollback(t);
@@ -554,7 +615,6 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     struct shard *s = t->s;
     struct pg_stmt stmts[3];
     int ns = 0;
-    stmts[ns++] = stmt(s, ST_UPSERT, t->lane->tenant, t->draft_text, t->pub_text, t->version);
     if (t->new_keys.n > 0) {
         const char *k = pg_text_array_get(&t->new_keys), *f = pg_text_array_get(&t->new_fps),
                    *r = pg_text_array_get(&t->new_resps);
@@ -564,8 +624,9 @@ static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n
             txn_end_with_rollback(t);
             return;
         }
-        stmts[ns++] = stmt(s, ST_IDEM_INSERT, t->lane->tenant, k, f, r);
+        stmts[ns++] = stmt(s, t->lookup ? ST_IDEM_UPSERT : ST_IDEM_INSERT, t->lane->tenant, k, f, r);
     }
+    stmts[ns++] = stmt(s, ST_UPSERT, t->lane->tenant, t->draft_text, t->pub_text, t->version);
     stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
     t->committing = true;
     if (pg_pipeline(c, stmts, ns, commit_done, t) < 0)
@@ -635,19 +696,25 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
         };
         int ns = 4;
         if (t->has_keys) {
+            /* records of this batch, so a key repeated inside it replays */
             t->records = json_object();
             bool ok = t->records != NULL;
-            for (int k = 0; ok && k < t->n; k++)
+            t->lookup = lane->recheck_keys;
+            lane->recheck_keys = false;
+            for (int k = 0; ok && t->lookup && k < t->n; k++)
                 if (t->jobs[k]->req.key && sf_op_mutates(t->jobs[k]->op))
                     ok = pg_text_array_add(&t->keys, t->jobs[k]->req.key) == 0;
-            const char *keys = ok ? pg_text_array_get(&t->keys) : NULL;
-            if (!keys) {
+            const char *keys = ok && t->lookup ? pg_text_array_get(&t->keys) : NULL;
+            if (!ok || (t->lookup && !keys)) {
                 fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
                 txn_end(t, true);
                 return;
             }
-            snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
-            stmts[ns++] = stmt(s, ST_IDEM_SELECT, tenant, keys, t->ttl, NULL);
+            if (t->lookup) {
+                snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
+                stmts[ns++] = (struct pg_stmt){
+                    .sql = SQL_IDEM_LOOKUP, .nparams = 3, .params = {tenant, keys, t->ttl}};
+            }
         }
         rc = pg_pipeline(c, stmts, ns, locked_done, t);
     }
@@ -939,8 +1006,8 @@ struct shard *shard_create(struct daemon *d, int id)
         [ST_LOCK] = {"tq_lock", NULL, 1},
         [ST_SELECT] = {"tq_select", SQL_SELECT, 1},
         [ST_UPSERT] = {"tq_upsert", SQL_UPSERT, 4},
-        [ST_IDEM_SELECT] = {"tq_idem_select", SQL_IDEM_SELECT, 3},
         [ST_IDEM_INSERT] = {"tq_idem_insert", SQL_IDEM_INSERT, 4},
+        [ST_IDEM_UPSERT] = {"tq_idem_upsert", SQL_IDEM_UPSERT, 4},
         [ST_CLEANUP] = {"tq_idem_cleanup", SQL_IDEM_CLEANUP, 1},
     };
     for (int i = 0; i < ST__COUNT; i++)
