@@ -4,29 +4,9 @@ concurrent edits must neither be lost nor share a version."""
 
 import threading
 
-from tqlib import Client, err, ok
+from tqlib import Client, err, ok, run_threads
 
 TENANT = "acme"
-
-
-def _run_threads(n, target):
-    """Run target(i) in n threads; re-raise the first exception."""
-    errors = []
-
-    def wrap(i):
-        try:
-            target(i)
-        except BaseException as e:  # collected and re-raised in the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "threads hung"
-    if errors:
-        raise errors[0]
 
 
 def test_seed_race_same_explicit_id_two_daemons(daemon_factory, db):
@@ -46,7 +26,7 @@ def test_seed_race_same_explicit_id_two_daemons(daemon_factory, db):
                 "page": "home",
                 "section": {"id": sid, "type": "hero", "worker": i}})
 
-    _run_threads(n, worker)
+    run_threads(n, worker)
 
     winners = [i for i, r in enumerate(responses) if r["ok"]]
     assert len(winners) == 1, "expected exactly one ok, got %d: %r" % (
@@ -87,7 +67,7 @@ def test_concurrent_appends_two_daemons(daemon_factory, db):
                     "page": "list", "section": {"type": "item", "t": t, "k": k}})
                 results[t].append(ok(r))
 
-    _run_threads(threads, worker)
+    run_threads(threads, worker)
 
     flat = [r for rs in results for r in rs]
     assert len(flat) == threads * per

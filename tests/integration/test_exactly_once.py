@@ -14,34 +14,10 @@ import time
 import pytest
 
 from tqlib import (NN_REQ, NN_REQ_RESEND_IVL, Client, NNSocket, cli, daemon_at, envelope,
-                   free_tcp_port, idempotency_records, metrics_counters, ok, pack,
-                   send_until_ok, sigkill, unpack)
+                   free_tcp_port, idempotency_records, join_threads, metrics_counters, ok, pack,
+                   send_until_ok, sigkill, start_threads, unpack)
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || %s::text, 0))"
-
-
-def _run_threads(n, target):
-    """Start target(i) in n threads; _join waits and re-raises the first error."""
-    errors = []
-
-    def wrap(i):
-        try:
-            target(i)
-        except BaseException as e:  # collected and re-raised in the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    return threads, errors
-
-
-def _join(threads, errors, join_s=120):
-    for t in threads:
-        t.join(join_s)
-    assert not any(t.is_alive() for t in threads), "client threads hung"
-    if errors:
-        raise errors[0]
 
 
 def _all_ids(draft):
@@ -86,7 +62,7 @@ def test_kill9_under_load_then_successor(daemon_factory, db, gap_s):
                     if acked[0] >= 100:
                         enough.set()
 
-    threads, errors = _run_threads(clients, worker)
+    threads, errors = start_threads(clients, worker)
     d2 = None
     try:
         barrier.wait(30)
@@ -95,7 +71,7 @@ def test_kill9_under_load_then_successor(daemon_factory, db, gap_s):
         killed_at = acked[0]
         time.sleep(gap_s)  # clients now wait on a dead endpoint
         d2 = daemon_at(daemon_factory, endpoint, "--default-deadline-ms", 5000)
-        _join(threads, errors)
+        join_threads(threads, errors)
         retried = _check_kill9_outcome(db, outcome, clients * per, tenants, killed_at)
         if gap_s > 3:  # longer than the clients' timeout: they had to retry
             assert retried >= 1, "no client timed out and retried"
@@ -167,10 +143,18 @@ def test_req_resend_executes_once(daemon_factory, db):
             time.sleep(1.0)
             holder.commit()
             r = unpack(s.recv())
+            time.sleep(0.5)  # the re-sends queued behind it are answered by now
+            # nanomsg 1.1.5 aborts in nn_close of a cooked REQ socket whose
+            # re-sends raced the reply (nn_req_term frees the request chunk a
+            # second time: chunk.c:231 NN_CHUNK_TAG assertion, reproducible
+            # against the slower ASan daemon).  A bug of the client library,
+            # not of the daemon: this test process keeps the socket open
+            # rather than close it.  (libtenantq keeps its resend interval
+            # above its call timeout, so it re-sends only on reconnects.)
+            s.fd = -1
     res = ok(r)
     assert res == {"id": "home-hero-main", "page": "home", "index": 0,
                    "created": True, "version": 1}, r
-    time.sleep(0.3)  # re-sends still queued behind it are answered by now
     delivered = metrics_counters(port).get('op="section.upsert",code="OK"', 0) - before
     # each delivery is answered ok (one execution, the rest replays); about
     # ten arrived, at least a few must have (else nothing was tested)
@@ -209,11 +193,11 @@ def test_twenty_concurrent_deliveries_of_one_key(daemon_factory, db, mode):
         holder = db.connect(autocommit=False)
         holder.execute(LOCK_SQL, (t,))
     try:
-        threads, errors = _run_threads(n, worker)
+        threads, errors = start_threads(n, worker)
         if holder is not None:
             time.sleep(0.3)
             holder.commit()
-        _join(threads, errors)
+        join_threads(threads, errors)
     finally:
         if holder is not None:
             holder.close()

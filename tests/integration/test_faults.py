@@ -15,7 +15,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tqlib import (DB, Client, NNTimeout, PgCluster, RawReq, envelope, err,
-                   idempotency_records, init_db, ok, pack, pg_restart, send_until_ok)
+                   idempotency_records, init_db, join_threads, ok, pack, pg_restart,
+                   send_until_ok, start_threads)
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || %s::text, 0))"
 
@@ -26,29 +27,6 @@ def _up(tenant, key, sid=None, stype="item", **kw):
         section["id"] = sid
     return pack(envelope(tenant, "section.upsert", {"page": "home", "section": section},
                          key=key, **kw))
-
-
-def _start(n, target):
-    errors = []
-
-    def wrap(i):
-        try:
-            target(i)
-        except BaseException as e:  # re-raised in the main thread by _join
-            errors.append(e)
-
-    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    return threads, errors
-
-
-def _join(threads, errors, timeout=120):
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), "threads hung"
-    if errors:
-        raise errors[0]
 
 
 def _check_tenant(row, acked_keys, tenant):
@@ -126,7 +104,7 @@ def test_two_daemons_and_direct_writer(daemon_factory, db):
                     with lock:
                         acked[t].append((key, sid, version))
 
-    _join(*_start(n_clients + n_sql, worker))
+    join_threads(*start_threads(n_clients + n_sql, worker))
 
     for t in tenants:
         row = db.row(t)
@@ -200,7 +178,7 @@ def test_slow_pg_restart_and_10s_outage_under_load(daemon_factory, cluster, db):
                     acked[t].append(key)
                 n += 1
 
-    threads, errors = _start(n_clients, worker)
+    threads, errors = start_threads(n_clients, worker)
     try:
         time.sleep(1.0)
         pg_restart(cluster)
@@ -229,7 +207,7 @@ def test_slow_pg_restart_and_10s_outage_under_load(daemon_factory, cluster, db):
         time.sleep(1.0)
     finally:
         stop.set()
-        _join(threads, errors, timeout=60)
+        join_threads(threads, errors, timeout=60)
 
     codes = {}
     for _, _, _, what in replies:
@@ -410,7 +388,7 @@ def test_sigterm_under_load(daemon_factory, db):
     held = "held"
     held_keys = ["h%d" % n for n in range(5)]
     held_replies = []
-    threads, errors = _start(n_clients, worker)
+    threads, errors = start_threads(n_clients, worker)
     with db.connect(autocommit=False) as holder, RawReq(d.endpoint, timeout_ms=8000) as s:
         holder.execute(LOCK_SQL, (held,))
         for k in held_keys:
@@ -436,7 +414,7 @@ def test_sigterm_under_load(daemon_factory, db):
         finally:
             took = time.monotonic() - t0
             reader.join(15)
-            _join(threads, errors, timeout=15)
+            join_threads(threads, errors, timeout=15)
     assert rc == 0, d.tail()
     # the grace period bounds the drain; 2 s of slack for process teardown
     assert took < grace_ms / 1000 + 2, "exit took %.1fs with a %d ms grace" % (took, grace_ms)

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import msgpack
@@ -751,3 +752,36 @@ def send_until_ok(client, body, limit_s=20.0, pause_s=0.05, log=None):
                 "non-retryable reply to a retried request: %r" % (r,)
         assert time.monotonic() < deadline, "no ok within %.0fs (tries: %r)" % (limit_s, log)
         time.sleep(pause_s)
+
+
+# --------------------------------------------------------------------------
+# client threads
+
+def start_threads(n, target):
+    """Start target(i) in n threads.  Returns (threads, errors) for
+    join_threads, which re-raises the first exception a thread hit."""
+    errors = []
+
+    def wrap(i):
+        try:
+            target(i)
+        except BaseException as e:  # collected and re-raised by join_threads
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    return threads, errors
+
+
+def join_threads(threads, errors, timeout=120):
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "client threads hung"
+    if errors:
+        raise errors[0]
+
+
+def run_threads(n, target, timeout=120):
+    """target(i) in n threads, waited for; the first exception is re-raised."""
+    join_threads(*start_threads(n, target), timeout=timeout)
