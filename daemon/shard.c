@@ -35,7 +35,6 @@
 #include "metrics.h"
 #include "idem.h"
 #include "pg.h"
-#include "siphash.h"
 
 #define SHARD_TICK_MS 20
 
