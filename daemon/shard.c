@@ -161,6 +161,7 @@ static struct pg_stmt stmt(const struct shard *s, int which, const char *p0, con
 }
 
 static void shard_kick(struct shard *s);
+static void sweep(struct shard *s, bool all);
 
 /* --- small helpers ------------------------------------------------------- */
 
@@ -745,6 +746,8 @@ static void check_drained(struct shard *s)
 static void shard_kick(struct shard *s)
 {
     struct lane *lane;
+    if (s->stopping && s->queued > 0)
+        sweep(s, true); /* e.g. a batch put back to rerun: nothing new starts now */
     while ((lane = s->ready.head) != NULL) {
         /* requests that need no database pass through the lane at once */
         while (lane->head && !sf_op_needs_db(lane->head->op)) {
