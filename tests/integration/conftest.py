@@ -5,7 +5,7 @@ The helpers they use (wire client, DB access) live in tqlib.py."""
 
 import pytest
 
-from tqlib import DB, DaemonFactory, create_database, drop_database, init_db
+from tqlib import DB, DaemonFactory, PgCluster, create_database, drop_database, init_db
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +39,12 @@ def daemon_factory(db):
 @pytest.fixture
 def daemon(daemon_factory):
     return daemon_factory()
+
+
+@pytest.fixture
+def cluster():
+    """A private PostgreSQL cluster, for tests that stop and restart the server."""
+    pg = PgCluster()
+    pg.start()
+    yield pg
+    pg.destroy()

@@ -7,9 +7,7 @@ serve again once the database is back."""
 import threading
 import time
 
-import pytest
-
-from tqlib import (Client, PgCluster, RawReq, cpu_seconds, envelope, init_db, ok, pack,
+from tqlib import (Client, RawReq, cpu_seconds, envelope, init_db, ok, pack,
                    sanitized_build)
 
 RETRYABLE_DB = {"DB_UNAVAILABLE", "DEADLINE_EXCEEDED", "OUTCOME_UNKNOWN"}
@@ -83,14 +81,6 @@ def test_backend_killed_during_lock_wait(daemon_factory, db):
     assert res["version"] == 1
     assert db.sections(t, "home") == [{"id": "a", "type": "x"}]
     d.ping()
-
-
-@pytest.fixture
-def cluster():
-    pg = PgCluster()
-    pg.start()
-    yield pg
-    pg.destroy()
 
 
 def test_server_outage_and_return(daemon_factory, cluster, db):

@@ -11,10 +11,9 @@ import threading
 import time
 
 import psycopg
-import pytest
 from psycopg.types.json import Jsonb
 
-from tqlib import (DB, Client, NNTimeout, PgCluster, RawReq, envelope, err,
+from tqlib import (DB, Client, NNTimeout, RawReq, envelope, err,
                    idempotency_records, init_db, join_threads, ok, pack, pg_restart,
                    send_until_ok, start_threads)
 
@@ -121,14 +120,6 @@ def test_two_daemons_and_direct_writer(daemon_factory, db):
 
 # --------------------------------------------------------------------------
 # PostgreSQL restarted and stopped under load
-
-@pytest.fixture
-def cluster():
-    pg = PgCluster()
-    pg.start()
-    yield pg
-    pg.destroy()
-
 
 OUTAGE_CODES = {"DB_UNAVAILABLE", "DEADLINE_EXCEEDED", "OUTCOME_UNKNOWN", "LOCK_TIMEOUT"}
 
