@@ -165,12 +165,10 @@ static void sweep(struct shard *s, bool all);
 
 /* --- small helpers ------------------------------------------------------- */
 
+/* Answer j with an error and free it (job_finish_error with a ready message). */
 static void fail_job(struct shard *s, struct job *j, tq_code code, const char *msg)
 {
-    reply_error_raw(s->d, &s->sb, j->hdr, j->hdr_len, code, msg);
-    stats_request((int)j->op, code);
-    atomic_fetch_sub_explicit(&s->d->pending, 1, memory_order_relaxed);
-    job_free(j);
+    job_finish_error(s->d, &s->sb, j, code, "%s", msg);
 }
 
 static void fail_batch(struct txn *t, tq_code code, const char *fmt, ...)
