@@ -43,7 +43,11 @@ static const struct setting settings[] = {
     INT_SETTING("daemon", "connections_per_shard", "connections-per-shard",
                 connections_per_shard, 1, 64, "2", "PostgreSQL connections per shard"),
     INT_SETTING("daemon", "max_batch", "max-batch", max_batch, 1, 10000, "64",
-                "edits of one tenant coalesced into one transaction"),
+                "requests run in one transaction (one tenant's, or several tenants' together)"),
+    INT_SETTING("daemon", "max_batch_tenants", "max-batch-tenants", max_batch_tenants, 1,
+                TQ_MAX_BATCH_TENANTS, "16",
+                "tenants whose batches may share one transaction when lanes outnumber idle "
+                "connections (1: a transaction per tenant)"),
     INT_SETTING("daemon", "max_queue_per_tenant", "max-queue-per-tenant",
                 max_queue_per_tenant, 1, 10000000, "1024", "queued requests per tenant"),
     INT_SETTING("daemon", "max_pending", "max-pending", max_pending, 1, 100000000, "100000",

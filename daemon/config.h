@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #define TQ_DEFAULT_CONFIG "/etc/tenantq/tenantqd.conf"
+#define TQ_MAX_BATCH_TENANTS 32 /* upper limit of max_batch_tenants */
 
 typedef struct tq_config {
     /* [daemon] */
@@ -17,6 +18,7 @@ typedef struct tq_config {
     int shards;
     int connections_per_shard;
     int max_batch;
+    int max_batch_tenants;
     int max_queue_per_tenant;
     int max_pending;
     int max_message_bytes;

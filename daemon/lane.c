@@ -131,6 +131,7 @@ void ready_push(struct ready_list *r, struct lane *lane)
     else
         r->head = lane;
     r->tail = lane;
+    r->count++;
 }
 
 struct lane *ready_pop(struct ready_list *r)
@@ -143,5 +144,6 @@ struct lane *ready_pop(struct ready_list *r)
         r->tail = NULL;
     l->rnext = NULL;
     l->ready = false;
+    r->count--;
     return l;
 }

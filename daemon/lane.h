@@ -23,6 +23,7 @@ struct lane {
     bool ready;                /* linked into the ready list */
     bool busy;                 /* a batch of this lane is executing */
     bool recheck_keys;         /* next batch looks its keys up first (see shard.c) */
+    bool solo;                 /* next batch runs alone and waits for its lock (see shard.c) */
     uint64_t hash;
     size_t tenant_len;
     char tenant[];             /* NUL-terminated */
@@ -36,6 +37,7 @@ struct lane_table {
 
 struct ready_list {
     struct lane *head, *tail;
+    size_t count;              /* lanes linked */
 };
 
 /* 0 or -1 (out of memory). */

@@ -68,6 +68,15 @@ void stats_batch(int n)
     atomic_fetch_add_explicit(&s->batches, 1, memory_order_relaxed);
 }
 
+void stats_txn(int tenants)
+{
+    struct tq_stats *s = tls_stats;
+    if (!s || tenants <= 0)
+        return;
+    atomic_fetch_add_explicit(&s->txns, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->txn_tenants, (unsigned long)tenants, memory_order_relaxed);
+}
+
 struct metrics {
     struct daemon *d;
     struct evhttp *http;
@@ -131,7 +140,8 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     histogram(b, d, "tenantq_queue_wait_seconds", "Time from arrival to execution start.", 0);
     histogram(b, d, "tenantq_exec_seconds", "Time from execution start to the reply.", 1);
 
-    evbuffer_add_printf(b, "# HELP tenantq_batch_size Requests per executed transaction.\n"
+    evbuffer_add_printf(b, "# HELP tenantq_batch_size Requests per executed batch (one tenant's "
+                           "share of a transaction).\n"
                            "# TYPE tenantq_batch_size histogram\n");
     unsigned long cum = 0, v;
     for (int k = 0; k <= STATS_BATCH_BUCKETS; k++) {
@@ -144,6 +154,18 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     }
     SUM(v, batch_sum);
     evbuffer_add_printf(b, "tenantq_batch_size_sum %lu\ntenantq_batch_size_count %lu\n", v, cum);
+    unsigned long txns, tenants;
+    SUM(txns, txns);
+    SUM(tenants, txn_tenants);
+    evbuffer_add_printf(b,
+                        "# HELP tenantq_transactions_total Transactions started.\n"
+                        "# TYPE tenantq_transactions_total counter\n"
+                        "tenantq_transactions_total %lu\n"
+                        "# HELP tenantq_transaction_tenants_total Tenant batches run by those "
+                        "transactions (several share one when lanes outnumber connections).\n"
+                        "# TYPE tenantq_transaction_tenants_total counter\n"
+                        "tenantq_transaction_tenants_total %lu\n",
+                        txns, tenants);
 
     evbuffer_add_printf(b, "# HELP tenantq_queued Requests waiting in tenant lanes, by shard.\n"
                            "# TYPE tenantq_queued gauge\n");
@@ -160,10 +182,11 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     for (int i = 0; i < d->nshards; i++)
         evbuffer_add_printf(b, "tenantq_db_connections{shard=\"%d\"} %d\n", i,
                             shard_connected(d->shards[i]));
-    unsigned long rec = 0, lto = 0;
+    unsigned long rec = 0, lto = 0, busy = 0;
     for (int i = 0; i < d->nshards; i++) {
         rec += shard_gauge(d->shards[i], SHARD_GAUGE_RECONNECTS);
         lto += shard_gauge(d->shards[i], SHARD_GAUGE_LOCK_TIMEOUTS);
+        busy += shard_gauge(d->shards[i], SHARD_GAUGE_LOCK_BUSY);
     }
     evbuffer_add_printf(b,
                         "# HELP tenantq_db_reconnects_total Database reconnect attempts.\n"
@@ -172,10 +195,14 @@ static void on_metrics(struct evhttp_request *req, void *arg)
                         "# HELP tenantq_lock_timeouts_total Batches that hit lock_timeout.\n"
                         "# TYPE tenantq_lock_timeouts_total counter\n"
                         "tenantq_lock_timeouts_total %lu\n"
+                        "# HELP tenantq_lock_busy_total Batches put back because their lock was "
+                        "held elsewhere while sharing a transaction.\n"
+                        "# TYPE tenantq_lock_busy_total counter\n"
+                        "tenantq_lock_busy_total %lu\n"
                         "# HELP tenantq_pending Requests admitted and not yet answered.\n"
                         "# TYPE tenantq_pending gauge\n"
                         "tenantq_pending %d\n",
-                        rec, lto, atomic_load(&d->pending));
+                        rec, lto, busy, atomic_load(&d->pending));
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4");
     evhttp_send_reply(req, HTTP_OK, "OK", b);

@@ -26,6 +26,7 @@ struct tq_stats {
     atomic_ulong queue_hist[STATS_LAT_BUCKETS + 1], exec_hist[STATS_LAT_BUCKETS + 1];
     atomic_ulong queue_sum_us, exec_sum_us, timed;
     atomic_ulong batch_hist[STATS_BATCH_BUCKETS + 1], batch_sum, batches;
+    atomic_ulong txns, txn_tenants;
 };
 
 /* The calling thread's stats (set once at thread start; NULL = not counted). */
@@ -35,8 +36,10 @@ extern _Thread_local struct tq_stats *tls_stats;
 void stats_request(int op, tq_code code);
 /* Record one executed request's queue wait and execution time. */
 void stats_timing(uint64_t queue_us, uint64_t exec_us);
-/* Record one executed batch of n requests. */
+/* Record one executed batch of n requests (one tenant's share of a transaction). */
 void stats_batch(int n);
+/* Record one transaction started with the batches of `tenants` tenants. */
+void stats_txn(int tenants);
 
 struct daemon;
 struct metrics;

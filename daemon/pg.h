@@ -18,7 +18,7 @@
 
 #include "config.h"
 
-#define PG_MAX_STMTS 8
+#define PG_MAX_STMTS 128
 #define PG_MAX_PARAMS 6
 
 enum pgc_state {

@@ -1,20 +1,35 @@
 /*
- * shard.c - lanes, scheduling and the transaction of a batch.
+ * shard.c - lanes, scheduling and the transactions of batches.
  *
- * A shard serves ready lanes round-robin: it takes the lane at the head of
- * the ready list, runs up to max_batch of its queued requests in ONE
- * transaction on an idle connection, and puts the lane back at the tail if
- * more work arrived meanwhile.  A lane is never in two transactions at once,
- * so one tenant's requests execute one after another in arrival order, while
- * other tenants use the shard's other connections.
+ * A shard serves ready lanes round-robin: an idle connection takes the lane
+ * at the head of the ready list and runs up to max_batch of its queued
+ * requests (a batch) in ONE transaction.  A lane is never in two
+ * transactions at once, so one tenant's requests execute one after another
+ * in arrival order, while other tenants use the shard's other connections.
  *
- * Transaction of a batch that changes state (two round trips, pipelined):
- *   BEGIN; set_config(lock_timeout, statement_timeout, ...); advisory lock;
- *   SELECT row; Sync          -> apply every edit in memory, in order
- *   INSERT .. ON CONFLICT DO UPDATE; COMMIT; Sync   -> reply to each request
- * A batch that only reads runs one SELECT (implicit transaction).
+ * When more lanes are ready than connections are idle, a connection takes
+ * several lanes from the head of the ready list (at most max_batch_tenants,
+ * and max_batch requests in all) into one transaction: each batch keeps its
+ * own lock, read, in-memory apply and write, but BEGIN, COMMIT and the round
+ * trips are shared.  A batch that runs alone waits for its advisory lock;
+ * batches that share a transaction only try theirs
+ * (pg_try_advisory_xact_lock), so a tenant locked elsewhere never holds the
+ * others up and no two transactions can wait for each other: a batch that
+ * misses its lock, or whose shared transaction fails, goes back to the head
+ * of its lane and runs again alone.
  *
- * Must not: block, touch another shard's objects, or reply before COMMIT.
+ * Transaction (two round trips, pipelined):
+ *   BEGIN; set_config(lock_timeout, statement_timeout, ...);
+ *   per batch: advisory lock (or try-lock); SELECT row; Sync
+ *       -> apply every batch's edits in memory, in order; answer the batches
+ *          that changed nothing
+ *   per batch that changed something: [INSERT key records;]
+ *   INSERT .. ON CONFLICT DO UPDATE;  then COMMIT; Sync  -> reply to each request
+ * Batches that only read run their SELECTs without BEGIN (one implicit
+ * transaction).
+ *
+ * Must not: block, touch another shard's objects, or reply to a change
+ * before COMMIT.
  */
 #include "shard.h"
 
@@ -37,6 +52,7 @@
 #include "pg.h"
 
 #define SHARD_TICK_MS 20
+#define GROUP_MAX TQ_MAX_BATCH_TENANTS /* batches (tenants) per transaction */
 
 enum msg_kind { MSG_JOB = 1, MSG_DRAIN, MSG_STOP };
 
@@ -46,29 +62,50 @@ struct shard_msg {
 };
 
 /* Statements prepared on every connection (pg_init), indexes into prep[]. */
-enum { ST_TIMEOUTS, ST_LOCK, ST_SELECT, ST_UPSERT, ST_IDEM_INSERT, ST_IDEM_UPSERT, ST_CLEANUP,
+enum { ST_TIMEOUTS, ST_LOCK, ST_TRYLOCK, ST_SELECT, ST_UPSERT, ST_IDEM_INSERT, ST_IDEM_UPSERT, ST_CLEANUP,
        ST__COUNT };
 
-struct txn {
-    struct shard *s;
-    struct pgconn *pc;
+/* One tenant's share of a transaction: up to max_batch of its lane's queued
+ * requests, in arrival order (slices of the txn's arrays). */
+struct batch {
+    struct txn *t;
     struct lane *lane;
-    struct job **jobs;
+    struct job **jobs;         /* NULL once answered or put back */
     json_t **results;
     tq_error *errs;
     bool *replayed;            /* answered from an idempotency record */
     int n;
+    bool mutating;             /* some job changes state: lock, read, write */
     bool has_keys;             /* some mutating job carries a key */
     bool lookup;               /* this batch read the stored records of its keys */
     bool oom;                  /* recording keys ran out of memory: fail the batch */
-    bool committing;           /* COMMIT sent: the batch must not be aborted */
+    bool writes;               /* its row (and key records) are written before COMMIT */
+    int r_lock, r_select, r_lookup; /* indexes of its results in the first pipeline, -1 none */
+    int r_idem;                /* index of its key records' INSERT in the second, -1 none */
     json_t *records;           /* key -> {"f": fingerprint, "r": result}, stored + this batch */
     struct pg_text_array keys; /* the batch's keys, for the lookup */
     struct pg_text_array new_keys, new_fps, new_resps; /* records to insert with the edit */
-    uint64_t start_us;
     sf_state st;
     char *draft_text, *pub_text;
-    char tout_lock[16], tout_stmt[16], tout_idle[16], version[24], ttl[16];
+    char version[24];
+};
+
+/* The transaction running on one connection: one batch, or several tenants'
+ * batches sharing BEGIN..COMMIT (see the top of this file). */
+struct txn {
+    struct shard *s;
+    struct pgconn *pc;
+    struct job **jobs;         /* max_batch slots each, shared by the batches */
+    json_t **results;
+    tq_error *errs;
+    bool *replayed;
+    struct batch b[GROUP_MAX];
+    int nb;                    /* batches in this transaction; 0: the slot is free */
+    int njobs;
+    int nres;                  /* statements of the first pipeline */
+    bool committing;           /* COMMIT sent: the transaction must not be aborted */
+    uint64_t start_us;
+    char tout_lock[16], tout_stmt[16], tout_idle[16], ttl[16];
 };
 
 struct shard {
@@ -93,7 +130,7 @@ struct shard {
     uint64_t next_cleanup_us;  /* shard 0 expires idempotency records */
     char cleanup_ttl[16];
     msgpack_sbuffer sb;
-    char *sql_lock;
+    char *sql_lock, *sql_trylock;
     struct pg_stmt prep[ST__COUNT]; /* prepared on every connection */
     bool draining, stopping;
     atomic_bool drained;
@@ -171,42 +208,47 @@ static void fail_job(struct shard *s, struct job *j, tq_code code, const char *m
     job_finish_error(s->d, &s->sb, j, code, "%s", msg);
 }
 
-static void fail_batch(struct txn *t, tq_code code, const char *fmt, ...)
+/* Answer every request of b still unanswered with the same error. */
+static void fail_batch(struct batch *b, tq_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void fail_batch(struct txn *t, tq_code code, const char *fmt, ...)
+static void fail_batch(struct batch *b, tq_code code, const char *fmt, ...)
 {
     char msg[TQ_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    for (int i = 0; i < t->n; i++) {
-        fail_job(t->s, t->jobs[i], code, msg);
-        t->jobs[i] = NULL;
+    for (int i = 0; i < b->n; i++) {
+        if (b->jobs[i])
+            fail_job(b->t->s, b->jobs[i], code, msg);
+        b->jobs[i] = NULL;
     }
 }
 
-static void txn_reset(struct txn *t)
+static bool batch_answered(const struct batch *b)
 {
-    for (int i = 0; i < t->n; i++) {
-        json_decref(t->results[i]);
-        t->results[i] = NULL;
+    for (int i = 0; i < b->n; i++)
+        if (b->jobs[i])
+            return false;
+    return true;
+}
+
+static void batch_reset(struct batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        json_decref(b->results[i]);
+        b->results[i] = NULL;
     }
-    t->n = 0;
-    sf_state_clear(&t->st);
-    free(t->draft_text);
-    free(t->pub_text);
-    t->draft_text = t->pub_text = NULL;
-    pg_text_array_free(&t->keys);
-    pg_text_array_free(&t->new_keys);
-    pg_text_array_free(&t->new_fps);
-    pg_text_array_free(&t->new_resps);
-    json_decref(t->records);
-    t->records = NULL;
-    t->has_keys = false;
-    t->lookup = false;
-    t->oom = false;
-    t->committing = false;
+    sf_state_clear(&b->st);
+    free(b->draft_text);
+    free(b->pub_text);
+    pg_text_array_free(&b->keys);
+    pg_text_array_free(&b->new_keys);
+    pg_text_array_free(&b->new_fps);
+    pg_text_array_free(&b->new_resps);
+    json_decref(b->records);
+    struct txn *t = b->t;
+    *b = (struct batch){.t = t, .r_lock = -1, .r_select = -1, .r_lookup = -1, .r_idem = -1};
 }
 
 static void lane_release(struct shard *s, struct lane *lane)
@@ -218,16 +260,27 @@ static void lane_release(struct shard *s, struct lane *lane)
         lane_remove(&s->lanes, lane);
 }
 
-/* The batch's lane is done (replies sent); the connection may still be busy
- * rolling back.  conn_free says whether it is idle now. */
+/* Every request of t has been answered or put back: its lanes are free again
+ * (only now, so a lane is never in two transactions at once; the connection
+ * may still be busy rolling back).  conn_free says whether it is idle now. */
 static void txn_end(struct txn *t, bool conn_free)
 {
     struct shard *s = t->s;
-    if (t->lane) {
-        lane_release(s, t->lane);
-        t->lane = NULL;
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        if (!batch_answered(b)) {
+            log_err("shard %d tenant \"%s\": transaction ended with requests unanswered", s->id,
+                    b->lane->tenant);
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": internal error; not executed",
+                       b->lane->tenant);
+        }
+        lane_release(s, b->lane);
+        batch_reset(b);
     }
-    txn_reset(t);
+    t->nb = 0;
+    t->njobs = 0;
+    t->nres = 0;
+    t->committing = false;
     if (conn_free)
         s->inflight--;
     shard_kick(s);
@@ -239,9 +292,9 @@ static void rollback_done(struct pgconn *c, void *arg, PGresult *const *res, int
     (void)res;
     (void)n;
     (void)lost;
-    struct txn *t = arg;
-    t->s->inflight--;
-    shard_kick(t->s);
+    struct shard *s = arg;
+    s->inflight--;
+    shard_kick(s);
 }
 
 /* After an error inside an explicit transaction the session stays aborted
@@ -252,7 +305,7 @@ static void txn_end_with_rollback(struct txn *t)
     bool in_txn = c->state == PGC_IDLE && PQtransactionStatus(c->conn) != PQTRANS_IDLE;
     if (in_txn) {
         struct pg_stmt rb = {.sql = SQL_ROLLBACK};
-        if (pg_pipeline(c, &rb, 1, rollback_done, t) == 0) {
+        if (pg_pipeline(c, &rb, 1, rollback_done, t->s) == 0) {
             txn_end(t, false);
             return;
         }
@@ -268,15 +321,17 @@ static bool result_ok(const PGresult *r)
     return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
 }
 
-/* Map the first failed statement of a pipeline to a reply for the batch. */
-static void fail_batch_from_results(struct txn *t, PGresult *const *res, int n)
+/* Map the first failed statement of a pipeline to a reply for the batch
+ * (a transaction of this one batch: the failure is its own). */
+static void fail_batch_from_results(struct batch *b, PGresult *const *res, int n)
 {
+    struct txn *t = b->t;
     const PGresult *bad = NULL;
     for (int i = 0; i < n && !bad; i++)
         if (!result_ok(res[i]) && res[i] && PQresultStatus(res[i]) != PGRES_PIPELINE_ABORTED)
             bad = res[i];
     const char *state = pg_sqlstate(bad);
-    const char *tenant = t->lane->tenant;
+    const char *tenant = b->lane->tenant;
     if (state && strcmp(state, "55P03") == 0) {
         atomic_fetch_add_explicit(&t->s->gauges[SHARD_GAUGE_LOCK_TIMEOUTS], 1,
                                   memory_order_relaxed);
@@ -294,11 +349,13 @@ static void fail_batch_from_results(struct txn *t, PGresult *const *res, int n)
                  "not executed",
                  tenant, t->tout_lock);
         uint64_t now = now_us();
-        for (int i = 0; i < t->n; i++) {
-            bool expired = now + 1000 >= t->jobs[i]->deadline_us;
-            fail_job(t->s, t->jobs[i], expired ? TQ_E_DEADLINE_EXCEEDED : TQ_E_LOCK_TIMEOUT,
+        for (int i = 0; i < b->n; i++) {
+            if (!b->jobs[i])
+                continue;
+            bool expired = now + 1000 >= b->jobs[i]->deadline_us;
+            fail_job(t->s, b->jobs[i], expired ? TQ_E_DEADLINE_EXCEEDED : TQ_E_LOCK_TIMEOUT,
                      expired ? dl_msg : lock_msg);
-            t->jobs[i] = NULL;
+            b->jobs[i] = NULL;
         }
         return;
     }
@@ -310,30 +367,30 @@ static void fail_batch_from_results(struct txn *t, PGresult *const *res, int n)
     if (state && (strcmp(state, "57014") == 0 || strncmp(state, "40", 2) == 0 ||
                   strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
                   strcmp(state, "53300") == 0)) {
-        log_info("shard %d tenant \"%s\": transient database error %s: %s", t->s->id, tenant, state,
-                 detail);
-        fail_batch(t, TQ_E_DB_UNAVAILABLE,
+        log_info("shard %d tenant \"%s\": transient database error %s: %s", t->s->id, tenant,
+                 state, detail);
+        fail_batch(b, TQ_E_DB_UNAVAILABLE,
                    "tenant \"%s\": database error %s (%s); not executed", tenant, state, detail);
         return;
     }
     log_err("shard %d tenant \"%s\": database error %s: %s", t->s->id, tenant,
             state ? state : "-", detail);
-    fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": database error %s: %s", tenant,
+    fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": database error %s: %s", tenant,
                state ? state : "-", detail);
 }
 
 /* Load the tenant's row (or the empty state) from a SELECT result. */
-static int load_state(struct txn *t, const PGresult *r, char *why, size_t whylen)
+static int load_state(struct batch *b, const PGresult *r, char *why, size_t whylen)
 {
-    sf_state_clear(&t->st);
+    sf_state_clear(&b->st);
     if (PQntuples(r) == 0) {
-        sf_state_init_empty(&t->st);
+        sf_state_init_empty(&b->st);
         return 0;
     }
     json_error_t jerr;
     const char *text = PQgetvalue(r, 0, 0);
-    t->st.draft = json_loads(text, JSON_DECODE_ANY, &jerr);
-    if (t->st.draft) {
+    b->st.draft = json_loads(text, JSON_DECODE_ANY, &jerr);
+    if (b->st.draft) {
         /* An upper bound of the compact size for the max_draft_bytes check,
          * without serialising: jsonb's text has ", " and ": " where compact
          * JSON has none and the same escapes, but prints a real more briefly
@@ -341,61 +398,64 @@ static int load_state(struct txn *t, const PGresult *r, char *why, size_t whylen
         size_t len = (size_t)PQgetlength(r, 0, 0), dots = 0;
         for (const char *p = text; (p = memchr(p, '.', len - (size_t)(p - text))) != NULL; p++)
             dots++;
-        t->st.size_ub = len + 24 * dots;
+        b->st.size_ub = len + 24 * dots;
     } else {
         /* jsonb prints big numbers without exponent; a direct writer may have
          * stored an integer beyond int64, which jansson refuses as such */
-        t->st.draft = json_loads(PQgetvalue(r, 0, 0), JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
+        b->st.draft = json_loads(PQgetvalue(r, 0, 0), JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
                                  NULL);
-        if (t->st.draft)
+        if (b->st.draft)
             log_warn("shard %d tenant \"%s\": stored draft has integers beyond 64 bits; "
                      "they are read as floating point",
-                     t->s->id, t->lane->tenant);
+                     b->t->s->id, b->lane->tenant);
     }
-    if (!t->st.draft || !json_is_object(t->st.draft)) {
+    if (!b->st.draft || !json_is_object(b->st.draft)) {
         snprintf(why, whylen, "stored draft is not a JSON object (%s)", jerr.text);
         return -1;
     }
     if (!PQgetisnull(r, 0, 1)) {
-        t->st.published = json_loads(PQgetvalue(r, 0, 1), JSON_DECODE_ANY, &jerr);
-        if (!t->st.published)
-            t->st.published = json_loads(PQgetvalue(r, 0, 1),
+        b->st.published = json_loads(PQgetvalue(r, 0, 1), JSON_DECODE_ANY, &jerr);
+        if (!b->st.published)
+            b->st.published = json_loads(PQgetvalue(r, 0, 1),
                                          JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
-        if (!t->st.published) {
+        if (!b->st.published) {
             snprintf(why, whylen, "stored published config is not JSON (%s)", jerr.text);
             return -1;
         }
     }
-    t->st.version = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    b->st.version = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
     return 0;
 }
 
-static void reply_all(struct txn *t)
+static void reply_all(struct batch *b)
 {
+    struct txn *t = b->t;
     uint64_t now = now_us();
-    for (int i = 0; i < t->n; i++) {
-        struct job *j = t->jobs[i];
-        t->jobs[i] = NULL;
-        if (t->results[i]) {
+    for (int i = 0; i < b->n; i++) {
+        struct job *j = b->jobs[i];
+        if (!j)
+            continue;
+        b->jobs[i] = NULL;
+        if (b->results[i]) {
             tq_timing tm = {.queue_us = t->start_us - j->recv_us,
                             .exec_us = now - t->start_us,
-                            .batch = (uint32_t)t->n};
+                            .batch = (uint32_t)b->n};
             stats_timing(tm.queue_us, tm.exec_us);
-            job_finish_ok(t->s->d, &t->s->sb, j, t->results[i], t->replayed[i], &tm);
+            job_finish_ok(t->s->d, &t->s->sb, j, b->results[i], b->replayed[i], &tm);
         } else {
-            fail_job(t->s, j, t->errs[i].code, t->errs[i].message);
+            fail_job(t->s, j, b->errs[i].code, b->errs[i].message);
         }
     }
 }
 
 /* Load the stored idempotency records of this batch's keys. */
-static int load_records(struct txn *t, const PGresult *r)
+static int load_records(struct batch *b, const PGresult *r)
 {
     for (int i = 0; i < PQntuples(r); i++) {
         json_t *resp = json_loads(PQgetvalue(r, i, 2), JSON_DECODE_ANY, NULL);
         /* (stored as text: the exact bytes the first answer was built from) */
         json_t *rec = resp ? json_pack("{s:s,s:o}", "f", PQgetvalue(r, i, 1), "r", resp) : NULL;
-        if (!rec || json_object_set_new(t->records, PQgetvalue(r, i, 0), rec) < 0)
+        if (!rec || json_object_set_new(b->records, PQgetvalue(r, i, 0), rec) < 0)
             return -1;
     }
     return 0;
@@ -403,31 +463,31 @@ static int load_records(struct txn *t, const PGresult *r)
 
 /* Apply the batch in memory, in arrival order: each edit sees the state the
  * ones before it left.  Returns whether anything changed. */
-static bool apply_batch(struct txn *t)
+static bool apply_batch(struct batch *b)
 {
-    int64_t before = t->st.version;
-    size_t max = (size_t)t->s->cfg->max_draft_bytes;
-    for (int i = 0; i < t->n; i++) {
-        struct job *j = t->jobs[i];
-        t->errs[i].code = TQ_OK;
-        t->replayed[i] = false;
-        t->results[i] = NULL;
-        bool keyed = j->req.key && sf_op_mutates(j->op) && t->records;
+    int64_t before = b->st.version;
+    size_t max = (size_t)b->t->s->cfg->max_draft_bytes;
+    for (int i = 0; i < b->n; i++) {
+        struct job *j = b->jobs[i];
+        b->errs[i].code = TQ_OK;
+        b->replayed[i] = false;
+        b->results[i] = NULL;
+        bool keyed = j->req.key && sf_op_mutates(j->op) && b->records;
         char fp[IDEM_FINGERPRINT_HEX];
         if (keyed) {
             if (idem_fingerprint(j->req.op, j->req.args, fp) < 0) {
-                tq_error_set(&t->errs[i], TQ_E_INTERNAL, "out of memory fingerprinting the request");
+                tq_error_set(&b->errs[i], TQ_E_INTERNAL, "out of memory fingerprinting the request");
                 continue;
             }
-            json_t *rec = json_object_get(t->records, j->req.key);
+            json_t *rec = json_object_get(b->records, j->req.key);
             if (rec) {
                 /* a repeat: the first execution's answer, never a second effect */
                 const char *seen = json_string_value(json_object_get(rec, "f"));
                 if (seen && strcmp(seen, fp) == 0) {
-                    t->results[i] = json_incref(json_object_get(rec, "r"));
-                    t->replayed[i] = true;
+                    b->results[i] = json_incref(json_object_get(rec, "r"));
+                    b->replayed[i] = true;
                 } else {
-                    tq_error_set(&t->errs[i], TQ_E_IDEMPOTENCY_KEY_REUSED,
+                    tq_error_set(&b->errs[i], TQ_E_IDEMPOTENCY_KEY_REUSED,
                                  "key \"%s\" was used before for tenant \"%s\" with a different "
                                  "op or args",
                                  j->req.key, j->req.tenant);
@@ -435,50 +495,54 @@ static bool apply_batch(struct txn *t)
                 continue;
             }
         }
-        if (sf_apply(&t->st, j->op, j->req.args, max, &t->results[i], &t->errs[i]) < 0) {
-            t->results[i] = NULL;
+        if (sf_apply(&b->st, j->op, j->req.args, max, &b->results[i], &b->errs[i]) < 0) {
+            b->results[i] = NULL;
             continue;
         }
         if (keyed) {
             /* bind the key to this success; duplicates later in the batch replay it */
-            json_t *rec = json_pack("{s:s,s:O}", "f", fp, "r", t->results[i]);
-            char *resp = json_dumps(t->results[i], JSON_COMPACT);
-            if (!rec || !resp || json_object_set_new(t->records, j->req.key, rec) < 0 ||
-                pg_text_array_add(&t->new_keys, j->req.key) < 0 ||
-                pg_text_array_add(&t->new_fps, fp) < 0 || pg_text_array_add(&t->new_resps, resp) < 0)
-                t->oom = true;
+            json_t *rec = json_pack("{s:s,s:O}", "f", fp, "r", b->results[i]);
+            char *resp = json_dumps(b->results[i], JSON_COMPACT);
+            if (!rec || !resp || json_object_set_new(b->records, j->req.key, rec) < 0 ||
+                pg_text_array_add(&b->new_keys, j->req.key) < 0 ||
+                pg_text_array_add(&b->new_fps, fp) < 0 || pg_text_array_add(&b->new_resps, resp) < 0)
+                b->oom = true;
             free(resp);
         }
     }
-    return t->st.version != before;
+    return b->st.version != before;
 }
 
 /* Whether a request with a key failed in this batch. */
-static bool keyed_failure(const struct txn *t)
+static bool keyed_failure(const struct batch *b)
 {
-    for (int i = 0; i < t->n; i++)
-        if (!t->results[i] && t->jobs[i]->req.key && sf_op_mutates(t->jobs[i]->op))
+    for (int i = 0; i < b->n; i++)
+        if (!b->results[i] && b->jobs[i]->req.key && sf_op_mutates(b->jobs[i]->op))
             return true;
     return false;
 }
 
 /* --- the transaction ----------------------------------------------------- */
 
-/* Put the batch back at the head of its lane, unanswered and in order, to
- * run again with its keys looked up first; the transaction is rolled back. */
-static void rerun_with_lookup(struct txn *t)
+/* Put b's requests back at the head of its lane, unanswered and in order;
+ * they run again once this transaction has ended (which rolls back whatever
+ * it did for them).  solo: next time alone, waiting for the lock;
+ * lookup: next time with the keys looked up first. */
+static void batch_put_back(struct batch *b, bool solo, bool lookup)
 {
-    struct shard *s = t->s;
-    struct lane *lane = t->lane;
-    for (int i = t->n - 1; i >= 0; i--) {
-        if (t->jobs[i]->deadline_us < s->min_deadline_us)
-            s->min_deadline_us = t->jobs[i]->deadline_us;
-        lane_push_front(lane, t->jobs[i]);
-        t->jobs[i] = NULL;
+    struct shard *s = b->t->s;
+    struct lane *lane = b->lane;
+    for (int i = b->n - 1; i >= 0; i--) {
+        if (!b->jobs[i])
+            continue;
+        if (b->jobs[i]->deadline_us < s->min_deadline_us)
+            s->min_deadline_us = b->jobs[i]->deadline_us;
+        lane_push_front(lane, b->jobs[i]);
+        b->jobs[i] = NULL;
         s->queued++;
     }
-    lane->recheck_keys = true;
-    txn_end_with_rollback(t); /* releases the lane: it is ready again */
+    lane->solo |= solo;
+    lane->recheck_keys |= lookup;
 }
 
 /* Whether r is the fast path's INSERT of idempotency records failing on a
@@ -491,16 +555,33 @@ static bool key_seen_before(const PGresult *r)
            strcmp(constraint, "tenantq_idempotency_pkey") == 0;
 }
 
+/* The connection went away before COMMIT was sent: nothing of the
+ * transaction happened.  Aborted on purpose when the shutdown grace is over. */
+static void fail_lost_before_commit(struct txn *t)
+{
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        if (t->s->stopping)
+            fail_batch(b, TQ_E_SHUTTING_DOWN, "the daemon is shutting down; not executed");
+        else
+            fail_batch(b, TQ_E_DB_UNAVAILABLE,
+                       "tenant \"%s\": database connection lost before commit; not executed",
+                       b->lane->tenant);
+    }
+    txn_end(t, true);
+}
+
 static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
 {
     struct txn *t = arg;
     (void)c;
     if (lost) {
         /* COMMIT was sent: it may or may not have happened */
-        fail_batch(t, TQ_E_OUTCOME_UNKNOWN,
-                   "tenant \"%s\": database connection lost during COMMIT; the outcome is "
-                   "unknown (retry with the same key to learn it)",
-                   t->lane->tenant);
+        for (int k = 0; k < t->nb; k++)
+            fail_batch(&t->b[k], TQ_E_OUTCOME_UNKNOWN,
+                       "tenant \"%s\": database connection lost during COMMIT; the outcome is "
+                       "unknown (retry with the same key to learn it)",
+                       t->b[k].lane->tenant);
         txn_end(t, true);
         return;
     }
@@ -508,146 +589,150 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     for (int i = 0; ok && i < n; i++)
         ok = result_ok(res[i]);
     if (ok && strcmp(PQcmdStatus(res[n - 1]), "COMMIT") == 0) {
-        reply_all(t);
+        for (int k = 0; k < t->nb; k++)
+            if (t->b[k].writes)
+                reply_all(&t->b[k]);
         txn_end(t, true);
         return;
     }
-    if (!t->lookup && n == 3 && key_seen_before(res[0])) {
-        /* a key of this batch has a record: nothing was written */
-        rerun_with_lookup(t);
-        return;
+    /* Nothing was written.  A key seen before sends its batch back to run
+     * with lookups.  One writer hears the error; several run again, each on
+     * its own, where an error is theirs alone. */
+    int writers = 0;
+    for (int k = 0; k < t->nb; k++)
+        writers += t->b[k].writes;
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        if (!b->writes)
+            continue;
+        if (!b->lookup && b->r_idem >= 0 && b->r_idem < n && key_seen_before(res[b->r_idem]))
+            batch_put_back(b, false, true);
+        else if (writers > 1)
+            batch_put_back(b, true, false);
+        else
+            fail_batch_from_results(b, res, n);
     }
-    fail_batch_from_results(t, res, n);
     txn_end_with_rollback(t);
 }
 
-/* The connection went away before COMMIT was sent: nothing of the batch
- * happened.  Aborted on purpose when the shutdown grace is over. */
-static void fail_lost_before_commit(struct txn *t)
+/* Serialise b's new state and add its writes to stmts.  Returns 0, or -1
+ * when b was answered with an error instead. */
+static int batch_writes(struct batch *b, struct pg_stmt *stmts, int *ns)
 {
-    if (t->s->stopping)
-        fail_batch(t, TQ_E_SHUTTING_DOWN, "the daemon is shutting down; not executed");
-    else
-        fail_batch(t, TQ_E_DB_UNAVAILABLE,
-                   "tenant \"%s\": database connection lost before commit; not executed",
-                   t->lane->tenant);
-    txn_end(t, true);
+    struct shard *s = b->t->s;
+    const char *tenant = b->lane->tenant;
+    b->draft_text = json_dumps(b->st.draft, JSON_COMPACT);
+    b->pub_text = b->st.published ? json_dumps(b->st.published, JSON_COMPACT | JSON_ENCODE_ANY)
+                                  : NULL;
+    snprintf(b->version, sizeof b->version, "%" PRId64, b->st.version);
+    if (!b->draft_text || (b->st.published && !b->pub_text)) {
+        fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory serialising the draft", tenant);
+        return -1;
+    }
+    if (b->new_keys.n > 0) {
+        const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
+                   *r = pg_text_array_get(&b->new_resps);
+        if (b->oom || !k || !f || !r) {
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys", tenant);
+            return -1;
+        }
+        b->r_idem = *ns;
+        stmts[(*ns)++] = stmt(s, b->lookup ? ST_IDEM_UPSERT : ST_IDEM_INSERT, tenant, k, f, r);
+    }
+    stmts[(*ns)++] = stmt(s, ST_UPSERT, tenant, b->draft_text, b->pub_text, b->version);
+    b->writes = true;
+    return 0;
 }
 
+/* Whether a pg_try_advisory_xact_lock result says the lock was taken. */
+static bool lock_taken(const PGresult *r)
+{
+    return PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+}
+
+/* The first pipeline is back: every batch has its lock (or not) and its
+ * row.  Apply each in memory; those that changed something are written and
+ * committed together, the others are answered now. */
 static void read_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
 {
     struct txn *t = arg;
-    (void)c;
     char why[256];
     if (lost) {
         fail_lost_before_commit(t);
         return;
     }
-    if (n != 1 || !result_ok(res[0])) {
-        fail_batch_from_results(t, res, n);
-        txn_end(t, true);
-        return;
-    }
-    if (load_state(t, res[0], why, sizeof why) < 0) {
-        log_err("shard %d tenant \"%s\": %s", t->s->id, t->lane->tenant, why);
-        fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": %s", t->lane->tenant, why);
-        txn_end(t, true);
-        return;
-    }
-    apply_batch(t);
-    reply_all(t);
-    txn_end(t, true);
-}
-
-static void locked_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
-{
-    struct txn *t = arg;
-    char why[256];
-    if (lost) {
-        fail_lost_before_commit(t);
-        return;
-    }
-    bool ok = n == (t->lookup ? 5 : 4);
+    bool ok = n == t->nres;
     for (int i = 0; ok && i < n; i++)
         ok = result_ok(res[i]);
     if (!ok) {
-        fail_batch_from_results(t, res, n);
+        if (t->nb == 1)
+            fail_batch_from_results(&t->b[0], res, n);
+        else
+            for (int k = 0; k < t->nb; k++)
+                batch_put_back(&t->b[k], true, false);
         txn_end_with_rollback(t);
         return;
     }
-    if (t->lookup && load_records(t, res[4]) < 0) {
-        fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": unreadable idempotency record",
-                   t->lane->tenant);
-        txn_end_with_rollback(t);
-        return;
-    }
-    if (load_state(t, res[3], why, sizeof why) < 0) {
-        log_err("shard %d tenant \"%s\": %s", t->s->id, t->lane->tenant, why);
-        fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": %s", t->lane->tenant, why);
-        txn_end_with_rollback(t);
-        return;
-    }
-    bool wrote = apply_batch(t);
-    if (!t->lookup && t->has_keys && keyed_failure(t)) {
-        /* the failure may be a repeat of an edit that did succeed (an id
-         * that now exists because of it): only its record can tell */
-        rerun_with_lookup(t);
-        return;
-    }
-    if (!wrote) {
-        /* nothing to write: every edit failed validation or only read */
-        reply_all(t);
-        txn_end_with_rollback(t);
-        return;
-    }
-    t->draft_text = json_dumps(t->st.draft, JSON_COMPACT);
-    t->pub_text = t->st.published ? json_dumps(t->st.published, JSON_COMPACT | JSON_ENCODE_ANY)
-                                  : NULL;
-    snprintf(t->version, sizeof t->version, "%" PRId64, t->st.version);
-    if (!t->draft_text || (t->st.published && !t->pub_text)) {
-        fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory serialising the draft",
-                   t->lane->tenant);
-        txn_end_with_rollback(t);
-        return;
-    }
-    struct shard *s = t->s;
-    struct pg_stmt stmts[3];
+    struct pg_stmt stmts[2 * GROUP_MAX + 1];
     int ns = 0;
-    if (t->new_keys.n > 0) {
-        const char *k = pg_text_array_get(&t->new_keys), *f = pg_text_array_get(&t->new_fps),
-                   *r = pg_text_array_get(&t->new_resps);
-        if (t->oom || !k || !f || !r) {
-            fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys",
-                       t->lane->tenant);
-            txn_end_with_rollback(t);
-            return;
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        const char *tenant = b->lane->tenant;
+        if (b->mutating && t->nb > 1 && !lock_taken(res[b->r_lock])) {
+            /* held elsewhere: not worth making the others wait for */
+            atomic_fetch_add_explicit(&t->s->gauges[SHARD_GAUGE_LOCK_BUSY], 1,
+                                      memory_order_relaxed);
+            batch_put_back(b, true, false);
+            continue;
         }
-        stmts[ns++] = stmt(s, t->lookup ? ST_IDEM_UPSERT : ST_IDEM_INSERT, t->lane->tenant, k, f, r);
+        if (b->lookup && load_records(b, res[b->r_lookup]) < 0) {
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": unreadable idempotency record", tenant);
+            continue;
+        }
+        if (load_state(b, res[b->r_select], why, sizeof why) < 0) {
+            log_err("shard %d tenant \"%s\": %s", t->s->id, tenant, why);
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": %s", tenant, why);
+            continue;
+        }
+        bool wrote = apply_batch(b);
+        if (b->mutating && !b->lookup && b->has_keys && keyed_failure(b)) {
+            /* the failure may be a repeat of an edit that did succeed (an id
+             * that now exists because of it): only its record can tell */
+            batch_put_back(b, false, true);
+            continue;
+        }
+        if (!wrote || !b->mutating) {
+            /* nothing to write: every edit failed validation or only read */
+            reply_all(b);
+            continue;
+        }
+        (void)batch_writes(b, stmts, &ns);
     }
-    stmts[ns++] = stmt(s, ST_UPSERT, t->lane->tenant, t->draft_text, t->pub_text, t->version);
+    if (ns == 0) {
+        txn_end_with_rollback(t);
+        return;
+    }
     stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
     t->committing = true;
     if (pg_pipeline(c, stmts, ns, commit_done, t) < 0)
         fail_lost_before_commit(t); /* nothing was sent */
 }
 
-/* Start a batch of lane on idle connection i.  The lane is not in the ready
- * list any more. */
-static void txn_start(struct shard *s, int i, struct lane *lane)
+/* Take up to max_batch - t->njobs requests of lane into a new batch of t.
+ * Returns the batch, or NULL (lane released) if every one had expired. */
+static struct batch *batch_take(struct txn *t, struct lane *lane, uint64_t now)
 {
-    struct txn *t = &s->txns[i];
-    struct pgconn *c = &s->conns[i];
-    uint64_t now = now_us();
-    bool mutating = false;
-    uint64_t min_left_ms = UINT64_MAX;
-
-    t->lane = lane;
+    struct shard *s = t->s;
+    struct batch *b = &t->b[t->nb];
+    batch_reset(b);
+    b->lane = lane;
+    b->jobs = t->jobs + t->njobs;
+    b->results = t->results + t->njobs;
+    b->errs = t->errs + t->njobs;
+    b->replayed = t->replayed + t->njobs;
     lane->busy = true;
-    s->inflight++;
-    t->n = 0;
-    t->start_us = now;
     struct job *j;
-    while (t->n < s->cfg->max_batch && (j = lane_pop(lane)) != NULL) {
+    while (t->njobs + b->n < s->cfg->max_batch && (j = lane_pop(lane)) != NULL) {
         s->queued--;
         if (now >= j->deadline_us) {
             fail_job(s, j, TQ_E_DEADLINE_EXCEEDED,
@@ -655,30 +740,81 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
                      "not executed");
             continue;
         }
-        t->jobs[t->n] = j;
-        t->results[t->n] = NULL;
-        t->n++;
+        b->jobs[b->n] = j;
+        b->results[b->n] = NULL;
+        b->n++;
         if (sf_op_mutates(j->op)) {
-            mutating = true;
+            b->mutating = true;
             if (j->req.key)
-                t->has_keys = true;
+                b->has_keys = true;
+        }
+    }
+    if (b->n == 0) {
+        lane_release(s, lane);
+        b->lane = NULL;
+        return NULL;
+    }
+    t->nb++;
+    t->njobs += b->n;
+    stats_batch(b->n);
+    return b;
+}
+
+/* Whether lane may join a transaction that already has batches: it has not
+ * been asked to run alone, and all it would take fits under max_batch (a
+ * lane is not split to fill the rest). */
+static bool lane_joins(const struct txn *t, const struct lane *lane)
+{
+    uint32_t want = lane->depth < (uint32_t)t->s->cfg->max_batch ? lane->depth
+                                                                   : (uint32_t)t->s->cfg->max_batch;
+    return !lane->solo && t->njobs + (int)want <= t->s->cfg->max_batch;
+}
+
+/* Start a transaction on idle connection i with up to `lanes` ready lanes
+ * from the head of the ready list. */
+static void txn_start(struct shard *s, int i, int lanes)
+{
+    struct txn *t = &s->txns[i];
+    struct pgconn *c = &s->conns[i];
+    uint64_t now = now_us();
+    t->start_us = now;
+    t->nb = t->njobs = 0;
+    s->inflight++;
+    struct lane *lane;
+    while (t->nb < lanes && (lane = s->ready.head) != NULL) {
+        if (t->nb > 0 && !lane_joins(t, lane))
+            break;
+        bool alone = lane->solo;
+        lane->solo = false;
+        ready_pop(&s->ready);
+        if (batch_take(t, lane, now) && alone)
+            break;
+    }
+    if (t->nb == 0) {
+        txn_end(t, true);
+        return;
+    }
+    stats_txn(t->nb);
+
+    /* Alone, a batch waits for its lock (bounded by lock_timeout_ms and its
+     * tightest deadline).  Together, every batch only tries its lock: one
+     * tenant locked elsewhere must not hold the others up, nor can two
+     * transactions each wait for a lock the other holds. */
+    bool mutating = false;
+    uint64_t min_left_ms = UINT64_MAX;
+    for (int k = 0; k < t->nb; k++)
+        for (int q = 0; q < t->b[k].n; q++) {
+            struct job *j = t->b[k].jobs[q];
+            if (!sf_op_mutates(j->op))
+                continue;
+            mutating = true;
             uint64_t left = (j->deadline_us - now) / 1000;
             if (left < min_left_ms)
                 min_left_ms = left;
         }
-    }
-    if (t->n == 0) {
-        txn_end(t, true);
-        return;
-    }
-    stats_batch(t->n);
-    const char *tenant = lane->tenant;
-    int rc;
-    if (!mutating) {
-        struct pg_stmt sel = stmt(s, ST_SELECT, tenant, NULL, NULL, NULL);
-        rc = pg_pipeline(c, &sel, 1, read_done, t);
-    } else {
-        /* the lock wait is bounded by the batch's tightest deadline too */
+    struct pg_stmt stmts[2 + 3 * GROUP_MAX];
+    int ns = 0;
+    if (mutating) {
         uint64_t lock_ms = (uint64_t)s->cfg->lock_timeout_ms;
         if (min_left_ms < lock_ms)
             lock_ms = min_left_ms ? min_left_ms : 1;
@@ -686,37 +822,46 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
         snprintf(t->tout_stmt, sizeof t->tout_stmt, "%d", s->cfg->statement_timeout_ms);
         snprintf(t->tout_idle, sizeof t->tout_idle, "%d",
                  s->cfg->statement_timeout_ms + s->cfg->lock_timeout_ms + 5000);
-        struct pg_stmt stmts[5] = {
-            {.sql = SQL_BEGIN},
-            stmt(s, ST_TIMEOUTS, t->tout_lock, t->tout_stmt, t->tout_idle, NULL),
-            stmt(s, ST_LOCK, tenant, NULL, NULL, NULL),
-            stmt(s, ST_SELECT, tenant, NULL, NULL, NULL),
-        };
-        int ns = 4;
-        if (t->has_keys) {
-            /* records of this batch, so a key repeated inside it replays */
-            t->records = json_object();
-            bool ok = t->records != NULL;
-            t->lookup = lane->recheck_keys;
-            lane->recheck_keys = false;
-            for (int k = 0; ok && t->lookup && k < t->n; k++)
-                if (t->jobs[k]->req.key && sf_op_mutates(t->jobs[k]->op))
-                    ok = pg_text_array_add(&t->keys, t->jobs[k]->req.key) == 0;
-            const char *keys = ok && t->lookup ? pg_text_array_get(&t->keys) : NULL;
-            if (!ok || (t->lookup && !keys)) {
-                fail_batch(t, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
-                txn_end(t, true);
-                return;
-            }
-            if (t->lookup) {
-                snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
-                stmts[ns++] = (struct pg_stmt){
-                    .sql = SQL_IDEM_LOOKUP, .nparams = 3, .params = {tenant, keys, t->ttl}};
-            }
-        }
-        rc = pg_pipeline(c, stmts, ns, locked_done, t);
+        stmts[ns++] = (struct pg_stmt){.sql = SQL_BEGIN};
+        stmts[ns++] = stmt(s, ST_TIMEOUTS, t->tout_lock, t->tout_stmt, t->tout_idle, NULL);
     }
-    if (rc < 0)
+    /* (without BEGIN, reads only: the pipeline is one implicit transaction) */
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        const char *tenant = b->lane->tenant;
+        if (b->mutating) {
+            b->r_lock = ns;
+            stmts[ns++] = stmt(s, t->nb == 1 ? ST_LOCK : ST_TRYLOCK, tenant, NULL, NULL, NULL);
+        }
+        b->r_select = ns;
+        stmts[ns++] = stmt(s, ST_SELECT, tenant, NULL, NULL, NULL);
+        if (!b->mutating || !b->has_keys)
+            continue;
+        /* records of this batch, so a key repeated inside it replays */
+        b->records = json_object();
+        bool ok = b->records != NULL;
+        b->lookup = b->lane->recheck_keys;
+        b->lane->recheck_keys = false;
+        for (int q = 0; ok && b->lookup && q < b->n; q++)
+            if (b->jobs[q]->req.key && sf_op_mutates(b->jobs[q]->op))
+                ok = pg_text_array_add(&b->keys, b->jobs[q]->req.key) == 0;
+        const char *keys = ok && b->lookup ? pg_text_array_get(&b->keys) : NULL;
+        if (!ok || (b->lookup && !keys)) {
+            for (int q = 0; q < t->nb; q++)
+                fail_batch(&t->b[q], TQ_E_INTERNAL, "tenant \"%s\": out of memory",
+                           t->b[q].lane->tenant);
+            txn_end(t, true);
+            return;
+        }
+        if (b->lookup) {
+            snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
+            b->r_lookup = ns;
+            stmts[ns++] = (struct pg_stmt){
+                .sql = SQL_IDEM_LOOKUP, .nparams = 3, .params = {tenant, keys, t->ttl}};
+        }
+    }
+    t->nres = ns;
+    if (pg_pipeline(c, stmts, ns, read_done, t) < 0)
         fail_lost_before_commit(t);
 }
 
@@ -725,7 +870,7 @@ static void txn_start(struct shard *s, int i, struct lane *lane)
 static int idle_conn(struct shard *s)
 {
     for (int i = 0; i < s->nconns; i++)
-        if (s->conns[i].state == PGC_IDLE && s->txns[i].lane == NULL &&
+        if (s->conns[i].state == PGC_IDLE && s->txns[i].nb == 0 &&
             s->conns[i].cb == NULL)
             return i;
     return -1;
@@ -767,8 +912,15 @@ static void shard_kick(struct shard *s)
         int i = idle_conn(s);
         if (i < 0)
             break;
-        ready_pop(&s->ready);
-        txn_start(s, i, lane);
+        /* spread the ready lanes over the idle connections; a connection
+         * takes several only when there are more lanes than connections */
+        int idle = 0;
+        for (int k = 0; k < s->nconns; k++)
+            idle += s->conns[k].state == PGC_IDLE && s->txns[k].nb == 0 && s->conns[k].cb == NULL;
+        size_t share = (s->ready.count + (size_t)idle - 1) / (size_t)idle;
+        int lanes = share < (size_t)s->cfg->max_batch_tenants ? (int)share
+                                                               : s->cfg->max_batch_tenants;
+        txn_start(s, i, lanes);
     }
     check_drained(s);
 }
@@ -874,7 +1026,7 @@ static void on_pull(evutil_socket_t fd, short what, void *arg)
              * cleanly.  A batch whose COMMIT is out finishes (bounded by
              * statement_timeout). */
             for (int i = 0; i < s->nconns; i++)
-                if (s->txns[i].lane && !s->txns[i].committing)
+                if (s->txns[i].nb > 0 && !s->txns[i].committing)
                     pg_abort(&s->conns[i], "shutdown grace is over");
             break;
         }
@@ -994,9 +1146,11 @@ struct shard *shard_create(struct daemon *d, int id)
         goto fail;
 
     s->sql_lock = malloc(strlen(cfg->lock_key_sql) + 64);
-    if (!s->sql_lock)
+    s->sql_trylock = malloc(strlen(cfg->lock_key_sql) + 64);
+    if (!s->sql_lock || !s->sql_trylock)
         goto fail;
     sprintf(s->sql_lock, "SELECT pg_advisory_xact_lock((%s)::bigint)", cfg->lock_key_sql);
+    sprintf(s->sql_trylock, "SELECT pg_try_advisory_xact_lock((%s)::bigint)", cfg->lock_key_sql);
     static const struct {
         const char *name;
         const char *sql;
@@ -1004,6 +1158,7 @@ struct shard *shard_create(struct daemon *d, int id)
     } prep[ST__COUNT] = {
         [ST_TIMEOUTS] = {"tq_timeouts", SQL_TIMEOUTS, 3},
         [ST_LOCK] = {"tq_lock", NULL, 1},
+        [ST_TRYLOCK] = {"tq_trylock", NULL, 1},
         [ST_SELECT] = {"tq_select", SQL_SELECT, 1},
         [ST_UPSERT] = {"tq_upsert", SQL_UPSERT, 4},
         [ST_IDEM_INSERT] = {"tq_idem_insert", SQL_IDEM_INSERT, 4},
@@ -1012,7 +1167,9 @@ struct shard *shard_create(struct daemon *d, int id)
     };
     for (int i = 0; i < ST__COUNT; i++)
         s->prep[i] = (struct pg_stmt){.name = prep[i].name,
-                                      .sql = prep[i].sql ? prep[i].sql : s->sql_lock,
+                                      .sql = prep[i].sql         ? prep[i].sql
+                                             : i == ST_TRYLOCK ? s->sql_trylock
+                                                               : s->sql_lock,
                                       .nparams = prep[i].nparams};
 
     s->nconns = cfg->connections_per_shard;
@@ -1024,6 +1181,10 @@ struct shard *shard_create(struct daemon *d, int id)
         struct txn *t = &s->txns[i];
         t->s = s;
         t->pc = &s->conns[i];
+        for (int k = 0; k < GROUP_MAX; k++) {
+            t->b[k].t = t;
+            batch_reset(&t->b[k]);
+        }
         t->jobs = calloc((size_t)cfg->max_batch, sizeof *t->jobs);
         t->results = calloc((size_t)cfg->max_batch, sizeof *t->results);
         t->errs = calloc((size_t)cfg->max_batch, sizeof *t->errs);
@@ -1090,10 +1251,12 @@ void shard_destroy(struct shard *s)
     }
     for (int i = 0; s->txns && i < s->nconns; i++) {
         struct txn *t = &s->txns[i];
-        for (int k = 0; t->jobs && k < t->n; k++)
-            job_free(t->jobs[k]);
-        if (t->results)
-            txn_reset(t);
+        for (int k = 0; k < t->nb; k++) {
+            struct batch *b = &t->b[k];
+            for (int q = 0; q < b->n; q++)
+                job_free(b->jobs[q]);
+            batch_reset(b);
+        }
         free(t->jobs);
         free(t->results);
         free(t->errs);
@@ -1114,6 +1277,7 @@ void shard_destroy(struct shard *s)
     if (s->base)
         event_base_free(s->base);
     free(s->sql_lock);
+    free(s->sql_trylock);
     msgpack_sbuffer_destroy(&s->sb);
     free(s);
 }

@@ -45,6 +45,7 @@ enum shard_gauge {
     SHARD_GAUGE_LANES,         /* tenants with queued or running work */
     SHARD_GAUGE_RECONNECTS,    /* database reconnect attempts */
     SHARD_GAUGE_LOCK_TIMEOUTS, /* batches failed with LOCK_TIMEOUT */
+    SHARD_GAUGE_LOCK_BUSY,     /* batches put back: try-lock found the lock held */
     SHARD_GAUGE__COUNT
 };
 /* Read by the metrics endpoint (any thread). */

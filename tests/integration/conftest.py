@@ -48,3 +48,29 @@ def cluster():
     pg.start()
     yield pg
     pg.destroy()
+
+
+@pytest.fixture
+def write_log(db):
+    """A trigger recording (tenant, version, txid) for every write of
+    tenantq_storefront; yields a function returning the log in order."""
+    with db.connect() as c:
+        c.execute("CREATE TABLE tq_test_write_log (seq bigserial PRIMARY KEY, "
+                  "tenant text NOT NULL, version bigint NOT NULL, xid bigint NOT NULL)")
+        c.execute("CREATE FUNCTION tq_test_wlog() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                  "BEGIN INSERT INTO tq_test_write_log (tenant, version, xid) "
+                  "VALUES (NEW.tenant, NEW.version, txid_current()); RETURN NULL; END $$")
+        c.execute("CREATE TRIGGER tq_test_wlog AFTER INSERT OR UPDATE ON tenantq_storefront "
+                  "FOR EACH ROW EXECUTE FUNCTION tq_test_wlog()")
+
+    def read():
+        with db.connect() as c:
+            return c.execute("SELECT tenant, version, xid FROM tq_test_write_log "
+                             "ORDER BY seq").fetchall()
+    try:
+        yield read
+    finally:
+        with db.connect() as c:
+            c.execute("DROP TRIGGER IF EXISTS tq_test_wlog ON tenantq_storefront")
+            c.execute("DROP FUNCTION IF EXISTS tq_test_wlog()")
+            c.execute("DROP TABLE IF EXISTS tq_test_write_log")

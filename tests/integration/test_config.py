@@ -68,6 +68,8 @@ def test_check_config_good(confdir):
     ("daemon", "shards = abc", "shards"),
     ("daemon", "shards = 4x", "shards"),
     ("daemon", "max_batch = -1", "max_batch"),
+    ("daemon", "max_batch_tenants = 0", "max_batch_tenants"),
+    ("daemon", "max_batch_tenants = 33", "max_batch_tenants"),
     ("daemon", "max_message_bytes = 99999999999999999999", "max_message_bytes"),
     ("database", "lock_timeout_ms = soon", "lock_timeout_ms"),
     ("daemon", "bogus_key = 1", "bogus_key"),

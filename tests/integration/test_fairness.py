@@ -29,29 +29,10 @@ MAX_BATCH = 8
 
 
 @pytest.fixture
-def commit_log(db):
-    """A trigger recording (seq, tenant, version) for every write of
-    tenantq_storefront; yields a function returning the log in order."""
-    with db.connect() as c:
-        c.execute("CREATE TABLE tq_test_commit_log (seq bigserial PRIMARY KEY, "
-                  "tenant text NOT NULL, version bigint NOT NULL)")
-        c.execute("CREATE FUNCTION tq_test_log() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                  "BEGIN INSERT INTO tq_test_commit_log (tenant, version) "
-                  "VALUES (NEW.tenant, NEW.version); RETURN NULL; END $$")
-        c.execute("CREATE TRIGGER tq_test_log AFTER INSERT OR UPDATE ON tenantq_storefront "
-                  "FOR EACH ROW EXECUTE FUNCTION tq_test_log()")
-
-    def read():
-        with db.connect() as c:
-            return [(t, v) for t, v in c.execute(
-                "SELECT tenant, version FROM tq_test_commit_log ORDER BY seq").fetchall()]
-    try:
-        yield read
-    finally:
-        with db.connect() as c:
-            c.execute("DROP TRIGGER IF EXISTS tq_test_log ON tenantq_storefront")
-            c.execute("DROP FUNCTION IF EXISTS tq_test_log()")
-            c.execute("DROP TABLE IF EXISTS tq_test_commit_log")
+def commit_log(write_log):
+    """A function returning [(tenant, version)] of every write of
+    tenantq_storefront in execution order (conftest's write_log)."""
+    return lambda: [(t, v) for t, v, _ in write_log()]
 
 
 def _edit(tenant, sid):
