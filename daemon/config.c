@@ -48,6 +48,9 @@ static const struct setting settings[] = {
                 TQ_MAX_BATCH_TENANTS, "16",
                 "tenants whose batches may share one transaction when lanes outnumber idle "
                 "connections (1: a transaction per tenant)"),
+    INT_SETTING("daemon", "draft_cache_mb", "draft-cache-mb", draft_cache_mb, 0, 65536, "4",
+                "memory for parsed drafts of recently served tenants, all shards together "
+                "(0: off)"),
     INT_SETTING("daemon", "max_queue_per_tenant", "max-queue-per-tenant",
                 max_queue_per_tenant, 1, 10000000, "1024", "queued requests per tenant"),
     INT_SETTING("daemon", "max_pending", "max-pending", max_pending, 1, 100000000, "100000",

@@ -19,6 +19,7 @@ typedef struct tq_config {
     int connections_per_shard;
     int max_batch;
     int max_batch_tenants;
+    int draft_cache_mb;
     int max_queue_per_tenant;
     int max_pending;
     int max_message_bytes;

@@ -182,12 +182,27 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     for (int i = 0; i < d->nshards; i++)
         evbuffer_add_printf(b, "tenantq_db_connections{shard=\"%d\"} %d\n", i,
                             shard_connected(d->shards[i]));
-    unsigned long rec = 0, lto = 0, busy = 0;
+    unsigned long rec = 0, lto = 0, busy = 0, hits = 0, misses = 0, cbytes = 0;
     for (int i = 0; i < d->nshards; i++) {
         rec += shard_gauge(d->shards[i], SHARD_GAUGE_RECONNECTS);
         lto += shard_gauge(d->shards[i], SHARD_GAUGE_LOCK_TIMEOUTS);
         busy += shard_gauge(d->shards[i], SHARD_GAUGE_LOCK_BUSY);
+        hits += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_HITS);
+        misses += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_MISSES);
+        cbytes += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_BYTES);
     }
+    evbuffer_add_printf(b,
+                        "# HELP tenantq_draft_cache_hits_total Tenant rows read whose parsed "
+                        "state was still cached.\n"
+                        "# TYPE tenantq_draft_cache_hits_total counter\n"
+                        "tenantq_draft_cache_hits_total %lu\n"
+                        "# HELP tenantq_draft_cache_misses_total Tenant rows read and parsed.\n"
+                        "# TYPE tenantq_draft_cache_misses_total counter\n"
+                        "tenantq_draft_cache_misses_total %lu\n"
+                        "# HELP tenantq_draft_cache_bytes Heap reckoned for cached states.\n"
+                        "# TYPE tenantq_draft_cache_bytes gauge\n"
+                        "tenantq_draft_cache_bytes %lu\n",
+                        hits, misses, cbytes);
     evbuffer_add_printf(b,
                         "# HELP tenantq_db_reconnects_total Database reconnect attempts.\n"
                         "# TYPE tenantq_db_reconnects_total counter\n"

@@ -45,6 +45,7 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/pipeline.h>
 
+#include "draft_cache.h"
 #include "lane.h"
 #include "log.h"
 #include "metrics.h"
@@ -81,7 +82,11 @@ struct batch {
     bool oom;                  /* recording keys ran out of memory: fail the batch */
     bool writes;               /* its row (and key records) are written before COMMIT */
     int r_lock, r_select, r_lookup; /* indexes of its results in the first pipeline, -1 none */
-    int r_idem;                /* index of its key records' INSERT in the second, -1 none */
+    int r_idem, r_upsert;      /* indexes of its writes in the second pipeline, -1 none */
+    bool cached;               /* st came from the draft cache: the SELECT says if still valid */
+    uint32_t xmin;             /* the row's xmin as read (with st.version: its row version) */
+    size_t cost;               /* what st is reckoned at in the draft cache */
+    char cached_version[24], cached_xmin[16]; /* SELECT parameters */
     json_t *records;           /* key -> {"f": fingerprint, "r": result}, stored + this batch */
     struct pg_text_array keys; /* the batch's keys, for the lookup */
     struct pg_text_array new_keys, new_fps, new_resps; /* records to insert with the edit */
@@ -120,6 +125,7 @@ struct shard {
     struct event *ev_pull;
     struct event *ev_tick;
     struct lane_table lanes;
+    struct dcache cache;       /* parsed states of recently served tenants */
     struct ready_list ready;
     struct pgconn *conns;
     struct txn *txns;          /* txns[i] runs on conns[i] */
@@ -147,13 +153,19 @@ static const char SQL_ROLLBACK[] = "ROLLBACK";
 static const char SQL_TIMEOUTS[] =
     "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true),"
     " set_config('idle_in_transaction_session_timeout', $3, true)";
+/* $2/$3: the row version the draft cache holds ('-1'/'0' for none): when the
+ * row still is that version the JSON is not even read out of TOAST. */
 static const char SQL_SELECT[] =
-    "SELECT draft::text, published::text, version FROM tenantq_storefront WHERE tenant = $1";
+    "SELECT CASE WHEN version = $2::bigint AND xmin = $3::xid THEN NULL ELSE draft::text END,"
+    " CASE WHEN version = $2::bigint AND xmin = $3::xid THEN NULL ELSE published::text END,"
+    " version, xmin, version = $2::bigint AND xmin = $3::xid"
+    " FROM tenantq_storefront WHERE tenant = $1";
 static const char SQL_UPSERT[] =
     "INSERT INTO tenantq_storefront AS t (tenant, draft, published, version, updated_at)"
     " VALUES ($1, $2::jsonb, $3::jsonb, $4::bigint, now())"
     " ON CONFLICT (tenant) DO UPDATE SET draft = EXCLUDED.draft,"
-    " published = EXCLUDED.published, version = EXCLUDED.version, updated_at = now()";
+    " published = EXCLUDED.published, version = EXCLUDED.version, updated_at = now()"
+    " RETURNING xmin";
 /*
  * Idempotency records, fast path: a batch does not look its keys up; it
  * inserts their records with a plain INSERT before writing the draft, so a
@@ -248,7 +260,8 @@ static void batch_reset(struct batch *b)
     pg_text_array_free(&b->new_resps);
     json_decref(b->records);
     struct txn *t = b->t;
-    *b = (struct batch){.t = t, .r_lock = -1, .r_select = -1, .r_lookup = -1, .r_idem = -1};
+    *b = (struct batch){
+        .t = t, .r_lock = -1, .r_select = -1, .r_lookup = -1, .r_idem = -1, .r_upsert = -1};
 }
 
 static void lane_release(struct shard *s, struct lane *lane)
@@ -379,14 +392,24 @@ static void fail_batch_from_results(struct batch *b, PGresult *const *res, int n
                state ? state : "-", detail);
 }
 
-/* Load the tenant's row (or the empty state) from a SELECT result. */
+/* Load the tenant's row (or the empty state) from a SELECT result, unless
+ * the state taken from the draft cache is still the row's version. */
 static int load_state(struct batch *b, const PGresult *r, char *why, size_t whylen)
 {
-    sf_state_clear(&b->st);
+    struct dcache *cache = &b->t->s->cache;
     if (PQntuples(r) == 0) {
+        sf_state_clear(&b->st);
         sf_state_init_empty(&b->st);
         return 0;
     }
+    b->xmin = (uint32_t)strtoul(PQgetvalue(r, 0, 3), NULL, 10);
+    if (b->cached && PQgetvalue(r, 0, 4)[0] == 't') {
+        cache->hits++;
+        return 0;
+    }
+    cache->misses++;
+    sf_state_clear(&b->st);
+    b->cost = dcache_cost((size_t)PQgetlength(r, 0, 0) + (size_t)PQgetlength(r, 0, 1));
     json_error_t jerr;
     const char *text = PQgetvalue(r, 0, 0);
     b->st.draft = json_loads(text, JSON_DECODE_ANY, &jerr);
@@ -522,6 +545,15 @@ static bool keyed_failure(const struct batch *b)
     return false;
 }
 
+/* Keep b's state (the row as committed, or as read) parsed for the tenant's
+ * next batch; b's state is empty afterwards. */
+static void batch_cache(struct batch *b)
+{
+    if (b->st.version > 0)
+        dcache_put(&b->t->s->cache, b->lane->tenant, b->lane->tenant_len, b->lane->hash, &b->st,
+                   b->xmin, b->cost);
+}
+
 /* --- the transaction ----------------------------------------------------- */
 
 /* Put b's requests back at the head of its lane, unanswered and in order;
@@ -589,9 +621,21 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     for (int i = 0; ok && i < n; i++)
         ok = result_ok(res[i]);
     if (ok && strcmp(PQcmdStatus(res[n - 1]), "COMMIT") == 0) {
-        for (int k = 0; k < t->nb; k++)
-            if (t->b[k].writes)
-                reply_all(&t->b[k]);
+        for (int k = 0; k < t->nb; k++) {
+            struct batch *b = &t->b[k];
+            if (!b->writes)
+                continue;
+            reply_all(b);
+            /* the committed state is the row's new version: keep it parsed */
+            const PGresult *up = res[b->r_upsert];
+            if (PQntuples(up) == 1) {
+                size_t len = strlen(b->draft_text);
+                b->st.size_ub = len;
+                b->xmin = (uint32_t)strtoul(PQgetvalue(up, 0, 0), NULL, 10);
+                b->cost = dcache_cost(len + (b->pub_text ? strlen(b->pub_text) : 0));
+                batch_cache(b);
+            }
+        }
         txn_end(t, true);
         return;
     }
@@ -639,6 +683,7 @@ static int batch_writes(struct batch *b, struct pg_stmt *stmts, int *ns)
         b->r_idem = *ns;
         stmts[(*ns)++] = stmt(s, b->lookup ? ST_IDEM_UPSERT : ST_IDEM_INSERT, tenant, k, f, r);
     }
+    b->r_upsert = *ns;
     stmts[(*ns)++] = stmt(s, ST_UPSERT, tenant, b->draft_text, b->pub_text, b->version);
     b->writes = true;
     return 0;
@@ -702,8 +747,10 @@ static void read_done(struct pgconn *c, void *arg, PGresult *const *res, int n, 
             continue;
         }
         if (!wrote || !b->mutating) {
-            /* nothing to write: every edit failed validation or only read */
+            /* nothing to write: every edit failed validation or only read;
+             * the state still is the row as read */
             reply_all(b);
+            batch_cache(b);
             continue;
         }
         (void)batch_writes(b, stmts, &ns);
@@ -833,8 +880,13 @@ static void txn_start(struct shard *s, int i, int lanes)
             b->r_lock = ns;
             stmts[ns++] = stmt(s, t->nb == 1 ? ST_LOCK : ST_TRYLOCK, tenant, NULL, NULL, NULL);
         }
+        b->cached = dcache_take(&s->cache, tenant, b->lane->tenant_len, b->lane->hash, &b->st,
+                                &b->xmin, &b->cost);
+        snprintf(b->cached_version, sizeof b->cached_version, "%" PRId64,
+                 b->cached ? b->st.version : -1);
+        snprintf(b->cached_xmin, sizeof b->cached_xmin, "%" PRIu32, b->cached ? b->xmin : 0);
         b->r_select = ns;
-        stmts[ns++] = stmt(s, ST_SELECT, tenant, NULL, NULL, NULL);
+        stmts[ns++] = stmt(s, ST_SELECT, tenant, b->cached_version, b->cached_xmin, NULL);
         if (!b->mutating || !b->has_keys)
             continue;
         /* records of this batch, so a key repeated inside it replays */
@@ -880,6 +932,10 @@ static void check_drained(struct shard *s)
 {
     atomic_store_explicit(&s->gauges[SHARD_GAUGE_QUEUED], s->queued, memory_order_relaxed);
     atomic_store_explicit(&s->gauges[SHARD_GAUGE_LANES], s->lanes.count, memory_order_relaxed);
+    atomic_store_explicit(&s->gauges[SHARD_GAUGE_CACHE_HITS], s->cache.hits, memory_order_relaxed);
+    atomic_store_explicit(&s->gauges[SHARD_GAUGE_CACHE_MISSES], s->cache.misses,
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->gauges[SHARD_GAUGE_CACHE_BYTES], s->cache.bytes, memory_order_relaxed);
     if (s->draining && s->queued == 0 && s->inflight == 0)
         atomic_store(&s->drained, true);
     if (s->stopping && s->inflight == 0)
@@ -1119,7 +1175,8 @@ struct shard *shard_create(struct daemon *d, int id)
     s->next_cleanup_us = now_us() + 5000000u; /* let startup settle first */
     snprintf(s->cleanup_ttl, sizeof s->cleanup_ttl, "%d", cfg->idempotency_ttl_s);
     msgpack_sbuffer_init(&s->sb);
-    if (lane_table_init(&s->lanes) < 0)
+    if (lane_table_init(&s->lanes) < 0 ||
+        dcache_init(&s->cache, (size_t)cfg->draft_cache_mb * 1024 * 1024 / (size_t)cfg->shards) < 0)
         goto fail;
     s->base = event_base_new();
     if (!s->base)
@@ -1159,7 +1216,7 @@ struct shard *shard_create(struct daemon *d, int id)
         [ST_TIMEOUTS] = {"tq_timeouts", SQL_TIMEOUTS, 3},
         [ST_LOCK] = {"tq_lock", NULL, 1},
         [ST_TRYLOCK] = {"tq_trylock", NULL, 1},
-        [ST_SELECT] = {"tq_select", SQL_SELECT, 1},
+        [ST_SELECT] = {"tq_select", SQL_SELECT, 3},
         [ST_UPSERT] = {"tq_upsert", SQL_UPSERT, 4},
         [ST_IDEM_INSERT] = {"tq_idem_insert", SQL_IDEM_INSERT, 4},
         [ST_IDEM_UPSERT] = {"tq_idem_upsert", SQL_IDEM_UPSERT, 4},
@@ -1264,6 +1321,7 @@ void shard_destroy(struct shard *s)
     }
     for (int i = 0; s->conns && i < s->nconns; i++)
         pg_destroy(&s->conns[i]);
+    dcache_destroy(&s->cache);
     free(s->conns);
     free(s->txns);
     if (s->ev_pull)

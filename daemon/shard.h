@@ -46,6 +46,9 @@ enum shard_gauge {
     SHARD_GAUGE_RECONNECTS,    /* database reconnect attempts */
     SHARD_GAUGE_LOCK_TIMEOUTS, /* batches failed with LOCK_TIMEOUT */
     SHARD_GAUGE_LOCK_BUSY,     /* batches put back: try-lock found the lock held */
+    SHARD_GAUGE_CACHE_HITS,    /* rows read whose parsed state was cached */
+    SHARD_GAUGE_CACHE_MISSES,  /* rows read and parsed */
+    SHARD_GAUGE_CACHE_BYTES,   /* reckoned heap of the cached states */
     SHARD_GAUGE__COUNT
 };
 /* Read by the metrics endpoint (any thread). */

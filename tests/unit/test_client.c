@@ -28,22 +28,10 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
 
+#include "check.h"
 #include "tenantq.h"
 #include "tq_proto.h"
 
-static int failures;
-static int checks;
-
-#define CHECK(cond, ...)                                                          \
-    do {                                                                          \
-        checks++;                                                                 \
-        if (!(cond)) {                                                            \
-            failures++;                                                           \
-            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                         \
-            fputc('\n', stderr);                                                  \
-        }                                                                         \
-    } while (0)
 
 enum { OP_ECHO, OP_FAIL, OP_REPLAY, OP_HANG, OP_SLOW, OP_GARBAGE, OP_NULL, OP_OTHER, OP__N };
 
