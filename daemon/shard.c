@@ -50,6 +50,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "idem.h"
+#include "jparse.h"
 #include "pg.h"
 
 #define SHARD_TICK_MS 20
@@ -410,42 +411,38 @@ static int load_state(struct batch *b, const PGresult *r, char *why, size_t whyl
     cache->misses++;
     sf_state_clear(&b->st);
     b->cost = dcache_cost((size_t)PQgetlength(r, 0, 0) + (size_t)PQgetlength(r, 0, 1));
-    json_error_t jerr;
     const char *text = PQgetvalue(r, 0, 0);
-    b->st.draft = json_loads(text, JSON_DECODE_ANY, &jerr);
-    if (b->st.draft) {
-        /* An upper bound of the compact size for the max_draft_bytes check,
-         * without serialising: jsonb's text has ", " and ": " where compact
-         * JSON has none and the same escapes, but prints a real more briefly
-         * than jansson's %.17g (at most 24 bytes); every such real has a '.'. */
-        size_t len = (size_t)PQgetlength(r, 0, 0), dots = 0;
-        for (const char *p = text; (p = memchr(p, '.', len - (size_t)(p - text))) != NULL; p++)
-            dots++;
-        b->st.size_ub = len + 24 * dots;
-    } else {
-        /* jsonb prints big numbers without exponent; a direct writer may have
-         * stored an integer beyond int64, which jansson refuses as such */
-        b->st.draft = json_loads(PQgetvalue(r, 0, 0), JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
-                                 NULL);
-        if (b->st.draft)
-            log_warn("shard %d tenant \"%s\": stored draft has integers beyond 64 bits; "
-                     "they are read as floating point",
-                     b->t->s->id, b->lane->tenant);
-    }
+    size_t len = (size_t)PQgetlength(r, 0, 0);
+    char jerr[160];
+    bool big = false, pub_big = false;
+    b->st.draft = jparse(text, len, &big, jerr, sizeof jerr);
     if (!b->st.draft || !json_is_object(b->st.draft)) {
-        snprintf(why, whylen, "stored draft is not a JSON object (%s)", jerr.text);
+        snprintf(why, whylen, "stored draft is not a JSON object (%s)",
+                 b->st.draft ? "another JSON value" : jerr);
         return -1;
     }
+    /* An upper bound of the compact size for the max_draft_bytes check,
+     * without serialising: jsonb's text has ", " and ": " where compact JSON
+     * has none and the same escapes, but prints a real more briefly than
+     * jansson's %.17g (at most 24 bytes); every such real has a '.'. */
+    size_t dots = 0;
+    for (const char *p = text; (p = memchr(p, '.', len - (size_t)(p - text))) != NULL; p++)
+        dots++;
+    b->st.size_ub = len + 24 * dots;
     if (!PQgetisnull(r, 0, 1)) {
-        b->st.published = json_loads(PQgetvalue(r, 0, 1), JSON_DECODE_ANY, &jerr);
-        if (!b->st.published)
-            b->st.published = json_loads(PQgetvalue(r, 0, 1),
-                                         JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
+        b->st.published =
+            jparse(PQgetvalue(r, 0, 1), (size_t)PQgetlength(r, 0, 1), &pub_big, jerr, sizeof jerr);
         if (!b->st.published) {
-            snprintf(why, whylen, "stored published config is not JSON (%s)", jerr.text);
+            snprintf(why, whylen, "stored published config is not JSON (%s)", jerr);
             return -1;
         }
     }
+    /* jsonb prints big numbers without exponent; a direct writer may have
+     * stored an integer beyond int64, which jansson cannot hold as one */
+    if (big || pub_big)
+        log_warn("shard %d tenant \"%s\": stored document has integers beyond 64 bits; they "
+                 "are read as floating point",
+                 b->t->s->id, b->lane->tenant);
     b->st.version = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
     return 0;
 }

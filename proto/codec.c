@@ -39,9 +39,9 @@ int tq_error_set(tq_error *err, tq_code code, const char *fmt, ...)
 
 /* ------------------------------------------------------------------ text */
 
-/* Strict UTF-8 (RFC 3629): shortest form only, no surrogates, <= U+10FFFF. */
-static bool utf8_valid(const unsigned char *s, size_t n)
+bool tq_utf8_valid(const void *text, size_t n)
 {
+    const unsigned char *s = text;
     size_t i = 0;
     while (i < n) {
         unsigned char c = s[i];
@@ -380,7 +380,7 @@ static json_t *obj_to_json(const msgpack_object *o, struct path *p, tq_code code
         j = json_real(o->via.f64);
         return j != NULL ? j : oom(err, p);
     case MSGPACK_OBJECT_STR:
-        if (!utf8_valid((const unsigned char *)o->via.str.ptr, o->via.str.size)) {
+        if (!tq_utf8_valid(o->via.str.ptr, o->via.str.size)) {
             tq_error_set(err, code, "%s: string of %" PRIu32 " bytes is not valid UTF-8",
                          p->buf, o->via.str.size);
             return NULL;
@@ -432,7 +432,7 @@ static json_t *obj_to_json(const msgpack_object *o, struct path *p, tq_code code
             }
             size_t kn = kv->key.via.str.size;
             const char *k = kn > 0 ? kv->key.via.str.ptr : ""; /* ptr may be NULL */
-            if (!utf8_valid((const unsigned char *)k, kn)) {
+            if (!tq_utf8_valid(k, kn)) {
                 tq_error_set(err, code, "%s: map key #%" PRIu32 " (%zu bytes) is not valid UTF-8",
                              p->buf, i + 1, kn);
                 goto map_fail;
@@ -584,7 +584,7 @@ static int get_text(const msgpack_object *o, const char *field, size_t maxlen, b
     if (maxlen > 0 && n > maxlen)
         return tq_error_set(err, code, "%s: is %zu bytes long, the limit is %zu bytes", field,
                             n, maxlen);
-    if (!utf8_valid((const unsigned char *)s, n))
+    if (!tq_utf8_valid(s, n))
         return tq_error_set(err, code, "%s: is not valid UTF-8 (%zu bytes)", field, n);
     if (no_controls) {
         size_t at = find_control((const unsigned char *)s, n);
@@ -847,7 +847,7 @@ static char *sanitize_utf8(const char *s, size_t n)
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x80) {
             cl = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-            if (cl > n - i || !utf8_valid((const unsigned char *)s + i, cl)) {
+            if (cl > n - i || !tq_utf8_valid(s + i, cl)) {
                 out[i++] = '?';
                 continue;
             }

@@ -43,6 +43,9 @@ typedef struct tq_error {
 
 /* Fill err (if not NULL) with code and a printf-formatted message. Returns -1
  * so callers can `return tq_error_set(...)`. */
+/* Strict UTF-8 (RFC 3629): shortest form only, no surrogates, <= U+10FFFF. */
+bool tq_utf8_valid(const void *s, size_t n);
+
 int tq_error_set(tq_error *err, tq_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

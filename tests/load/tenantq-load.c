@@ -36,6 +36,7 @@
 
 #include "echo.h"
 #include "hist.h"
+#include "jparse.h"
 #include "storefront.h"
 #include "tenantq.h"
 #include "track.h"
@@ -273,8 +274,11 @@ static int load_state(const PGresult *r, sf_state *st)
         sf_state_init_empty(st);
         return 0;
     }
-    st->draft = json_loads(PQgetvalue(r, 0, 0), 0, NULL);
-    st->published = PQgetisnull(r, 0, 1) ? NULL : json_loads(PQgetvalue(r, 0, 1), 0, NULL);
+    /* the daemon's parser, so both sides do the same work */
+    st->draft = jparse(PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0), NULL, NULL, 0);
+    st->published = PQgetisnull(r, 0, 1) ? NULL
+                                          : jparse(PQgetvalue(r, 0, 1),
+                                                   (size_t)PQgetlength(r, 0, 1), NULL, NULL, 0);
     st->version = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
     return st->draft != NULL && (PQgetisnull(r, 0, 1) || st->published != NULL) ? 0 : -1;
 }

@@ -1,0 +1,53 @@
+/*
+ * jparse_diff.h - the equivalence check of jparse (daemon/jparse.h) against
+ * jansson, shared by the unit test and the fuzz target: on any input, both
+ * accept it with equal values, or both refuse it.  Two differences are
+ * allowed: an integer beyond int64, which jparse reads as a real (big_ints
+ * set) where jansson refuses the text, and a NUL byte, at which jansson
+ * stops reading ("1<NUL>junk" is 1 to it) while jparse refuses the text.
+ */
+#ifndef TQ_JPARSE_DIFF_H
+#define TQ_JPARSE_DIFF_H
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "jparse.h"
+
+/* NULL if jparse and jansson agree on the size bytes at data, else what
+ * differed. */
+static const char *jparse_diff(const char *data, size_t size)
+{
+    char err[160];
+    bool big = false;
+    json_t *ours = jparse(data, size, &big, err, sizeof err);
+    json_t *theirs = json_loadb(data, size, JSON_DECODE_ANY, NULL);
+    const char *why = NULL;
+    if (memchr(data, 0, size) != NULL) {
+        if (ours)
+            why = "jparse accepted text with a NUL byte";
+    } else if (theirs && !ours)
+        why = "jparse refused text that jansson accepts";
+    else if (theirs && !json_equal(ours, theirs))
+        why = "jparse and jansson read different values";
+    else if (theirs && big)
+        why = "big_ints set for text within int64";
+    else if (!theirs && ours && !big)
+        why = "jparse accepted text that jansson refuses";
+    else if (!theirs && ours) {
+        json_t *reals = json_loadb(data, size, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, NULL);
+        if (!reals)
+            why = "jparse accepted a big integer in text jansson refuses even as reals";
+        json_decref(reals);
+    }
+    else if (!ours && (err[0] == '\0' || strstr(err, " at byte ") == NULL))
+        why = "refusal without a message naming the offset";
+    json_decref(ours);
+    json_decref(theirs);
+    return why;
+}
+
+#endif
