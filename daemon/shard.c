@@ -50,6 +50,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "idem.h"
+#include "jdump.h"
 #include "jparse.h"
 #include "pg.h"
 
@@ -522,7 +523,7 @@ static bool apply_batch(struct batch *b)
         if (keyed) {
             /* bind the key to this success; duplicates later in the batch replay it */
             json_t *rec = json_pack("{s:s,s:O}", "f", fp, "r", b->results[i]);
-            char *resp = json_dumps(b->results[i], JSON_COMPACT);
+            char *resp = jdump(b->results[i], 0, NULL);
             if (!rec || !resp || json_object_set_new(b->records, j->req.key, rec) < 0 ||
                 pg_text_array_add(&b->new_keys, j->req.key) < 0 ||
                 pg_text_array_add(&b->new_fps, fp) < 0 || pg_text_array_add(&b->new_resps, resp) < 0)
@@ -662,9 +663,8 @@ static int batch_writes(struct batch *b, struct pg_stmt *stmts, int *ns)
 {
     struct shard *s = b->t->s;
     const char *tenant = b->lane->tenant;
-    b->draft_text = json_dumps(b->st.draft, JSON_COMPACT);
-    b->pub_text = b->st.published ? json_dumps(b->st.published, JSON_COMPACT | JSON_ENCODE_ANY)
-                                  : NULL;
+    b->draft_text = jdump(b->st.draft, b->st.size_ub, NULL);
+    b->pub_text = b->st.published ? jdump(b->st.published, 0, NULL) : NULL;
     snprintf(b->version, sizeof b->version, "%" PRId64, b->st.version);
     if (!b->draft_text || (b->st.published && !b->pub_text)) {
         fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory serialising the draft", tenant);

@@ -5,16 +5,19 @@
  * allowed: an integer beyond int64, which jparse reads as a real (big_ints
  * set) where jansson refuses the text, and a NUL byte, at which jansson
  * stops reading ("1<NUL>junk" is 1 to it) while jparse refuses the text.
+ * Whatever both accept, jdump must also write exactly as json_dumps does.
  */
 #ifndef TQ_JPARSE_DIFF_H
 #define TQ_JPARSE_DIFF_H
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
 
+#include "jdump.h"
 #include "jparse.h"
 
 /* NULL if jparse and jansson agree on the size bytes at data, else what
@@ -35,6 +38,15 @@ static const char *jparse_diff(const char *data, size_t size)
         why = "jparse and jansson read different values";
     else if (theirs && big)
         why = "big_ints set for text within int64";
+    else if (theirs) {
+        /* and jdump writes what json_dumps writes */
+        char *a = jdump(ours, 0, NULL);
+        char *b = json_dumps(theirs, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!a || !b || strcmp(a, b) != 0)
+            why = "jdump and json_dumps write different text";
+        free(a);
+        free(b);
+    }
     else if (!theirs && ours && !big)
         why = "jparse accepted text that jansson refuses";
     else if (!theirs && ours) {
