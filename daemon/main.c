@@ -45,6 +45,19 @@ static const char SCHEMA_SQL[] =
     "  version    bigint NOT NULL DEFAULT 0,"
     "  updated_at timestamptz NOT NULL DEFAULT now());"
     "COMMENT ON TABLE tenantq_storefront IS 'tenantq: per-tenant storefront draft and published config';"
+    /* Drafts are TOAST-compressed on every write: lz4 costs the server a
+     * fraction of pglz's CPU (pglz_compress was its largest single cost).
+     * Kept pglz where the server has no lz4; existing rows convert as they
+     * are rewritten. */
+    "DO $tq$ BEGIN"
+    "  IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'tenantq_storefront'::regclass"
+    "             AND attname IN ('draft', 'published') AND attcompression <> 'l') THEN"
+    "    ALTER TABLE tenantq_storefront ALTER COLUMN draft SET COMPRESSION lz4,"
+    "      ALTER COLUMN published SET COMPRESSION lz4;"
+    "  END IF;"
+    "EXCEPTION WHEN feature_not_supported THEN"
+    "  RAISE NOTICE 'tenantq: this server has no lz4; drafts stay pglz-compressed';"
+    "END $tq$;"
     "CREATE TABLE IF NOT EXISTS tenantq_idempotency ("
     "  tenant      text COLLATE \"C\" NOT NULL,"
     "  key         text COLLATE \"C\" NOT NULL,"

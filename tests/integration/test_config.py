@@ -110,8 +110,14 @@ def test_init_db_twice(db):
         with psycopg.connect(conninfo, autocommit=True) as c:
             c.execute("INSERT INTO tenantq_storefront (tenant, draft, version) "
                       "VALUES ('keep', '{\"pages\":{}}', 3)")
+        with psycopg.connect(conninfo, autocommit=True) as c:
+            # an older schema's pglz columns are switched to lz4 by the next --init-db
+            c.execute("ALTER TABLE tenantq_storefront ALTER COLUMN draft SET COMPRESSION pglz")
         init_db(conninfo)
         with psycopg.connect(conninfo, autocommit=True) as c:
+            compression = dict(c.execute(
+                "SELECT attname::text, attcompression::text FROM pg_attribute WHERE attrelid = "
+                "'tenantq_storefront'::regclass AND attname IN ('draft', 'published')").fetchall())
             cols = {r[0]: r[1] for r in c.execute(
                 "SELECT column_name, data_type FROM information_schema.columns "
                 "WHERE table_name = 'tenantq_storefront'")}
@@ -119,5 +125,6 @@ def test_init_db_twice(db):
         assert cols == {"tenant": "text", "draft": "jsonb", "published": "jsonb",
                         "version": "bigint", "updated_at": "timestamp with time zone"}
         assert rows == [("keep", 3)], "--init-db changed existing data"
+        assert compression == {"draft": "l", "published": "l"}, compression
     finally:
         drop_database(name)
