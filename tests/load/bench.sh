@@ -7,8 +7,14 @@
 # machine, and prints a markdown table with the ratios, plus tenantqd's peak
 # RSS after 100,000 distinct tenants.
 #
+# The machine's speed drifts from minute to minute (a shared host), so each
+# workload runs BENCH_ROUNDS times, daemon and baseline back to back in every
+# round; the table shows the median round (by ratio) and the range of the
+# ratios over all rounds.
+#
 # Usage: tests/load/bench.sh [BUILD_DIR]      (default: build)
-# Environment: BENCH_SECONDS per run (default 10), BENCH_CLIENTS (default 64).
+# Environment: BENCH_SECONDS per run (default 10), BENCH_CLIENTS (default 64),
+#              BENCH_ROUNDS (default 3).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -18,6 +24,7 @@ cd "$TQ_ROOT"
 build=$(cd "${1:-build}" && pwd)
 secs=${BENCH_SECONDS:-10}
 clients=${BENCH_CLIENTS:-64}
+rounds=${BENCH_ROUNDS:-3}
 load=$build/tests/load/tenantq-load
 [ -x "$load" ] || tq_die "no $load: build first (ninja -C ${1:-build})"
 
@@ -54,40 +61,48 @@ run() {
 }
 
 hot=(--clients "$clients" --tenants 1 --mix upsert=100 --duration "$secs")
-run w1-daemon daemon "${hot[@]}"
-run w1-direct direct "${hot[@]}"
 uni=(--clients "$clients" --tenants 10000 --duration "$secs")
-run w2-daemon daemon "${uni[@]}"
-run w2-direct direct "${uni[@]}"
 zipf=(--clients "$clients" --tenants 10000 --dist zipf:1.1 --duration "$secs")
-run w3-daemon daemon "${zipf[@]}"
-run w3-direct direct "${zipf[@]}"
 ping=(--clients "$clients" --tenants 10000 --mix ping=100 --duration "$secs")
-run w4-daemon daemon "${ping[@]}"
-run w4-echo echo "${ping[@]}"
 one=(--clients 1 --tenants 1 --mix upsert=100 --duration "$secs")
-run w5-daemon daemon "${one[@]}"
-run w5-direct direct "${one[@]}"
+for round in $(seq "$rounds"); do
+    run "w1-daemon.$round" daemon "${hot[@]}"
+    run "w1-direct.$round" direct "${hot[@]}"
+    run "w2-daemon.$round" daemon "${uni[@]}"
+    run "w2-direct.$round" direct "${uni[@]}"
+    run "w3-daemon.$round" daemon "${zipf[@]}"
+    run "w3-direct.$round" direct "${zipf[@]}"
+    run "w4-daemon.$round" daemon "${ping[@]}"
+    run "w4-echo.$round" echo "${ping[@]}"
+    run "w5-daemon.$round" daemon "${one[@]}"
+    run "w5-direct.$round" direct "${one[@]}"
+done
 # memory: 100,000 distinct tenants served, then the daemon's peak RSS
 run mem daemon --clients "$clients" --tenants 100000 --mix upsert=100 --requests 200000 --no-check
 rss_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$daemon_pid/status")
 now_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status")
 
-/usr/bin/python3 - "$tmp" "$rss_kb" "$now_kb" "$secs" "$clients" <<'EOF'
-import json, sys
-d, hwm, rss, secs, clients = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-r = {n: json.load(open("%s/%s.json" % (d, n))) for n in
-     ["w1-daemon", "w1-direct", "w2-daemon", "w2-direct", "w3-daemon", "w3-direct",
-      "w4-daemon", "w4-echo", "w5-daemon", "w5-direct", "mem"]}
+/usr/bin/python3 - "$tmp" "$rss_kb" "$now_kb" "$secs" "$clients" "$rounds" <<'EOF'
+import glob, json, os, sys
+d, hwm, rss, secs, clients, rounds = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
+                                      sys.argv[5], int(sys.argv[6]))
+r = {os.path.basename(f)[:-5]: json.load(open(f)) for f in glob.glob(d + "/*.json")}
 def row(w, a, b, target):
-    x, y = r[a], r[b]
-    ratio = x["throughput_rps"] / y["throughput_rps"] if y["throughput_rps"] else float("nan")
-    print("| %s | %s: %.0f req/s, p50 %.1f ms, p99 %.1f ms | %s: %.0f req/s, p50 %.1f ms, p99 %.1f ms | %.2fx | %s |" % (
+    pairs = []
+    for k in range(1, rounds + 1):
+        x, y = r["%s.%d" % (a, k)], r["%s.%d" % (b, k)]
+        pairs.append((x["throughput_rps"] / y["throughput_rps"] if y["throughput_rps"] else 0, x, y))
+    pairs.sort(key=lambda p: p[0])
+    ratio, x, y = pairs[len(pairs) // 2]
+    spread = "" if rounds == 1 else " (%.2f-%.2f)" % (pairs[0][0], pairs[-1][0])
+    print("| %s | %s: %.0f req/s, p50 %.1f ms, p99 %.1f ms | %s: %.0f req/s, p50 %.1f ms, p99 %.1f ms | %.2fx%s | %s |" % (
         w, a.split("-")[1], x["throughput_rps"], x["latency_us"]["p50"] / 1e3,
         x["latency_us"]["p99"] / 1e3, b.split("-")[1], y["throughput_rps"],
-        y["latency_us"]["p50"] / 1e3, y["latency_us"]["p99"] / 1e3, ratio, target))
-print("%s s per run, %s clients unless said; every daemon/direct run passed its database check: %s" % (
-    secs, clients, all(r[n]["check"]["passed"] for n in r if n not in ("w4-daemon", "w4-echo", "mem"))))
+        y["latency_us"]["p50"] / 1e3, y["latency_us"]["p99"] / 1e3, ratio, spread, target))
+checked = [n for n in r if not n.startswith(("w4-", "mem"))]
+print("%s s per run, %s clients unless said, %d rounds (median round shown, ratio range in "
+      "parentheses); every daemon/direct run passed its database check: %s" % (
+    secs, clients, rounds, all(r[n]["check"]["passed"] for n in checked)))
 print()
 print("| workload | tenantqd | baseline | ratio | target |")
 print("|---|---|---|---|---|")
