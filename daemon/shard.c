@@ -547,7 +547,9 @@ static bool keyed_failure(const struct batch *b)
  * next batch; b's state is empty afterwards. */
 static void batch_cache(struct batch *b)
 {
-    if (b->st.version > 0)
+    /* xmin below 3 is a special id (2: the row was frozen), which a later
+     * write followed by another freeze would show again: never trust it */
+    if (b->st.version > 0 && b->xmin >= 3)
         dcache_put(&b->t->s->cache, b->lane->tenant, b->lane->tenant_len, b->lane->hash, &b->st,
                    b->xmin, b->cost);
 }
