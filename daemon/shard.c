@@ -65,8 +65,10 @@ struct shard_msg {
 };
 
 /* Statements prepared on every connection (pg_init), indexes into prep[]. */
-enum { ST_TIMEOUTS, ST_LOCK, ST_TRYLOCK, ST_SELECT, ST_UPSERT, ST_IDEM_INSERT, ST_IDEM_UPSERT, ST_CLEANUP,
-       ST__COUNT };
+enum {
+    ST_TIMEOUTS, ST_LOCK, ST_TRYLOCK, ST_SELECT, ST_UPSERT, ST_IDEM_INSERT, ST_IDEM_UPSERT,
+    ST_CLEANUP, ST__COUNT
+};
 
 /* One tenant's share of a transaction: up to max_batch of its lane's queued
  * requests, in arrival order (slices of the txn's arrays). */
@@ -497,7 +499,8 @@ static bool apply_batch(struct batch *b)
         char fp[IDEM_FINGERPRINT_HEX];
         if (keyed) {
             if (idem_fingerprint(j->req.op, j->req.args, fp) < 0) {
-                tq_error_set(&b->errs[i], TQ_E_INTERNAL, "out of memory fingerprinting the request");
+                tq_error_set(&b->errs[i], TQ_E_INTERNAL,
+                             "out of memory fingerprinting the request");
                 continue;
             }
             json_t *rec = json_object_get(b->records, j->req.key);
@@ -526,7 +529,8 @@ static bool apply_batch(struct batch *b)
             char *resp = jdump(b->results[i], 0, NULL);
             if (!rec || !resp || json_object_set_new(b->records, j->req.key, rec) < 0 ||
                 pg_text_array_add(&b->new_keys, j->req.key) < 0 ||
-                pg_text_array_add(&b->new_fps, fp) < 0 || pg_text_array_add(&b->new_resps, resp) < 0)
+                pg_text_array_add(&b->new_fps, fp) < 0 ||
+                pg_text_array_add(&b->new_resps, resp) < 0)
                 b->oom = true;
             free(resp);
         }
@@ -934,7 +938,8 @@ static void check_drained(struct shard *s)
     atomic_store_explicit(&s->gauges[SHARD_GAUGE_CACHE_HITS], s->cache.hits, memory_order_relaxed);
     atomic_store_explicit(&s->gauges[SHARD_GAUGE_CACHE_MISSES], s->cache.misses,
                           memory_order_relaxed);
-    atomic_store_explicit(&s->gauges[SHARD_GAUGE_CACHE_BYTES], s->cache.bytes, memory_order_relaxed);
+    atomic_store_explicit(&s->gauges[SHARD_GAUGE_CACHE_BYTES], s->cache.bytes,
+                          memory_order_relaxed);
     if (s->draining && s->queued == 0 && s->inflight == 0)
         atomic_store(&s->drained, true);
     if (s->stopping && s->inflight == 0)
