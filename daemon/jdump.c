@@ -14,10 +14,15 @@ struct out {
     char *p;
     size_t n, cap;
     bool oom;
+    bool count_only;           /* jdump_size: count the bytes, write nothing */
 };
 
 static bool reserve(struct out *o, size_t more)
 {
+    if (o->count_only) {
+        o->n += more;
+        return false;          /* nothing to copy */
+    }
     if (o->oom)
         return false;
     if (o->n + more <= o->cap)
@@ -170,6 +175,17 @@ static bool put_value(struct out *o, json_t *v)
         return true;
     }
     return false;
+}
+
+size_t jdump_size(const json_t *v)
+{
+    /* jansson iterates only non-const values; nothing is modified here */
+    union {
+        const json_t *c;
+        json_t *m;
+    } u = {.c = v};
+    struct out o = {.count_only = true};
+    return v && put_value(&o, u.m) ? o.n : 0;
 }
 
 char *jdump(json_t *v, size_t size_hint, size_t *len)

@@ -27,4 +27,8 @@
  */
 char *jdump(json_t *v, size_t size_hint, size_t *len);
 
+/* strlen(jdump(v)) without writing anything, or 0 where jdump gives NULL
+ * (a real that is not finite). */
+size_t jdump_size(const json_t *v);
+
 #endif

@@ -21,6 +21,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "jdump.h"
+
 #define NAME_RULE "must match ^[a-z0-9]+(-[a-z0-9]+)*$ (at most 64 bytes)"
 
 static const char *const op_names[SF_OP__COUNT] = {
@@ -463,7 +465,7 @@ static int ensure_sections(json_t *draft, json_t *pages, const char *pname, json
  * section, and a new page object with its punctuation. */
 static size_t growth_bound(const json_t *sec, const char *pname)
 {
-    return json_dumpb(sec, NULL, 0, JSON_COMPACT) + strlen(pname) + 32;
+    return jdump_size(sec) + strlen(pname) + 32;
 }
 
 /* DRAFT_TOO_LARGE if the compact serialisation of the draft, after an edit
@@ -481,7 +483,7 @@ static int check_size(sf_state *st, size_t grown, size_t max, tq_error *err)
         return 0;
     }
     const json_t *draft = st->draft;
-    size_t n = json_dumpb(draft, NULL, 0, JSON_COMPACT);
+    size_t n = jdump_size(draft);
     if (n == 0)
         return tq_error_set(err, TQ_E_INTERNAL, "draft: cannot be serialised");
     if (n > max)

@@ -4,7 +4,7 @@
  * escape, control characters, non-ASCII text, integer limits, reals that
  * need ".0", exponents of both signs, nesting, empty containers, key order)
  * and 20,000 seeded random documents compared byte for byte; the text also
- * parses back (jparse) to an equal value.
+ * parses back (jparse) to an equal value, and jdump_size agrees with both.
  */
 #include <math.h>
 #include <stdint.h>
@@ -23,6 +23,10 @@ static void same(json_t *v, const char *what)
     CHECK(want && got && strcmp(want, got) == 0, "%s: jdump %s, json_dumps %s", what,
           got ? got : "-", want ? want : "-");
     CHECK(got && len == strlen(got), "%s: length", what);
+    CHECK(got && jdump_size(v) == len, "%s: jdump_size %zu, jdump wrote %zu", what, jdump_size(v),
+          len);
+    CHECK(json_dumpb(v, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY) == jdump_size(v),
+          "%s: jdump_size differs from json_dumpb's", what);
     if (got) {
         json_t *back = jparse(got, len, NULL, NULL, 0);
         CHECK(back && json_equal(back, v), "%s: does not parse back", what);
