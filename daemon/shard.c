@@ -96,6 +96,7 @@ struct batch {
     struct pg_text_array new_keys, new_fps, new_resps; /* records to insert with the edit */
     sf_state st;
     char *draft_text, *pub_text;
+    size_t draft_len, pub_len;
     char version[24];
 };
 
@@ -112,9 +113,10 @@ struct txn {
     int nb;                    /* batches in this transaction; 0: the slot is free */
     int njobs;
     int nres;                  /* statements of the first pipeline */
+    uint64_t change_deadline_us; /* tightest deadline of a state-changing job, or UINT64_MAX */
     bool committing;           /* COMMIT sent: the transaction must not be aborted */
     uint64_t start_us;
-    char tout_lock[16], tout_stmt[16], tout_idle[16], ttl[16];
+    char tout_lock[24], tout_stmt[16], tout_idle[16], ttl[16];
 };
 
 struct shard {
@@ -633,10 +635,9 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
             /* the committed state is the row's new version: keep it parsed */
             const PGresult *up = res[b->r_upsert];
             if (PQntuples(up) == 1) {
-                size_t len = strlen(b->draft_text);
-                b->st.size_ub = len;
+                b->st.size_ub = b->draft_len;
                 b->xmin = (uint32_t)strtoul(PQgetvalue(up, 0, 0), NULL, 10);
-                b->cost = dcache_cost(len + (b->pub_text ? strlen(b->pub_text) : 0));
+                b->cost = dcache_cost(b->draft_len + b->pub_len);
                 batch_cache(b);
             }
         }
@@ -669,8 +670,8 @@ static int batch_writes(struct batch *b, struct pg_stmt *stmts, int *ns)
 {
     struct shard *s = b->t->s;
     const char *tenant = b->lane->tenant;
-    b->draft_text = jdump(b->st.draft, b->st.size_ub, NULL);
-    b->pub_text = b->st.published ? jdump(b->st.published, 0, NULL) : NULL;
+    b->draft_text = jdump(b->st.draft, b->st.size_ub, &b->draft_len);
+    b->pub_text = b->st.published ? jdump(b->st.published, 0, &b->pub_len) : NULL;
     snprintf(b->version, sizeof b->version, "%" PRId64, b->st.version);
     if (!b->draft_text || (b->st.published && !b->pub_text)) {
         fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory serialising the draft", tenant);
@@ -797,6 +798,8 @@ static struct batch *batch_take(struct txn *t, struct lane *lane, uint64_t now)
             b->mutating = true;
             if (j->req.key)
                 b->has_keys = true;
+            if (j->deadline_us < t->change_deadline_us)
+                t->change_deadline_us = j->deadline_us;
         }
     }
     if (b->n == 0) {
@@ -829,6 +832,7 @@ static void txn_start(struct shard *s, int i, int lanes)
     uint64_t now = now_us();
     t->start_us = now;
     t->nb = t->njobs = 0;
+    t->change_deadline_us = UINT64_MAX;
     s->inflight++;
     struct lane *lane;
     while (t->nb < lanes && (lane = s->ready.head) != NULL) {
@@ -850,21 +854,11 @@ static void txn_start(struct shard *s, int i, int lanes)
      * tightest deadline).  Together, every batch only tries its lock: one
      * tenant locked elsewhere must not hold the others up, nor can two
      * transactions each wait for a lock the other holds. */
-    bool mutating = false;
-    uint64_t min_left_ms = UINT64_MAX;
-    for (int k = 0; k < t->nb; k++)
-        for (int q = 0; q < t->b[k].n; q++) {
-            struct job *j = t->b[k].jobs[q];
-            if (!sf_op_mutates(j->op))
-                continue;
-            mutating = true;
-            uint64_t left = (j->deadline_us - now) / 1000;
-            if (left < min_left_ms)
-                min_left_ms = left;
-        }
+    bool mutating = t->change_deadline_us != UINT64_MAX;
     struct pg_stmt stmts[2 + 3 * GROUP_MAX];
     int ns = 0;
     if (mutating) {
+        uint64_t min_left_ms = (t->change_deadline_us - now) / 1000;
         uint64_t lock_ms = (uint64_t)s->cfg->lock_timeout_ms;
         if (min_left_ms < lock_ms)
             lock_ms = min_left_ms ? min_left_ms : 1;
@@ -922,13 +916,18 @@ static void txn_start(struct shard *s, int i, int lanes)
 
 /* --- scheduling ---------------------------------------------------------- */
 
-static int idle_conn(struct shard *s)
+/* How many connections are idle (connected, no transaction, no pipeline);
+ * *first is the first of them, or -1. */
+static int idle_conns(const struct shard *s, int *first)
 {
+    int n = 0;
+    *first = -1;
     for (int i = 0; i < s->nconns; i++)
-        if (s->conns[i].state == PGC_IDLE && s->txns[i].nb == 0 &&
-            s->conns[i].cb == NULL)
-            return i;
-    return -1;
+        if (s->conns[i].state == PGC_IDLE && s->txns[i].nb == 0 && s->conns[i].cb == NULL) {
+            if (n++ == 0)
+                *first = i;
+        }
+    return n;
 }
 
 static void check_drained(struct shard *s)
@@ -969,14 +968,11 @@ static void shard_kick(struct shard *s)
             lane_remove(&s->lanes, lane);
             continue;
         }
-        int i = idle_conn(s);
-        if (i < 0)
+        int i, idle = idle_conns(s, &i);
+        if (idle == 0)
             break;
         /* spread the ready lanes over the idle connections; a connection
          * takes several only when there are more lanes than connections */
-        int idle = 0;
-        for (int k = 0; k < s->nconns; k++)
-            idle += s->conns[k].state == PGC_IDLE && s->txns[k].nb == 0 && s->conns[k].cb == NULL;
         size_t share = (s->ready.count + (size_t)idle - 1) / (size_t)idle;
         int lanes = share < (size_t)s->cfg->max_batch_tenants ? (int)share
                                                                : s->cfg->max_batch_tenants;
@@ -1117,8 +1113,8 @@ static void maybe_cleanup(struct shard *s)
 {
     if (s->id != 0 || s->draining || now_us() < s->next_cleanup_us || s->ready.head)
         return;
-    int i = idle_conn(s);
-    if (i < 0)
+    int i;
+    if (idle_conns(s, &i) == 0)
         return;
     struct pg_stmt del = stmt(s, ST_CLEANUP, s->cleanup_ttl, NULL, NULL, NULL);
     if (pg_pipeline(&s->conns[i], &del, 1, cleanup_done, s) == 0)
