@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tqlib import Client, TaggedRawReq, envelope, ok, pack
+from tqlib import Client, TaggedRawReq, envelope, join_threads, ok, pack, start_threads
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || %s::text, 0))"
 
@@ -51,21 +51,15 @@ def _send_hot(socks, hot):
 
 def _read_all(sent):
     """Start one reader thread per (sock, rids) of sent, so that no socket
-    piles up unread replies; returns (threads, results, errors): once the
-    threads are joined, results[k] holds the replies to sent[k] in the
-    order of its rids."""
+    piles up unread replies; returns (threads, results, errors): once
+    join_threads(threads, errors) returned, results[k] holds the replies to
+    sent[k] in the order of its rids."""
     results = [None] * len(sent)
-    errors = []
 
-    def reader(k, s, rids):
-        try:
-            results[k] = s.recv_for(rids)[0]
-        except BaseException as e:  # reported below
-            errors.append(e)
-    threads = [threading.Thread(target=reader, args=(k, s, rids))
-               for k, (s, rids) in enumerate(sent)]
-    for th in threads:
-        th.start()
+    def reader(k):
+        s, rids = sent[k]
+        results[k] = s.recv_for(rids)[0]
+    threads, errors = start_threads(len(sent), reader)
     return threads, results, errors
 
 
@@ -106,10 +100,7 @@ def test_round_robin_with_batch_cap(daemon_factory, db, commit_log):
             time.sleep(0.3)   # the cold lanes are queued behind the hot one
             threads, results, errors = _read_all(sent + [(cold_sock, cold_rids)])
             holder.commit()
-            for th in threads:
-                th.join(60)
-        assert not errors, errors
-        assert not any(th.is_alive() for th in threads), "replies missing"
+            join_threads(threads, errors, timeout=60)
     finally:
         for s in socks:
             s.close()
@@ -158,10 +149,7 @@ def test_cold_edits_during_hot_flood(daemon_factory, db, commit_log):
             if group is half[0]:
                 cold_rids = [socks[0].send(_edit(t, "c")) for t in cold]
         threads, results, errors = _read_all(sent + [(socks[0], cold_rids)])
-        for th in threads:
-            th.join(60)
-        assert not errors, errors
-        assert not any(th.is_alive() for th in threads), "replies missing"
+        join_threads(threads, errors, timeout=60)
     finally:
         for s in socks:
             s.close()
