@@ -42,6 +42,7 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
 
+#include "jdump.h"
 #include "tq_proto.h"
 
 #define TQ_DEFAULT_TIMEOUT_MS 15000
@@ -484,7 +485,7 @@ int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_j
     }
 
     if (result_json != NULL) {
-        *result_json = json_dumps(resp.result, JSON_COMPACT | JSON_ENCODE_ANY);
+        *result_json = jdump(resp.result, 0, NULL); /* = json_dumps(.., COMPACT|ENCODE_ANY) */
         if (*result_json == NULL) {
             tq_response_free(&resp);
             return status_set(st, TQ_E_INTERNAL, "out of memory formatting the result");

@@ -223,7 +223,7 @@ static unsigned daemon_exec(struct worker *w, const char *tenant, sf_op op, cons
     free(a);
     if (rc != 0)
         return st.code;
-    *result = json_loads(res, JSON_DECODE_ANY, NULL);
+    *result = jparse(res, strlen(res), NULL, NULL, 0);
     free(res);
     return *result != NULL ? TQ_OK : TQ_E_PROTOCOL;
 }
