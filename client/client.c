@@ -42,36 +42,11 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
 
+#include "client_int.h"
 #include "jdump.h"
 #include "tq_proto.h"
 
-#define TQ_DEFAULT_TIMEOUT_MS 15000
-/* Bounded replies: the daemon's max_draft_bytes (1 MiB default) plus
- * envelope overhead fit easily; a larger announced size drops the
- * connection instead of allocating it (TECHNOTES §1 NN_RCVMAXSIZE). */
-#define TQ_RCVMAXSIZE (8 * 1024 * 1024)
-/* Resend interval = timeout * 2 + this, so no timed resend happens while a
- * call is still waiting. */
-#define TQ_RESEND_MARGIN_MS 5000
-
-struct tq_endpoint {
-    char *url;      /* owned, NUL-terminated */
-    int sock;       /* nanomsg socket or -1 if not open */
-    int sock_timeout_ms; /* timeout the socket options were last set for */
-};
-
-struct tq_client {
-    struct tq_endpoint *eps; /* owned array of n_eps */
-    size_t n_eps;
-    int timeout_ms;
-    int attempts;            /* tries per call for retryable errors (>= 1) */
-    bool last_replayed;
-    msgpack_sbuffer sb;      /* request encoding buffer, reused per call */
-};
-
-/* Fill st (if not NULL); retryable follows tq_code_retryable.  Returns -1. */
-__attribute__((format(printf, 3, 4)))
-static int status_set(tq_status *st, tq_code code, const char *fmt, ...)
+int status_set(tq_status *st, tq_code code, const char *fmt, ...)
 {
     if (st == NULL)
         return -1;
@@ -84,7 +59,7 @@ static int status_set(tq_status *st, tq_code code, const char *fmt, ...)
     return -1;
 }
 
-static void status_ok(tq_status *st)
+void status_ok(tq_status *st)
 {
     if (st == NULL)
         return;
@@ -123,7 +98,7 @@ static uint64_t rendezvous_score(const char *url, const char *tenant)
     return fmix64(h);
 }
 
-static struct tq_endpoint *endpoint_for_tenant(tq_client *c, const char *tenant)
+struct tq_endpoint *endpoint_for_tenant(tq_client *c, const char *tenant)
 {
     size_t best = 0;
     uint64_t best_score = 0;
@@ -160,7 +135,7 @@ static bool valid_endpoint_syntax(const char *url)
     return false;
 }
 
-static int setopt_int(int sock, int level, int opt, int value)
+int setopt_int(int sock, int level, int opt, int value)
 {
     return nn_setsockopt(sock, level, opt, &value, sizeof value);
 }
@@ -207,7 +182,7 @@ static int endpoint_set_timeout(struct tq_endpoint *ep, int timeout_ms, tq_statu
     return 0;
 }
 
-static int64_t now_ms(void)
+int64_t now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -287,6 +262,7 @@ tq_client *tq_connect(const char *endpoint, tq_status *st)
         goto oom;
     c->timeout_ms = TQ_DEFAULT_TIMEOUT_MS;
     c->attempts = 1;
+    c->max_inflight = TQ_DEFAULT_MAX_INFLIGHT;
     msgpack_sbuffer_init(&c->sb);
 
     size_t cap = 1;
@@ -336,6 +312,7 @@ void tq_close(tq_client *c)
 {
     if (c == NULL)
         return;
+    async_free(c->async);
     for (size_t i = 0; i < c->n_eps; i++) {
         endpoint_close(&c->eps[i]);
         free(c->eps[i].url);
@@ -402,11 +379,9 @@ static const char *json_type_name(const json_t *j)
     return "an unknown value";
 }
 
-int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_json,
-            const tq_call_opts *opts, char **result_json, tq_status *st)
+int encode_call(tq_client *c, const char *tenant, const char *op, const char *args_json,
+                const tq_call_opts *opts, tq_status *st)
 {
-    if (result_json != NULL)
-        *result_json = NULL;
     if (c == NULL)
         return status_set(st, TQ_E_USAGE, "client handle is NULL");
     if (tenant == NULL)
@@ -439,7 +414,6 @@ int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_j
         key = auto_key;
     }
     uint64_t deadline_ms = opts ? opts->deadline_ms : 0;
-    int timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : c->timeout_ms;
 
     msgpack_sbuffer_clear(&c->sb);
     int rc = tq_request_encode(&c->sb, tenant, op, args, key, deadline_ms);
@@ -448,42 +422,26 @@ int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_j
         return status_set(st, TQ_E_USAGE,
                           "cannot encode the request for tenant \"%s\" op \"%s\" "
                           "(args not representable or out of memory)", tenant, op);
+    return 0;
+}
 
-    struct tq_endpoint *ep = endpoint_for_tenant(c, tenant);
+int reply_result(const struct tq_endpoint *ep, const void *reply, size_t reply_len,
+                 char **result_json, bool *replayed, tq_status *st)
+{
     tq_response resp;
-    int attempts = opts && opts->attempts > 0 ? opts->attempts : c->attempts;
-    for (int attempt = 1;; attempt++) {
-        /* the same bytes, and so the same key, on every attempt */
-        void *reply = NULL;
-        size_t reply_len = 0;
-        tq_status local;
-        tq_status *s = st ? st : &local;
-        if (exchange(ep, c->sb.data, c->sb.size, timeout_ms, &reply, &reply_len, s) < 0) {
-            if (attempt < attempts && s->retryable) {
-                sleep_ms(25 << (attempt < 6 ? attempt : 6));
-                continue;
-            }
-            return -1;
+    tq_error err;
+    if (tq_response_decode(reply, reply_len, &resp, &err) < 0)
+        return status_set(st, TQ_E_PROTOCOL, "endpoint %s: invalid reply: %s", ep->url,
+                          err.message);
+    if (!resp.ok) {
+        if (st != NULL) {
+            st->code = resp.code;
+            st->retryable = resp.retryable;
+            snprintf(st->message, sizeof st->message, "%s", resp.message ? resp.message : "");
         }
-        tq_error err;
-        rc = tq_response_decode(reply, reply_len, &resp, &err);
-        nn_freemsg(reply);
-        if (rc < 0)
-            return status_set(st, TQ_E_PROTOCOL, "endpoint %s: invalid reply: %s", ep->url,
-                              err.message);
-        if (resp.ok)
-            break;
-        s->code = resp.code;
-        s->retryable = resp.retryable;
-        snprintf(s->message, sizeof s->message, "%s", resp.message ? resp.message : "");
         tq_response_free(&resp);
-        if (attempt < attempts && s->retryable) {
-            sleep_ms(25 << (attempt < 6 ? attempt : 6));
-            continue;
-        }
         return -1;
     }
-
     if (result_json != NULL) {
         *result_json = jdump(resp.result, 0, NULL); /* = json_dumps(.., COMPACT|ENCODE_ANY) */
         if (*result_json == NULL) {
@@ -491,10 +449,44 @@ int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_j
             return status_set(st, TQ_E_INTERNAL, "out of memory formatting the result");
         }
     }
-    c->last_replayed = resp.replayed;
+    *replayed = resp.replayed;
     tq_response_free(&resp);
     status_ok(st);
     return 0;
+}
+
+int backoff_ms(int attempt)
+{
+    return 25 << (attempt < 6 ? attempt : 6);
+}
+
+int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_json,
+            const tq_call_opts *opts, char **result_json, tq_status *st)
+{
+    if (result_json != NULL)
+        *result_json = NULL;
+    if (encode_call(c, tenant, op, args_json, opts, st) < 0)
+        return -1;
+    int timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : c->timeout_ms;
+    struct tq_endpoint *ep = endpoint_for_tenant(c, tenant);
+    int attempts = opts && opts->attempts > 0 ? opts->attempts : c->attempts;
+    tq_status local;
+    tq_status *s = st ? st : &local;
+    for (int attempt = 1;; attempt++) {
+        /* the same bytes, and so the same key, on every attempt */
+        void *reply = NULL;
+        size_t reply_len = 0;
+        int rc = exchange(ep, c->sb.data, c->sb.size, timeout_ms, &reply, &reply_len, s);
+        if (rc == 0) {
+            rc = reply_result(ep, reply, reply_len, result_json, &c->last_replayed, s);
+            nn_freemsg(reply);
+            if (rc == 0)
+                return 0;
+        }
+        if (attempt >= attempts || !s->retryable)
+            return -1;
+        sleep_ms(backoff_ms(attempt));
+    }
 }
 
 int tq_call_raw(tq_client *c, const void *req, size_t req_len, void **reply,

@@ -2,10 +2,13 @@
  * tenantq.h - libtenantq, the C client of tenantqd (wire protocol v1).
  *
  * Thread-safety: a tq_client is NOT shared between threads without external
- * locking: it owns one nanomsg REQ socket with one request outstanding at a
- * time.  Use one tq_client per thread (they are cheap: one socket each; the
- * process limit of nanomsg is 512 sockets).  tq_code_name and friends are
- * safe from any thread.  The library never calls nn_term().
+ * locking.  Its synchronous calls use one nanomsg REQ socket per endpoint
+ * with one request outstanding at a time; its asynchronous calls use one
+ * socket per call in flight (see tq_call_async).  Use one tq_client per
+ * thread, or one per event loop with asynchronous calls (the process limit
+ * of nanomsg is 512 sockets).  Callbacks run on the thread that calls
+ * tq_dispatch.  tq_code_name and friends are safe from any thread.  The
+ * library never calls nn_term().
  *
  * Values: arguments and results are JSON text (UTF-8).  Errors come back as a
  * tq_code plus a human message.
@@ -88,6 +91,69 @@ bool tq_last_replayed(const tq_client *c);
  */
 int tq_call_raw(tq_client *c, const void *req, size_t req_len, void **reply,
                 size_t *reply_len, int timeout_ms, tq_status *st);
+
+/* ---- asynchronous calls, for event loops -------------------------------
+ *
+ * tq_call_async sends a call and returns at once; its outcome is delivered
+ * later to a callback, exactly once, from tq_dispatch.  The caller's loop
+ * watches tq_fd for readability (level-triggered: poll, epoll, libevent's
+ * EV_READ|EV_PERSIST) and wakes at the latest after tq_next_timeout_ms, and
+ * then calls tq_dispatch.  Calls in flight are independent: replies come in
+ * any order.  Timeouts, retries (tq_set_retries), idempotency keys and the
+ * endpoint choice are as for tq_call.
+ *
+ * Each call in flight has a nanomsg socket of its own (raw REQ, opened on
+ * first use and kept for the next call), so the daemon never has two
+ * replies outstanding on one connection, and nothing is re-sent behind the
+ * caller's back: a request goes out again only as a retry of
+ * tq_set_retries, with its key.  Synchronous and asynchronous calls may be
+ * mixed on one client; they do not share sockets.
+ */
+
+/* Outcome of an asynchronous call.  st->code is TQ_OK on success, and then
+ * result_json is the result (NUL-terminated JSON text, valid until the
+ * callback returns; NULL on failure).  replayed: as tq_last_replayed.  The
+ * callback may start new calls on the same client; it must not tq_close it. */
+typedef void (*tq_callback)(void *arg, const tq_status *st, const char *result_json,
+                            bool replayed);
+
+/* The default and the largest number of asynchronous calls in flight. */
+#define TQ_DEFAULT_MAX_INFLIGHT 64
+#define TQ_MAX_INFLIGHT 256
+
+/*
+ * Start a call (arguments as tq_call).  Returns 0 when it was started: cb
+ * will be called exactly once, from tq_dispatch, with arg.  Returns -1 with
+ * st filled if it could not be started (cb is then never called):
+ * TQ_E_USAGE for bad arguments, TQ_E_QUEUE_FULL when tq_set_max_inflight
+ * calls are already in flight, TQ_E_TRANSPORT if no socket could be opened.
+ */
+int tq_call_async(tq_client *c, const char *tenant, const char *op, const char *args_json,
+                  const tq_call_opts *opts, tq_callback cb, void *arg, tq_status *st);
+
+/* A file descriptor that is readable while replies wait for tq_dispatch.
+ * Owned by the client (do not read or close it); the same for the client's
+ * lifetime.  -1 with st filled if it cannot be created. */
+int tq_fd(tq_client *c, tq_status *st);
+
+/* Milliseconds until tq_dispatch has work even if tq_fd stays quiet (a
+ * timeout or a retry falls due); 0 = now; -1 = no call in flight. */
+int tq_next_timeout_ms(const tq_client *c);
+
+/* Receive the replies that have arrived, expire calls whose timeout passed,
+ * send due retries, and run the callbacks of the calls that ended.  Never
+ * blocks.  Returns the number of callbacks run. */
+int tq_dispatch(tq_client *c);
+
+/* Asynchronous calls in flight (started, callback not yet run). */
+int tq_inflight(const tq_client *c);
+
+/* Calls allowed in flight at once, 1..TQ_MAX_INFLIGHT (default
+ * TQ_DEFAULT_MAX_INFLIGHT).  Returns 0, or -1 if n is out of range or calls
+ * are in flight. */
+int tq_set_max_inflight(tq_client *c, int n);
+
+/* tq_close(c) with calls in flight drops them: their callbacks never run. */
 
 #ifdef __cplusplus
 }

@@ -76,6 +76,31 @@ def test_daemon_mode(daemon_factory, db, tmp_path):
     d.ping()
 
 
+def test_daemon_mode_async(daemon_factory, db, tmp_path):
+    """The same run with the clients as libtenantq asynchronous calls on two
+    event loops (tq_call_async): every call answered and checked alike, and
+    the remove-then-re-add chains started from callbacks keep the drafts
+    whole."""
+    d = daemon_factory()
+    rc, report, output = run_load(tmp_path, "--mode", "daemon", "-e", d.endpoint,
+                                  "--database", db.conninfo, "--clients", 16, "--async", 2,
+                                  "--tenants", 20, "--collide", 0.2)
+    _safe(rc, report, output, "daemon")
+    assert report["check"]["tenants_uncertain"] == 0, report["check"]
+    assert report["requests"] > 100, report
+    d.ping()
+
+
+def test_async_usage(tmp_path):
+    for args in (["--mode", "direct", "--async", "1"],
+                 ["--mode", "echo", "--clients", "2", "--async", "3"],
+                 ["--mode", "echo", "--async", "0"]):
+        p = subprocess.run([load_bin(), *args, "--duration", "1"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=30)
+        assert p.returncode == 2, (args, p.stdout)
+        assert "--async" in p.stdout, (args, p.stdout)
+
+
 def test_direct_mode(db, tmp_path):
     rc, report, output = run_load(tmp_path, "--mode", "direct", "--database", db.conninfo,
                                   "--clients", 8, "--tenants", 20, "--collide", 0.2)
@@ -109,6 +134,13 @@ def test_echo_mode(tmp_path):
     _common(report, "echo", output)
     assert report["errors_total"] == 0, report
     assert report["check"].get("skipped") is True, report["check"]
+    assert rc == 0, output
+
+
+def test_echo_mode_async(tmp_path):
+    rc, report, output = run_load(tmp_path, "--mode", "echo", "--clients", 8, "--async", 1)
+    _common(report, "echo", output)
+    assert report["errors_total"] == 0, report
     assert rc == 0, output
 
 

@@ -22,6 +22,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -81,22 +82,52 @@ struct options {
     bool check;
     uint64_t seed;
     bool unsafe_page_writes; /* unsafe: write back only the edited pages */
+    unsigned async_loops;    /* daemon/echo: 0 = a thread per client */
 };
 
 struct run;
+struct worker;
+struct loop;
+
+/* What a client does when a request of its current op has been answered
+ * (result: NULL unless code is TQ_OK; borrowed). */
+typedef void step_fn(struct worker *w, unsigned code, const json_t *result);
 
 struct worker {
     unsigned id;
-    pthread_t thread;
+    pthread_t thread;        /* synchronous clients only */
     struct run *run;
+    struct loop *loop;       /* --async: the event loop running this client */
     uint64_t rng;
     uint64_t seq;            /* writes so far, for the rev markers */
-    tq_client *client;       /* daemon/echo */
+    tq_client *client;       /* daemon/echo, synchronous */
     PGconn *pg;              /* direct/unsafe */
     bool setup_failed;
     hist lat;
     _Atomic uint64_t ok;
     _Atomic uint64_t err[NERR];
+    /* the op in progress, carried from one of its requests to the next */
+    size_t tidx;
+    sf_op op;                /* of the request in flight */
+    json_t *args;            /* of the request in flight, owned */
+    step_fn *then;           /* runs when it is answered */
+    step_fn *after_remove;   /* remove_step's continuation */
+    uint64_t op_seq;         /* rev marker of the section written */
+    bool collide, readd;
+    char sec_id[WL_NAME_MAX]; /* section removed */
+    uint64_t t0;             /* --async: when the request was started */
+};
+
+/* --async: one event-loop thread driving several clients through one
+ * tq_client's asynchronous calls. */
+struct loop {
+    pthread_t thread;
+    struct run *run;
+    tq_client *client;
+    unsigned first;          /* its clients: first, first + step, ... */
+    unsigned step;
+    unsigned active;         /* its clients that have not stopped */
+    bool setup_failed;
 };
 
 struct run {
@@ -111,8 +142,9 @@ struct run {
     bool go;                 /* under mu */
     atomic_bool stop;
     _Atomic int64_t budget;  /* requests left in --requests mode */
-    _Atomic unsigned done;   /* workers finished */
+    _Atomic unsigned done;   /* threads finished */
     struct worker *w;        /* owned array of clients */
+    struct loop *loops;      /* owned array of o.async_loops event loops */
 };
 
 /* ---- small utilities ---------------------------------------------------- */
@@ -392,26 +424,81 @@ db_fail:
 
 /* ---- one measured request ---------------------------------------------- */
 
-/* Execute op for tenant tidx, record latency and outcome.  Returns TQ_OK with
- * *result (new reference, caller decrefs) or the error slot. */
-static unsigned request(struct worker *w, size_t tidx, sf_op op, const json_t *args,
-                        json_t **result)
+/* Count a request's outcome and latency (us since t0). */
+static void record(struct worker *w, sf_op op, unsigned code, uint64_t t0)
 {
-    char tenant[WL_NAME_MAX];
-    wl_tenant_name(tenant, tidx);
-    *result = NULL;
-    uint64_t t0 = now_us();
-    unsigned code = w->pg != NULL ? direct_exec(w, tenant, op, args, result)
-                                  : daemon_exec(w, tenant, op, args, result);
     hist_record(&w->lat, now_us() - t0);
     if (code == TQ_OK) {
         bump(&w->ok);
     } else {
         bump(&w->err[code < NERR ? code : TQ_E_INTERNAL]);
         if (sf_op_mutates(op) && outcome_unknown(code) && w->run->track != NULL)
-            track_uncertain(w->run->track, tidx);
+            track_uncertain(w->run->track, w->tidx);
     }
-    return code;
+}
+
+static void op_end(struct worker *w);
+
+/* The request in flight was answered: run its continuation, then free it. */
+static void step_done(struct worker *w, unsigned code, const json_t *result)
+{
+    json_t *args = w->args;
+    step_fn *then = w->then;
+    w->args = NULL;
+    then(w, code, result); /* may submit the op's next request */
+    json_decref(args);
+}
+
+/* --async: a reply (or failure) of the request in flight. */
+static void on_reply(void *arg, const tq_status *st, const char *result_json, bool replayed)
+{
+    struct worker *w = arg;
+    unsigned code = st->code;
+    json_t *result = NULL;
+    if (code == TQ_OK &&
+        (result = jparse(result_json, strlen(result_json), NULL, NULL, 0)) == NULL)
+        code = TQ_E_PROTOCOL;
+    record(w, w->op, code, w->t0);
+    step_done(w, code, result);
+    json_decref(result);
+}
+
+/* Send request op(args) of the client's current op (args stolen; NULL =
+ * none); then(w, code, result) runs when it is answered: at once for a
+ * synchronous client, from its loop's dispatch with --async. */
+static void submit(struct worker *w, sf_op op, json_t *args, step_fn *then)
+{
+    w->op = op;
+    w->args = args;
+    w->then = then;
+    char tenant[WL_NAME_MAX];
+    wl_tenant_name(tenant, w->tidx);
+    if (w->loop == NULL) {
+        json_t *result = NULL;
+        uint64_t t0 = now_us();
+        unsigned code = w->pg != NULL ? direct_exec(w, tenant, op, args, &result)
+                                      : daemon_exec(w, tenant, op, args, &result);
+        record(w, op, code, t0);
+        step_done(w, code, result);
+        json_decref(result);
+        return;
+    }
+    char *a = args != NULL ? json_dumps(args, JSON_COMPACT) : NULL;
+    tq_status st;
+    w->t0 = now_us();
+    int rc = tq_call_async(w->loop->client, tenant, sf_op_name(op), a, NULL, on_reply, w, &st);
+    free(a);
+    if (rc != 0) {
+        /* not started (the loop allows every client a call in flight, so
+         * this is a local failure): count it and retire the client, rather
+         * than retrying in a tight loop */
+        fprintf(stderr, "tenantq-load: client %u: %s: %s\n", w->id, tq_code_name(st.code),
+                st.message);
+        record(w, op, st.code, w->t0);
+        json_decref(w->args);
+        w->args = NULL;
+        w->loop->active--;
+    }
 }
 
 static int64_t result_version(const json_t *result)
@@ -419,37 +506,62 @@ static int64_t result_version(const json_t *result)
     return (int64_t)json_integer_value(json_object_get(result, "version"));
 }
 
-/* A write of section (which carries rev seq) was acknowledged. */
-static void note_write(struct worker *w, size_t tidx, const json_t *result, uint64_t seq)
+/* A write of a section carrying rev w->op_seq was acknowledged. */
+static void note_write(struct worker *w, const json_t *result)
 {
     const char *id = json_string_value(json_object_get(result, "id"));
     if (id != NULL && w->run->track != NULL)
-        track_write(w->run->track, tidx, id, track_rev(w->id, seq), result_version(result));
+        track_write(w->run->track, w->tidx, id, track_rev(w->id, w->op_seq),
+                    result_version(result));
 }
 
-static unsigned do_remove(struct worker *w, size_t tidx, const char *id, json_t **result)
+static void step_end(struct worker *w, unsigned code, const json_t *result)
 {
-    json_t *args = json_pack("{s:s}", "id", id);
-    unsigned code = request(w, tidx, SF_OP_SECTION_REMOVE, args, result);
-    json_decref(args);
+    op_end(w);
+}
+
+static void removed(struct worker *w, unsigned code, const json_t *result)
+{
     if (code == TQ_OK && w->run->track != NULL)
-        track_remove(w->run->track, tidx, id, result_version(*result));
-    return code;
+        track_remove(w->run->track, w->tidx, w->sec_id, result_version(result));
+    w->after_remove(w, code, result);
+}
+
+/* Remove section w->id, then run then. */
+static void remove_step(struct worker *w, step_fn *then)
+{
+    w->after_remove = then;
+    submit(w, SF_OP_SECTION_REMOVE, json_pack("{s:s}", "id", w->sec_id), removed);
+}
+
+/* A replace that found the page shorter than the index appended a section
+ * with a generated id instead: take it out again so the draft keeps its
+ * size. */
+static void upserted(struct worker *w, unsigned code, const json_t *result)
+{
+    if (code == TQ_OK) {
+        note_write(w, result);
+        const char *made = json_string_value(json_object_get(result, "id"));
+        if (!w->collide && json_is_true(json_object_get(result, "created")) && made != NULL) {
+            snprintf(w->sec_id, sizeof w->sec_id, "%s", made);
+            remove_step(w, step_end);
+            return;
+        }
+    }
+    op_end(w);
 }
 
 /* Upsert: replace a random section by index, or (--collide) append one with
- * an id from the shared pool.  A replace that found the page shorter than the
- * index appended a section with a generated id instead: take it out again so
- * the draft keeps its size. */
-static void op_upsert(struct worker *w, size_t tidx)
+ * an id from the shared pool. */
+static void op_upsert(struct worker *w)
 {
     char page[WL_NAME_MAX], id[WL_NAME_MAX], rev[32];
     wl_page_name(page, (unsigned)(rnd(&w->rng) % WL_PAGES));
-    uint64_t seq = ++w->seq;
-    track_rev_text(rev, sizeof rev, w->id, seq);
-    bool collide = w->run->o.collide > 0 && rnd01(&w->rng) < w->run->o.collide;
+    w->op_seq = ++w->seq;
+    track_rev_text(rev, sizeof rev, w->id, w->op_seq);
+    w->collide = w->run->o.collide > 0 && rnd01(&w->rng) < w->run->o.collide;
     json_t *args;
-    if (collide) {
+    if (w->collide) {
         wl_pool_id(id, (unsigned)(rnd(&w->rng) % WL_POOL));
         args = json_pack("{s:s, s:o}", "page", page, "section", wl_section(id, rev));
     } else {
@@ -457,56 +569,99 @@ static void op_upsert(struct worker *w, size_t tidx)
                          (json_int_t)(rnd(&w->rng) % WL_SECTIONS), "section",
                          wl_section(NULL, rev));
     }
-    json_t *result;
-    if (request(w, tidx, SF_OP_SECTION_UPSERT, args, &result) == TQ_OK) {
-        note_write(w, tidx, result, seq);
-        const char *made = json_string_value(json_object_get(result, "id"));
-        if (!collide && json_is_true(json_object_get(result, "created")) && made != NULL) {
-            json_t *r2;
-            snprintf(id, sizeof id, "%s", made);
-            (void)do_remove(w, tidx, id, &r2);
-            json_decref(r2);
-        }
+    submit(w, SF_OP_SECTION_UPSERT, args, upserted);
+}
+
+static void readded(struct worker *w, unsigned code, const json_t *result)
+{
+    if (code == TQ_OK)
+        note_write(w, result);
+    op_end(w);
+}
+
+static void remove_then_readd(struct worker *w, unsigned code, const json_t *result)
+{
+    if (code != TQ_OK || !w->readd) {
+        op_end(w);
+        return;
     }
-    json_decref(result);
-    json_decref(args);
+    char rev[32];
+    w->op_seq = ++w->seq;
+    track_rev_text(rev, sizeof rev, w->id, w->op_seq);
+    const char *page = json_string_value(json_object_get(result, "page"));
+    submit(w, SF_OP_SECTION_UPSERT,
+           json_pack("{s:s, s:o}", "page", page ? page : "page0", "section",
+                     wl_section(w->sec_id, rev)),
+           readded);
 }
 
 /* Remove: one of the seeded ids, re-added by the same client at the end of
  * its page after the remove was acknowledged; or (with --collide) one of the
  * pool ids, not re-added. */
-static void op_remove(struct worker *w, size_t tidx)
+static void op_remove(struct worker *w)
 {
     unsigned seeded = WL_PAGES * WL_SECTIONS;
     unsigned cand = seeded + (w->run->o.collide > 0 ? WL_POOL : 0);
     unsigned k = (unsigned)(rnd(&w->rng) % cand);
-    char id[WL_NAME_MAX];
     if (k < seeded)
-        wl_seeded_id(id, k / WL_SECTIONS, k % WL_SECTIONS);
+        wl_seeded_id(w->sec_id, k / WL_SECTIONS, k % WL_SECTIONS);
     else
-        wl_pool_id(id, k - seeded);
-    json_t *result;
-    if (do_remove(w, tidx, id, &result) == TQ_OK && k < seeded) {
-        char rev[32];
-        uint64_t seq = ++w->seq;
-        track_rev_text(rev, sizeof rev, w->id, seq);
-        const char *page = json_string_value(json_object_get(result, "page"));
-        json_t *args = json_pack("{s:s, s:o}", "page", page ? page : "page0", "section",
-                                 wl_section(id, rev));
-        json_t *r2;
-        if (request(w, tidx, SF_OP_SECTION_UPSERT, args, &r2) == TQ_OK)
-            note_write(w, tidx, r2, seq);
-        json_decref(r2);
-        json_decref(args);
-    }
-    json_decref(result);
+        wl_pool_id(w->sec_id, k - seeded);
+    w->readd = k < seeded;
+    remove_step(w, remove_then_readd);
 }
 
-static void op_simple(struct worker *w, size_t tidx, sf_op op)
+/* Whether the client may start another op (the run goes on). */
+static bool may_start(struct worker *w)
 {
-    json_t *result;
-    (void)request(w, tidx, op, NULL, &result);
-    json_decref(result);
+    struct run *run = w->run;
+    if (atomic_load_explicit(&run->stop, memory_order_relaxed))
+        return false;
+    return run->o.duration_s > 0 || atomic_fetch_sub(&run->budget, 1) > 0;
+}
+
+/* Start the client's next op: pick a tenant and what to do. */
+static void start_op(struct worker *w)
+{
+    w->tidx = pick_tenant(w);
+    switch (pick_op(w)) {
+    case LOP_UPSERT:
+        op_upsert(w);
+        break;
+    case LOP_REMOVE:
+        op_remove(w);
+        break;
+    case LOP_GET:
+        submit(w, SF_OP_DRAFT_GET, NULL, step_end);
+        break;
+    case LOP_PING:
+    case LOP__COUNT:
+        submit(w, SF_OP_PING, NULL, step_end);
+        break;
+    }
+}
+
+/* The client's op is complete.  A synchronous client returns to its loop in
+ * worker_main; an asynchronous one starts the next op from here. */
+static void op_end(struct worker *w)
+{
+    if (w->loop == NULL)
+        return;
+    if (may_start(w))
+        start_op(w);
+    else
+        w->loop->active--;
+}
+
+/* Report this thread's setup and wait for every thread's, then the start. */
+static void start_line(struct run *run)
+{
+    pthread_mutex_lock(&run->mu);
+    run->ready++;
+    pthread_cond_broadcast(&run->cond);
+    while (!run->go)
+        pthread_cond_wait(&run->cond, &run->mu);
+    pthread_mutex_unlock(&run->mu);
 }
 
 static int worker_setup(struct worker *w)
@@ -535,31 +690,45 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     struct run *run = w->run;
     w->setup_failed = worker_setup(w) != 0;
-    pthread_mutex_lock(&run->mu);
-    run->ready++;
-    pthread_cond_broadcast(&run->cond);
-    while (!run->go)
-        pthread_cond_wait(&run->cond, &run->mu);
-    pthread_mutex_unlock(&run->mu);
-    bool counted = run->o.duration_s <= 0;
-    while (!w->setup_failed && !atomic_load_explicit(&run->stop, memory_order_relaxed)) {
-        if (counted && atomic_fetch_sub(&run->budget, 1) <= 0)
-            break;
-        size_t tidx = pick_tenant(w);
-        switch (pick_op(w)) {
-        case LOP_UPSERT:
-            op_upsert(w, tidx);
-            break;
-        case LOP_REMOVE:
-            op_remove(w, tidx);
-            break;
-        case LOP_GET:
-            op_simple(w, tidx, SF_OP_DRAFT_GET);
-            break;
-        case LOP_PING:
-        case LOP__COUNT:
-            op_simple(w, tidx, SF_OP_PING);
-            break;
+    start_line(run);
+    while (!w->setup_failed && may_start(w))
+        start_op(w);
+    atomic_fetch_add(&run->done, 1);
+    return NULL;
+}
+
+/* --async: one thread, one tq_client, clients first, first + step, ...
+ * each with one call in flight at a time. */
+static void *loop_main(void *arg)
+{
+    struct loop *l = arg;
+    struct run *run = l->run;
+    tq_status st;
+    unsigned n = 0;
+    for (unsigned i = l->first; i < run->o.clients; i += l->step)
+        n++;
+    int fd = -1;
+    l->client = tq_connect(run->endpoint, &st);
+    if (l->client != NULL && tq_set_max_inflight(l->client, (int)n) == 0)
+        fd = tq_fd(l->client, &st);
+    if (fd < 0) {
+        fprintf(stderr, "tenantq-load: event loop %u: %s\n", l->first,
+                l->client != NULL ? st.message : "cannot connect");
+        l->setup_failed = true;
+    }
+    start_line(run);
+    if (!l->setup_failed) {
+        for (unsigned i = l->first; i < run->o.clients; i += l->step) {
+            struct worker *w = &run->w[i];
+            w->loop = l;
+            l->active++;
+            op_end(w); /* starts its first op, or retires it at once */
+        }
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        while (l->active > 0) {
+            int t = tq_next_timeout_ms(l->client);
+            (void)poll(&pfd, 1, t < 0 || t > 100 ? 100 : t);
+            tq_dispatch(l->client);
         }
     }
     atomic_fetch_add(&run->done, 1);
@@ -575,7 +744,7 @@ static void usage(FILE *f)
             "         [--database CONNINFO] --clients N --tenants N\n"
             "         [--dist uniform|zipf:S|hot] [--mix upsert=80,get=10,remove=10[,ping=0]]\n"
             "         [--collide P] (--duration S | --requests N) [--json FILE] [--no-check]\n"
-            "         [--seed N] [--unsafe-write page|document]\n"
+            "         [--seed N] [--unsafe-write page|document] [--async LOOPS]\n"
             "Drive tenantqd (or PostgreSQL directly) with concurrent storefront edits,\n"
             "report throughput and latency, then check the stored drafts.\n"
             "Exit status: 0 run done and check passed, 1 check failed or no request\n"
@@ -652,7 +821,7 @@ static int append_endpoint(struct options *o, const char *ep)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_DATABASE = 256, O_CLIENTS, O_TENANTS, O_DIST, O_MIX, O_COLLIDE, O_DURATION,
-           O_REQUESTS, O_JSON, O_NO_CHECK, O_SEED, O_UNSAFE_WRITE };
+           O_REQUESTS, O_JSON, O_NO_CHECK, O_SEED, O_UNSAFE_WRITE, O_ASYNC };
     static const struct option longopts[] = {
         {"mode", required_argument, NULL, 'm'},
         {"endpoint", required_argument, NULL, 'e'},
@@ -668,6 +837,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"no-check", no_argument, NULL, O_NO_CHECK},
         {"seed", required_argument, NULL, O_SEED},
         {"unsafe-write", required_argument, NULL, O_UNSAFE_WRITE},
+        {"async", required_argument, NULL, O_ASYNC},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -753,6 +923,11 @@ static int parse_options(int argc, char **argv, struct options *o)
             else
                 goto bad;
             break;
+        case O_ASYNC:
+            if (parse_u64(optarg, 1, 64, &v) != 0)
+                goto bad;
+            o->async_loops = (unsigned)v;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -773,6 +948,16 @@ static int parse_options(int argc, char **argv, struct options *o)
     }
     if (o->duration_s <= 0 && o->requests == 0)
         o->duration_s = DEFAULT_DURATION_S;
+    if (o->async_loops > 0 && (o->mode == MODE_DIRECT || o->mode == MODE_UNSAFE)) {
+        fprintf(stderr, "tenantq-load: --async is for the daemon and echo modes\n");
+        return -1;
+    }
+    if (o->async_loops > o->clients ||
+        (o->async_loops > 0 && (o->clients + o->async_loops - 1) / o->async_loops > TQ_MAX_INFLIGHT)) {
+        fprintf(stderr, "tenantq-load: --async needs 1 to --clients loops, at most %d clients each\n",
+                TQ_MAX_INFLIGHT);
+        return -1;
+    }
     if (o->mode == MODE_ECHO) {
         /* the echo server only answers ping */
         memset(o->mix, 0, sizeof o->mix);
@@ -987,24 +1172,38 @@ int main(int argc, char **argv)
     atomic_init(&run.stop, false);
     atomic_init(&run.done, 0);
     atomic_init(&run.budget, (int64_t)o->requests);
-    unsigned started = 0;
-    for (; started < o->clients; started++) {
-        struct worker *w = &run.w[started];
-        w->id = started;
+    for (unsigned i = 0; i < o->clients; i++) {
+        struct worker *w = &run.w[i];
+        w->id = i;
         w->run = &run;
-        w->rng = o->seed ^ (UINT64_C(0x9e3779b97f4a7c15) * (started + 1));
+        w->rng = o->seed ^ (UINT64_C(0x9e3779b97f4a7c15) * (i + 1));
         hist_init(&w->lat);
-        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            fprintf(stderr, "tenantq-load: cannot start client thread %u\n", started);
+    }
+    /* threads: a client each, or --async event loops */
+    unsigned threads = o->async_loops > 0 ? o->async_loops : o->clients;
+    if (o->async_loops > 0 && (run.loops = calloc(threads, sizeof *run.loops)) == NULL)
+        goto out;
+    unsigned started = 0;
+    for (; started < threads; started++) {
+        int rc;
+        if (run.loops != NULL) {
+            struct loop *l = &run.loops[started];
+            *l = (struct loop){.run = &run, .first = started, .step = threads};
+            rc = pthread_create(&l->thread, NULL, loop_main, l);
+        } else {
+            rc = pthread_create(&run.w[started].thread, NULL, worker_main, &run.w[started]);
+        }
+        if (rc != 0) {
+            fprintf(stderr, "tenantq-load: cannot start thread %u\n", started);
             break;
         }
     }
-    bool setup_failed = started < o->clients;
+    bool setup_failed = started < threads;
     pthread_mutex_lock(&run.mu);
     while (run.ready < started)
         pthread_cond_wait(&run.cond, &run.mu);
     for (unsigned i = 0; i < started; i++)
-        setup_failed |= run.w[i].setup_failed;
+        setup_failed |= run.loops != NULL ? run.loops[i].setup_failed : run.w[i].setup_failed;
     if (setup_failed)
         atomic_store(&run.stop, true); /* before go: nobody sends anything */
     run.go = true;
@@ -1027,7 +1226,7 @@ int main(int argc, char **argv)
         nanosleep(&nap, NULL);
     }
     for (unsigned i = 0; i < started; i++)
-        pthread_join(run.w[i].thread, NULL);
+        pthread_join(run.loops != NULL ? run.loops[i].thread : run.w[i].thread, NULL);
     double secs = (double)(now_us() - start) / 1e6;
     if (setup_failed)
         goto out;
@@ -1055,6 +1254,10 @@ out:
                 PQfinish(run.w[i].pg);
         }
     free(run.w);
+    if (run.loops != NULL)
+        for (unsigned i = 0; i < o->async_loops; i++)
+            tq_close(run.loops[i].client);
+    free(run.loops);
     echo_stop(echo);
     track_free(run.track);
     if (db != NULL)

@@ -14,6 +14,7 @@
  * Undecodable requests get the BAD_REQUEST reply the codec reports.  Every
  * request is counted per op so the test can see how often it arrived.
  */
+#include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <pthread.h>
@@ -493,6 +494,191 @@ static void test_unreachable(void)
     }
 }
 
+/* ---- asynchronous calls ---------------------------------------------- */
+
+struct outcome {
+    int calls;            /* callbacks run for this call: must end at 1 */
+    tq_code code;
+    bool replayed;
+    char server;          /* echo: which responder answered */
+    char tenant[32];      /* echo: the tenant the responder saw */
+    char result[64];      /* start of the result text */
+    int64_t t_done;
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void on_done(void *arg, const tq_status *st, const char *result, bool replayed)
+{
+    struct outcome *o = arg;
+    o->calls++;
+    o->code = st->code;
+    o->replayed = replayed;
+    o->t_done = mono_ms();
+    CHECK((st->code == TQ_OK) == (result != NULL), "result iff ok (%s)", tq_code_name(st->code));
+    if (result == NULL)
+        return;
+    snprintf(o->result, sizeof o->result, "%s", result);
+    json_t *j = json_loads(result, JSON_DECODE_ANY, NULL);
+    const char *srv = json_string_value(json_object_get(j, "server"));
+    const char *t = json_string_value(json_object_get(j, "tenant"));
+    o->server = srv ? srv[0] : 0;
+    snprintf(o->tenant, sizeof o->tenant, "%s", t ? t : "");
+    json_decref(j);
+}
+
+/* Run c's event loop (poll on tq_fd, tq_next_timeout_ms) until no call is
+ * in flight or limit_ms passed.  Returns the callbacks run. */
+static int loop(tq_client *c, int limit_ms)
+{
+    tq_status st;
+    struct pollfd pfd = {.fd = tq_fd(c, &st), .events = POLLIN};
+    int64_t end = mono_ms() + limit_ms;
+    int done = 0;
+    while (tq_inflight(c) > 0 && mono_ms() < end) {
+        int t = tq_next_timeout_ms(c);
+        int left = (int)(end - mono_ms());
+        (void)poll(&pfd, 1, t < 0 || t > left ? left : t);
+        done += tq_dispatch(c);
+    }
+    return done;
+}
+
+/* A callback that starts the next call of a chain from inside tq_dispatch. */
+struct chain {
+    tq_client *c;
+    int left, ok;
+};
+
+static void on_chain(void *arg, const tq_status *st, const char *result, bool replayed)
+{
+    struct chain *ch = arg;
+    ch->ok += st->code == TQ_OK;
+    if (--ch->left > 0) {
+        tq_status s2;
+        CHECK(tq_call_async(ch->c, "chain", "echo", NULL, NULL, on_chain, ch, &s2) == 0,
+              "chained call: %s", s2.message);
+    }
+}
+
+static void test_async(void)
+{
+    tq_status st;
+    tq_client *c = tq_connect(EP_A "," EP_B, &st);
+    CHECK(c != NULL, "connect: %s", st.message);
+    if (c == NULL)
+        return;
+    int fd = tq_fd(c, &st);
+    CHECK(fd >= 0 && tq_fd(c, &st) == fd, "one fd for the client's life");
+    CHECK(tq_next_timeout_ms(c) == -1 && tq_inflight(c) == 0, "nothing in flight");
+    CHECK(tq_dispatch(c) == 0, "dispatch with nothing to do");
+
+    /* Usage errors start nothing and call nothing back. */
+    static struct outcome o[64];
+    CHECK(tq_call_async(c, "t", "echo", NULL, NULL, NULL, &o[0], &st) == -1 &&
+              st.code == TQ_E_USAGE, "NULL callback");
+    CHECK(tq_call_async(c, NULL, "echo", NULL, NULL, on_done, &o[0], &st) == -1 &&
+              st.code == TQ_E_USAGE, "NULL tenant");
+    CHECK(tq_call_async(c, "t", "echo", "[1]", NULL, on_done, &o[0], &st) == -1 &&
+              st.code == TQ_E_USAGE, "array args");
+    CHECK(tq_inflight(c) == 0 && o[0].calls == 0, "no call started");
+    CHECK(tq_set_max_inflight(c, 0) == -1 && tq_set_max_inflight(c, TQ_MAX_INFLIGHT + 1) == -1,
+          "max in flight out of range");
+
+    /* 64 calls at once over both endpoints: each answered once, by the
+     * endpoint the synchronous calls use for that tenant. */
+    memset(o, 0, sizeof o);
+    int echo_a = atomic_load(&ra.count[OP_ECHO]), echo_b = atomic_load(&rb.count[OP_ECHO]);
+    for (int i = 0; i < 64; i++) {
+        char tenant[32];
+        snprintf(tenant, sizeof tenant, "tenant-%d", i);
+        CHECK(tq_call_async(c, tenant, "echo", "{\"i\":1}", NULL, on_done, &o[i], &st) == 0,
+              "start %d: %s", i, st.message);
+    }
+    CHECK(tq_inflight(c) == 64, "64 in flight: %d", tq_inflight(c));
+    CHECK(tq_call_async(c, "t", "echo", NULL, NULL, on_done, &o[0], &st) == -1 &&
+              st.code == TQ_E_QUEUE_FULL, "65th: %s", tq_code_name(st.code));
+    CHECK(tq_set_max_inflight(c, 8) == -1, "limit not changed while calls are in flight");
+    CHECK(loop(c, 5000) == 64, "64 callbacks");
+    int on_a = 0;
+    for (int i = 0; i < 64; i++) {
+        char tenant[32];
+        snprintf(tenant, sizeof tenant, "tenant-%d", i);
+        CHECK(o[i].calls == 1 && o[i].code == TQ_OK, "call %d: %d callbacks, %s", i, o[i].calls,
+              tq_code_name(o[i].code));
+        CHECK(strcmp(o[i].tenant, tenant) == 0, "call %d answered for %s", i, o[i].tenant);
+        CHECK(o[i].server == server_of(c, tenant), "call %d: same endpoint as tq_call", i);
+        on_a += o[i].server == 'A';
+    }
+    CHECK(on_a > 0 && on_a < 64, "both endpoints used: %d on A", on_a);
+    CHECK(atomic_load(&ra.count[OP_ECHO]) - echo_a + atomic_load(&rb.count[OP_ECHO]) - echo_b ==
+              128, "each request arrived once (64 async + 64 sync)");
+
+    /* Errors, replays and a hang while other calls go on. */
+    memset(o, 0, sizeof o);
+    tq_call_opts quick = {.timeout_ms = 150};
+    tq_call_opts retry3 = {.attempts = 3};
+    int fails = atomic_load(&ra.count[OP_FAIL]) + atomic_load(&rb.count[OP_FAIL]);
+    int64_t t0 = mono_ms();
+    CHECK(tq_call_async(c, "h", "hang", NULL, &quick, on_done, &o[0], &st) == 0, "hang");
+    CHECK(tq_call_async(c, "g", "garbage", NULL, NULL, on_done, &o[1], &st) == 0, "garbage");
+    CHECK(tq_call_async(c, "r", "replay", NULL, NULL, on_done, &o[2], &st) == 0, "replay");
+    CHECK(tq_call_async(c, "f", "fail", NULL, &retry3, on_done, &o[3], &st) == 0, "fail");
+    CHECK(tq_call_async(c, "n", "null", NULL, NULL, on_done, &o[4], &st) == 0, "null");
+    CHECK(tq_call_async(c, "e", "echo", NULL, NULL, on_done, &o[5], &st) == 0, "echo");
+    int t = tq_next_timeout_ms(c);
+    CHECK(t >= 0 && t <= 150, "next timeout within the shortest call's: %d", t);
+    loop(c, 5000);
+    CHECK(o[0].calls == 1 && o[0].code == TQ_E_TIMEOUT, "hang: %s", tq_code_name(o[0].code));
+    CHECK(o[0].t_done - t0 >= 140 && o[0].t_done - t0 < 1000, "timed out after %lld ms",
+          (long long)(o[0].t_done - t0));
+    CHECK(o[1].calls == 1 && o[1].code == TQ_E_PROTOCOL, "garbage: %s", tq_code_name(o[1].code));
+    CHECK(o[2].calls == 1 && o[2].code == TQ_OK && o[2].replayed, "replayed");
+    CHECK(o[3].calls == 1 && o[3].code == TQ_E_QUEUE_FULL, "fail: %s", tq_code_name(o[3].code));
+    CHECK(atomic_load(&ra.count[OP_FAIL]) + atomic_load(&rb.count[OP_FAIL]) - fails == 3,
+          "fail sent 3 times");
+    CHECK(o[3].t_done - t0 >= 25 + 50, "retries paused: %lld ms", (long long)(o[3].t_done - t0));
+    CHECK(o[4].calls == 1 && o[4].code == TQ_OK && strcmp(o[4].result, "null") == 0,
+          "null result: %s", o[4].result);
+    CHECK(o[5].calls == 1 && o[5].code == TQ_OK && o[5].t_done - t0 < 140,
+          "echo not held up by the hang: %lld ms", (long long)(o[5].t_done - t0));
+
+    /* Callbacks may start calls; the limit may change when idle. */
+    CHECK(tq_set_max_inflight(c, 1) == 0, "limit 1");
+    struct chain ch = {.c = c, .left = 20};
+    CHECK(tq_call_async(c, "chain", "echo", NULL, NULL, on_chain, &ch, &st) == 0, "chain");
+    loop(c, 5000);
+    CHECK(ch.left == 0 && ch.ok == 20, "chain of 20: %d left, %d ok", ch.left, ch.ok);
+    CHECK(tq_set_max_inflight(c, 64) == 0, "limit back to 64");
+
+    /* tq_close drops calls in flight without calling back. */
+    memset(o, 0, sizeof o);
+    CHECK(tq_call_async(c, "h2", "hang", NULL, NULL, on_done, &o[0], &st) == 0, "hang 2");
+    tq_close(c);
+    CHECK(o[0].calls == 0, "no callback after close");
+
+    /* Nobody listening: the call stays unsent and times out. */
+    char url[128];
+    snprintf(url, sizeof url, "ipc:///tmp/tenantq-test-none-%ld.sock", (long)getpid());
+    c = tq_connect(url, &st);
+    if (c != NULL) {
+        memset(o, 0, sizeof o);
+        t0 = mono_ms();
+        CHECK(tq_call_async(c, "t", "ping", NULL, &quick, on_done, &o[0], &st) == 0, "start");
+        loop(c, 5000);
+        CHECK(o[0].calls == 1 && o[0].code == TQ_E_TIMEOUT, "absent: %s",
+              tq_code_name(o[0].code));
+        CHECK(o[0].t_done - t0 >= 140, "after the timeout: %lld ms",
+              (long long)(o[0].t_done - t0));
+        tq_close(c);
+    }
+}
+
 int main(void)
 {
     responder_start(&ra, "A", EP_A);
@@ -503,6 +689,7 @@ int main(void)
     test_raw();
     test_rendezvous();
     test_unreachable();
+    test_async();
 
     responder_stop(&ra);
     responder_stop(&rb);

@@ -1,0 +1,75 @@
+/*
+ * client_int.h - libtenantq internals shared by client.c (handles,
+ * synchronous calls) and async.c (asynchronous calls).  Not installed; none
+ * of these symbols is exported (libtenantq.map).
+ */
+#ifndef TQ_CLIENT_INT_H
+#define TQ_CLIENT_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+#include "tenantq.h"
+
+#define TQ_DEFAULT_TIMEOUT_MS 15000
+/* Bounded replies: the daemon's max_draft_bytes (1 MiB default) plus
+ * envelope overhead fit easily; a larger announced size drops the
+ * connection instead of allocating it (TECHNOTES §1 NN_RCVMAXSIZE). */
+#define TQ_RCVMAXSIZE (8 * 1024 * 1024)
+/* Resend interval = timeout * 2 + this, so no timed resend happens while a
+ * call is still waiting. */
+#define TQ_RESEND_MARGIN_MS 5000
+
+struct tq_endpoint {
+    char *url;      /* owned, NUL-terminated */
+    int sock;       /* cooked REQ socket of the synchronous calls, or -1 */
+    int sock_timeout_ms; /* timeout the socket options were last set for */
+};
+
+struct tq_async; /* async.c: the asynchronous calls' sockets and slots */
+
+struct tq_client {
+    struct tq_endpoint *eps; /* owned array of n_eps */
+    size_t n_eps;
+    int timeout_ms;
+    int attempts;            /* tries per call for retryable errors (>= 1) */
+    int max_inflight;        /* asynchronous calls at once (tq_set_max_inflight) */
+    bool last_replayed;
+    msgpack_sbuffer sb;      /* request encoding buffer, reused per call */
+    struct tq_async *async;  /* owned; NULL until the first tq_call_async/tq_fd */
+};
+
+/* Fill st (if not NULL); retryable follows tq_code_retryable.  Returns -1. */
+__attribute__((format(printf, 3, 4)))
+int status_set(tq_status *st, tq_code code, const char *fmt, ...);
+void status_ok(tq_status *st);
+
+/* The endpoint a tenant's calls go to (rendezvous hashing, client.c). */
+struct tq_endpoint *endpoint_for_tenant(tq_client *c, const char *tenant);
+
+int setopt_int(int sock, int level, int opt, int value);
+int64_t now_ms(void); /* CLOCK_MONOTONIC */
+
+/* Check the arguments of a call and encode its request into c->sb (with an
+ * automatic idempotency key for ops that change state).  0, or -1 with st
+ * set (TQ_E_USAGE). */
+int encode_call(tq_client *c, const char *tenant, const char *op, const char *args_json,
+                const tq_call_opts *opts, tq_status *st);
+
+/* Decode a reply from ep.  Success: 0, *result_json (if not NULL) a malloc'd
+ * JSON text of the result, *replayed set.  Failure: -1 with st set from the
+ * daemon's error (its own retryable flag) or TQ_E_PROTOCOL. */
+int reply_result(const struct tq_endpoint *ep, const void *reply, size_t reply_len,
+                 char **result_json, bool *replayed, tq_status *st);
+
+/* Pause before retry number attempt + 1 (tq_set_retries). */
+int backoff_ms(int attempt);
+
+/* Free everything of the asynchronous calls; in-flight calls are dropped
+ * without their callbacks (tq_close). */
+void async_free(struct tq_async *a);
+
+#endif
