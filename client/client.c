@@ -343,12 +343,16 @@ static bool op_changes_state(const char *op)
 
 static int make_key(char out[40])
 {
+    static const char hex[] = "0123456789abcdef";
     unsigned char rnd[16];
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
         return -1;
     memcpy(out, "auto-", 5);
-    for (size_t i = 0; i < sizeof rnd; i++)
-        snprintf(out + 5 + 2 * i, 3, "%02x", rnd[i]);
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        out[5 + 2 * i] = hex[rnd[i] >> 4];
+        out[6 + 2 * i] = hex[rnd[i] & 15];
+    }
+    out[5 + 2 * sizeof rnd] = '\0';
     return 0;
 }
 

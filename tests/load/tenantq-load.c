@@ -37,6 +37,7 @@
 
 #include "echo.h"
 #include "hist.h"
+#include "jdump.h"
 #include "jparse.h"
 #include "storefront.h"
 #include "tenantq.h"
@@ -483,7 +484,7 @@ static void submit(struct worker *w, sf_op op, json_t *args, step_fn *then)
         json_decref(result);
         return;
     }
-    char *a = args != NULL ? json_dumps(args, JSON_COMPACT) : NULL;
+    char *a = args != NULL ? jdump(args, 0, NULL) : NULL;
     tq_status st;
     w->t0 = now_us();
     int rc = tq_call_async(w->loop->client, tenant, sf_op_name(op), a, NULL, on_reply, w, &st);
