@@ -243,6 +243,13 @@ static void fail_batch(struct batch *b, tq_code code, const char *fmt, ...)
     }
 }
 
+/* Whether j has an idempotency record: only a request that changes state
+ * and carries a key. */
+static bool key_recorded(const struct job *j)
+{
+    return j->req.key && sf_op_mutates(j->op);
+}
+
 static bool batch_answered(const struct batch *b)
 {
     for (int i = 0; i < b->n; i++)
@@ -497,7 +504,7 @@ static bool apply_batch(struct batch *b)
         b->errs[i].code = TQ_OK;
         b->replayed[i] = false;
         b->results[i] = NULL;
-        bool keyed = j->req.key && sf_op_mutates(j->op) && b->records;
+        bool keyed = key_recorded(j) && b->records;
         char fp[IDEM_FINGERPRINT_HEX];
         if (keyed) {
             if (idem_fingerprint(j->req.op, j->req.args, fp) < 0) {
@@ -544,7 +551,7 @@ static bool apply_batch(struct batch *b)
 static bool keyed_failure(const struct batch *b)
 {
     for (int i = 0; i < b->n; i++)
-        if (!b->results[i] && b->jobs[i]->req.key && sf_op_mutates(b->jobs[i]->op))
+        if (!b->results[i] && key_recorded(b->jobs[i]))
             return true;
     return false;
 }
@@ -796,8 +803,7 @@ static struct batch *batch_take(struct txn *t, struct lane *lane, uint64_t now)
         b->n++;
         if (sf_op_mutates(j->op)) {
             b->mutating = true;
-            if (j->req.key)
-                b->has_keys = true;
+            b->has_keys |= key_recorded(j);
             if (j->deadline_us < t->change_deadline_us)
                 t->change_deadline_us = j->deadline_us;
         }
@@ -892,7 +898,7 @@ static void txn_start(struct shard *s, int i, int lanes)
         b->lookup = b->lane->recheck_keys;
         b->lane->recheck_keys = false;
         for (int q = 0; ok && b->lookup && q < b->n; q++)
-            if (b->jobs[q]->req.key && sf_op_mutates(b->jobs[q]->op))
+            if (key_recorded(b->jobs[q]))
                 ok = pg_text_array_add(&b->keys, b->jobs[q]->req.key) == 0;
         const char *keys = ok && b->lookup ? pg_text_array_get(&b->keys) : NULL;
         if (!ok || (b->lookup && !keys)) {
