@@ -246,19 +246,33 @@ static enum lop pick_op(struct worker *w)
 
 /* ---- executing one request: daemon/echo -------------------------------- */
 
-static unsigned daemon_exec(struct worker *w, const char *tenant, sf_op op, const json_t *args,
+/* A result as libtenantq hands it over (JSON text) as a value: TQ_OK, or
+ * TQ_E_PROTOCOL if it is not JSON. */
+static unsigned parse_result(const char *text, json_t **result)
+{
+    *result = jparse(text, strlen(text), NULL, NULL, 0);
+    return *result != NULL ? TQ_OK : TQ_E_PROTOCOL;
+}
+
+/* The args of a call as libtenantq takes them (JSON text, NULL = none). */
+static char *args_text(json_t *args)
+{
+    return args != NULL ? jdump(args, 0, NULL) : NULL;
+}
+
+static unsigned daemon_exec(struct worker *w, const char *tenant, sf_op op, json_t *args,
                             json_t **result)
 {
-    char *a = args != NULL ? json_dumps(args, JSON_COMPACT) : NULL;
+    char *a = args_text(args);
     char *res = NULL;
     tq_status st;
     int rc = tq_call(w->client, tenant, sf_op_name(op), a, NULL, &res, &st);
     free(a);
     if (rc != 0)
         return st.code;
-    *result = jparse(res, strlen(res), NULL, NULL, 0);
+    unsigned code = parse_result(res, result);
     free(res);
-    return *result != NULL ? TQ_OK : TQ_E_PROTOCOL;
+    return code;
 }
 
 /* ---- executing one request: direct/unsafe ------------------------------ */
@@ -454,11 +468,8 @@ static void step_done(struct worker *w, unsigned code, const json_t *result)
 static void on_reply(void *arg, const tq_status *st, const char *result_json, bool replayed)
 {
     struct worker *w = arg;
-    unsigned code = st->code;
     json_t *result = NULL;
-    if (code == TQ_OK &&
-        (result = jparse(result_json, strlen(result_json), NULL, NULL, 0)) == NULL)
-        code = TQ_E_PROTOCOL;
+    unsigned code = st->code == TQ_OK ? parse_result(result_json, &result) : st->code;
     record(w, w->op, code, w->t0);
     step_done(w, code, result);
     json_decref(result);
@@ -484,7 +495,7 @@ static void submit(struct worker *w, sf_op op, json_t *args, step_fn *then)
         json_decref(result);
         return;
     }
-    char *a = args != NULL ? jdump(args, 0, NULL) : NULL;
+    char *a = args_text(args);
     tq_status st;
     w->t0 = now_us();
     int rc = tq_call_async(w->loop->client, tenant, sf_op_name(op), a, NULL, on_reply, w, &st);
