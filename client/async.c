@@ -263,17 +263,18 @@ int tq_set_max_inflight(tq_client *c, int n)
 {
     if (c == NULL || n < 1 || n > TQ_MAX_INFLIGHT || tq_inflight(c) > 0)
         return -1;
-    if (c->async != NULL && n != c->async->n_slots) {
-        struct tq_async *a = c->async;
+    struct tq_async *a = c->async;
+    if (a != NULL && n < a->n_slots) {
+        /* the array keeps its size; the slots beyond n are closed */
         for (int i = n; i < a->n_slots; i++) {
             slot_close(a, &a->slots[i]);
             free(a->slots[i].req);
         }
+        a->n_slots = n;
+    } else if (a != NULL && n > a->n_slots) {
         struct slot *ns = realloc(a->slots, (size_t)n * sizeof *ns);
-        if (ns == NULL) {
-            a->n_slots = n < a->n_slots ? n : a->n_slots;
-            return -1;
-        }
+        if (ns == NULL)
+            return -1; /* nothing changed */
         for (int i = a->n_slots; i < n; i++)
             ns[i] = (struct slot){.sock = -1};
         a->slots = ns;
