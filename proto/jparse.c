@@ -38,6 +38,17 @@ static void skip_ws(struct jp *j)
         j->p++;
 }
 
+/* Skip whitespace, then c if it comes next; returns whether it did. */
+static bool eat(struct jp *j, char c)
+{
+    skip_ws(j);
+    if (j->p < j->end && *j->p == c) {
+        j->p++;
+        return true;
+    }
+    return false;
+}
+
 static bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 static int hex4(const char *p, const char *end, unsigned *out)
@@ -259,9 +270,7 @@ static json_t *parse_array(struct jp *j)
     json_t *arr = json_array();
     if (!arr)
         return fail(j, "out of memory");
-    skip_ws(j);
-    if (j->p < j->end && *j->p == ']') {
-        j->p++;
+    if (eat(j, ']')) {
         j->depth--;
         return arr;
     }
@@ -271,15 +280,10 @@ static json_t *parse_array(struct jp *j)
             json_decref(arr);
             return v ? fail(j, "out of memory") : NULL;
         }
-        skip_ws(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
+        if (eat(j, ','))
             continue;
-        }
-        if (j->p < j->end && *j->p == ']') {
-            j->p++;
+        if (eat(j, ']'))
             break;
-        }
         json_decref(arr);
         return fail(j, "expected ',' or ']'");
     }
@@ -295,9 +299,7 @@ static json_t *parse_object(struct jp *j)
     json_t *obj = json_object();
     if (!obj)
         return fail(j, "out of memory");
-    skip_ws(j);
-    if (j->p < j->end && *j->p == '}') {
-        j->p++;
+    if (eat(j, '}')) {
         j->depth--;
         return obj;
     }
@@ -325,29 +327,21 @@ static json_t *parse_object(struct jp *j)
             memcpy(kcopy, k, kn);
             k = kcopy;
         }
-        skip_ws(j);
         json_t *v = NULL;
-        if (j->p < j->end && *j->p == ':') {
-            j->p++;
+        if (eat(j, ':'))
             v = parse_value(j);
-        } else {
+        else
             fail(j, "expected ':'");
-        }
         int rc = v ? json_object_setn_new_nocheck(obj, k, kn, v) : -1;
         free(kcopy);
         if (rc < 0) {
             json_decref(obj);
             return v ? fail(j, "out of memory") : NULL;
         }
-        skip_ws(j);
-        if (j->p < j->end && *j->p == ',') {
-            j->p++;
+        if (eat(j, ','))
             continue;
-        }
-        if (j->p < j->end && *j->p == '}') {
-            j->p++;
+        if (eat(j, '}'))
             break;
-        }
         json_decref(obj);
         return fail(j, "expected ',' or '}'");
     }
