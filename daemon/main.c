@@ -21,6 +21,9 @@
 #include <event2/thread.h>
 #include <nanomsg/nn.h>
 #include <systemd/sd-daemon.h>
+#if TQ_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
 
 #include "config.h"
 #include "daemon.h"
@@ -71,6 +74,26 @@ static const char SCHEMA_SQL[] =
     "COMMENT ON TABLE tenantq_idempotency IS 'tenantq: idempotency keys, kept idempotency_ttl_s';"
     "COMMIT;";
 
+/* The allocator this binary runs on, as --version and the ready line name it:
+ * jemalloc when the build linked it (README, "Libraries"). */
+static const char *allocator_name(void)
+{
+#if TQ_JEMALLOC
+    static char name[96];
+    const char *v = NULL;
+    size_t len = sizeof v;
+    if (!name[0]) {
+        if (mallctl("version", (void *)&v, &len, NULL, 0) == 0 && v)
+            snprintf(name, sizeof name, "jemalloc %.64s", v);
+        else
+            snprintf(name, sizeof name, "jemalloc");
+    }
+    return name;
+#else
+    return "libc malloc";
+#endif
+}
+
 struct main_ctx {
     struct daemon d;
     tq_config cfg;
@@ -110,7 +133,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
             up += shard_connected(d->shards[i]) > 0;
         if (up == d->nshards) {
             m->ready = true;
-            log_notice("ready: %d shards connected to the database", d->nshards);
+            log_notice("ready: %d shards connected to the database (allocator: %s)",
+                       d->nshards, allocator_name());
             sd_notifyf(0, "READY=1\nSTATUS=serving with %d shards", d->nshards);
         }
     }
@@ -348,7 +372,7 @@ int main(int argc, char **argv)
         config_usage(argv[0]);
         break;
     case TQ_ACTION_VERSION:
-        printf("tenantqd %s\n", TQ_VERSION);
+        printf("tenantqd %s (allocator: %s)\n", TQ_VERSION, allocator_name());
         break;
     case TQ_ACTION_CHECK_CONFIG:
         if (front_check_endpoints(m.cfg.listen, err, sizeof err) < 0) {

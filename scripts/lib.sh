@@ -16,7 +16,7 @@ TQ_PG_BIN=/usr/lib/postgresql/15/bin
 TQ_PACKAGES=(
     build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
     libevent-dev libpq-dev libmsgpack-dev libnanomsg-dev nanomsg-utils
-    libsystemd-dev libjansson-dev postgresql-15
+    libsystemd-dev libjansson-dev libjemalloc-dev postgresql-15
     python3 python3-pytest python3-msgpack python3-psycopg
 )
 

@@ -7,7 +7,8 @@ import tempfile
 import psycopg
 import pytest
 
-from tqlib import create_database, drop_database, init_db, run_tenantqd
+from tqlib import (create_database, drop_database, init_db, linked_jemalloc, run_tenantqd,
+                   sanitized_build)
 
 GOOD = """\
 ; every key of the SPEC, with its default
@@ -128,3 +129,19 @@ def test_init_db_twice(db):
         assert compression == {"draft": "l", "published": "l"}, compression
     finally:
         drop_database(name)
+
+
+def test_allocator_named_and_used(daemon):
+    """--version and the ready line name the allocator the build linked, and
+    with jemalloc the whole process runs on it (its libraries' malloc too: the
+    library is mapped); sanitizer builds keep the sanitizer's allocator."""
+    jemalloc = linked_jemalloc()
+    if sanitized_build():
+        assert not jemalloc
+    p = run_tenantqd("--version")
+    assert p.returncode == 0, p.stderr
+    want = "(allocator: jemalloc 5." if jemalloc else "(allocator: libc malloc)"
+    assert want in p.stdout, p.stdout
+    assert want in daemon.log(), daemon.tail()
+    with open("/proc/%d/maps" % daemon.pid) as f:
+        assert ("/libjemalloc.so" in f.read()) == jemalloc

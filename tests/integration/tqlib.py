@@ -260,6 +260,13 @@ def sanitized_build():
     return False
 
 
+def linked_jemalloc():
+    """Whether meson found jemalloc for TQ_BUILD_DIR's tenantqd (never with
+    sanitizers: meson.build refuses the combination)."""
+    with open(os.path.join(build_dir(), "meson-info", "intro-dependencies.json")) as f:
+        return any(d.get("name") == "jemalloc" for d in json.load(f))
+
+
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
 
 
