@@ -67,6 +67,9 @@ void tq_set_retries(tq_client *c, int attempts);
 
 /*
  * Call op for tenant with args_json (a JSON object as text; NULL = {}).
+ * Text that is not JSON, a repeated key in an object, an integer beyond the
+ * 64-bit range or a top-level value other than an object is TQ_E_USAGE
+ * (the message names the byte offset) and sends nothing.
  * Every op that changes state (all but ping and draft.get) carries an
  * idempotency key: opts->key, or a random one generated per call, so that a
  * re-send by nanomsg or by tq_set_retries takes effect at most once.

@@ -16,6 +16,7 @@
 struct jp {
     const char *start, *p, *end;
     int depth;
+    unsigned flags;            /* JPARSE_* */
     bool big;
     bool failed;
     char *err;
@@ -309,7 +310,7 @@ static json_t *parse_object(struct jp *j)
             json_decref(obj);
             return fail(j, "expected a string key");
         }
-        j->p++;
+        const char *key_at = j->p++;
         const char *k;
         size_t kn;
         if (parse_string(j, &k, &kn) < 0) {
@@ -332,11 +333,17 @@ static json_t *parse_object(struct jp *j)
             v = parse_value(j);
         else
             fail(j, "expected ':'");
+        size_t before = json_object_size(obj);
         int rc = v ? json_object_setn_new_nocheck(obj, k, kn, v) : -1;
         free(kcopy);
         if (rc < 0) {
             json_decref(obj);
             return v ? fail(j, "out of memory") : NULL;
+        }
+        if ((j->flags & JPARSE_REJECT_DUPLICATES) && json_object_size(obj) == before) {
+            json_decref(obj);
+            j->p = key_at; /* the offset names the repeated key */
+            return fail(j, "duplicate object key");
         }
         if (eat(j, ','))
             continue;
@@ -391,7 +398,14 @@ static json_t *parse_value(struct jp *j)
 
 json_t *jparse(const char *text, size_t len, bool *big_ints, char *err, size_t errlen)
 {
-    struct jp j = {.start = text, .p = text, .end = text + len, .err = err, .errlen = errlen};
+    return jparse_with(text, len, 0, big_ints, err, errlen);
+}
+
+json_t *jparse_with(const char *text, size_t len, unsigned flags, bool *big_ints, char *err,
+                    size_t errlen)
+{
+    struct jp j = {.start = text, .p = text, .end = text + len, .flags = flags, .err = err,
+                   .errlen = errlen};
     if (errlen > 0)
         err[0] = '\0';
     json_t *v = parse_value(&j);

@@ -35,4 +35,12 @@
  */
 json_t *jparse(const char *text, size_t len, bool *big_ints, char *err, size_t errlen);
 
+/* jparse with flags (0: as jparse).  JPARSE_REJECT_DUPLICATES refuses an
+ * object with a repeated key, as json_loadb(..., JSON_REJECT_DUPLICATES)
+ * does, instead of letting the last one win: what a caller's text that
+ * becomes a msgpack map (libtenantq's args) needs. */
+#define JPARSE_REJECT_DUPLICATES 1u
+json_t *jparse_with(const char *text, size_t len, unsigned flags, bool *big_ints, char *err,
+                    size_t errlen);
+
 #endif

@@ -5,7 +5,9 @@
  * allowed: an integer beyond int64, which jparse reads as a real (big_ints
  * set) where jansson refuses the text, and a NUL byte, at which jansson
  * stops reading ("1<NUL>junk" is 1 to it) while jparse refuses the text.
- * Whatever both accept, jdump must also write exactly as json_dumps does.
+ * Whatever both accept, jdump must also write exactly as json_dumps does,
+ * and jparse_with(JPARSE_REJECT_DUPLICATES) must refuse it exactly when
+ * jansson's JSON_REJECT_DUPLICATES does.
  */
 #ifndef TQ_JPARSE_DIFF_H
 #define TQ_JPARSE_DIFF_H
@@ -57,6 +59,21 @@ static const char *jparse_diff(const char *data, size_t size)
     }
     else if (!ours && (err[0] == '\0' || strstr(err, " at byte ") == NULL))
         why = "refusal without a message naming the offset";
+    if (!why && theirs && ours) {
+        /* refusing repeated keys: exactly where JSON_REJECT_DUPLICATES does */
+        json_t *os = jparse_with(data, size, JPARSE_REJECT_DUPLICATES, NULL, err, sizeof err);
+        json_t *ts = json_loadb(data, size, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
+        if (ts && !os)
+            why = "jparse_with(REJECT_DUPLICATES) refused text jansson accepts";
+        else if (os && !ts)
+            why = "jparse_with(REJECT_DUPLICATES) accepted a repeated key";
+        else if (os && !json_equal(os, ts))
+            why = "jparse_with(REJECT_DUPLICATES) read a different value";
+        else if (!os && strstr(err, "duplicate object key at byte ") == NULL)
+            why = "repeated key refused without naming it";
+        json_decref(os);
+        json_decref(ts);
+    }
     json_decref(ours);
     json_decref(theirs);
     return why;

@@ -212,7 +212,18 @@ static void test_usage(void)
     CHECK(tq_call(c, "t", "echo", "{\"a\":1,\"a\":2}", NULL, &res, &st) == -1 &&
               st.code == TQ_E_USAGE,
           "duplicate keys");
-    CHECK(strstr(st.message, "duplicate") != NULL, "message: %s", st.message);
+    CHECK(strstr(st.message, "duplicate object key at byte 7") != NULL, "message: %s",
+          st.message);
+    CHECK(tq_call(c, "t", "echo", "{\"a\":[1,{\"b\":2,\"b\":3}]}", NULL, &res, &st) == -1 &&
+              st.code == TQ_E_USAGE && strstr(st.message, "duplicate") != NULL,
+          "nested duplicate keys: %s", st.message);
+    CHECK(tq_call(c, "t", "echo", "{\"n\":18446744073709551616}", NULL, &res, &st) == -1 &&
+              st.code == TQ_E_USAGE && strstr(st.message, "64-bit") != NULL,
+          "integer beyond 64 bits: %s", st.message);
+    CHECK(tq_call(c, "t", "echo", "{\"a\":1,}", NULL, &res, &st) == -1 &&
+              st.code == TQ_E_USAGE && strstr(st.message, "args: invalid JSON: ") != NULL &&
+              strstr(st.message, "at byte 7") != NULL,
+          "message names the offset: %s", st.message);
     CHECK(tq_call(c, "t", "echo", "{\"a\":", NULL, &res, &st) == -1 && st.code == TQ_E_USAGE,
           "truncated JSON");
     CHECK(tq_call(c, "t", "echo", "{} {}", NULL, &res, &st) == -1 && st.code == TQ_E_USAGE,

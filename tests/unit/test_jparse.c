@@ -130,6 +130,37 @@ static void test_cases(void)
     same("{\"n\": -99999999999999999999}");
 }
 
+/* jparse_with(JPARSE_REJECT_DUPLICATES): libtenantq's reading of args */
+static void strict(const char *text, long dup_at)
+{
+    char err[160], want[64];
+    json_t *v = jparse_with(text, strlen(text), JPARSE_REJECT_DUPLICATES, NULL, err, sizeof err);
+    if (dup_at < 0) {
+        CHECK(v != NULL, "%s refused: %s", text, err);
+    } else {
+        snprintf(want, sizeof want, "duplicate object key at byte %ld", dup_at);
+        CHECK(v == NULL && strcmp(err, want) == 0, "%s: \"%s\", want \"%s\"", text,
+              v ? "accepted" : err, want);
+    }
+    json_decref(v);
+    same(text); /* and exactly where jansson's JSON_REJECT_DUPLICATES refuses */
+}
+
+static void test_duplicates(void)
+{
+    strict("{\"a\":1,\"a\":2}", 7);
+    strict("{\"a\":1, \"b\":2,\n \"a\":{}}", 16);
+    strict("{\"k\\u0041\":1,\"kA\":2}", 13);            /* equal once unescaped */
+    strict("[{\"x\":{\"y\":1,\"y\":1}}]", 13);            /* nested, even with equal values */
+    strict("{\"a\":1,\"A\":2,\"a \":3,\"\":4}", -1);     /* different keys */
+    strict("[{\"a\":1},{\"a\":2}]", -1);                  /* different objects */
+    strict("{\"a\":{\"a\":{\"a\":1}}}", -1);
+    /* the default (the stored drafts): the last one wins, as in jansson */
+    json_t *v = jparse("{\"a\":1,\"a\":2}", 13, NULL, NULL, 0);
+    CHECK(v && json_integer_value(json_object_get(v, "a")) == 2, "jparse: last key wins");
+    json_decref(v);
+}
+
 /* A draft like the load harness's, with escapes and non-ASCII text. */
 static char *sample_draft(void)
 {
@@ -189,6 +220,7 @@ static void test_mutations(void)
 int main(void)
 {
     test_cases();
+    test_duplicates();
     test_mutations();
     printf("test_jparse: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
