@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,9 @@ struct out {
     bool count_only;           /* jdump_size: count the bytes, write nothing */
 };
 
-static bool reserve(struct out *o, size_t more)
+/* Make room for more bytes; false when nothing is to be written (counting,
+ * or out of memory).  Counting adds more to o->n here. */
+static bool reserve_slow(struct out *o, size_t more)
 {
     if (o->count_only) {
         o->n += more;
@@ -40,6 +43,12 @@ static bool reserve(struct out *o, size_t more)
     return true;
 }
 
+/* (the common case inline: a draft is written a few bytes at a time) */
+static inline bool reserve(struct out *o, size_t more)
+{
+    return (o->p != NULL && o->n + more <= o->cap) || reserve_slow(o, more);
+}
+
 static void put(struct out *o, const char *s, size_t n)
 {
     if (reserve(o, n)) {
@@ -48,43 +57,107 @@ static void put(struct out *o, const char *s, size_t n)
     }
 }
 
-static void put_char(struct out *o, char c)
+static inline void put_char(struct out *o, char c)
 {
     if (reserve(o, 1))
         o->p[o->n++] = c;
 }
 
-static void put_string(struct out *o, const char *s, size_t n)
+/* Whether one of the 8 bytes of w needs escaping: below 0x20, '"' or '\\'
+ * (the "has a byte less than n" and "has a zero byte" word tricks; bytes
+ * from 0x80 up, UTF-8 sequences, never match). */
+static bool word_needs_escape(uint64_t w)
+{
+    const uint64_t ones = UINT64_C(0x0101010101010101), highs = UINT64_C(0x8080808080808080);
+    uint64_t quote = w ^ (ones * '"'), bslash = w ^ (ones * '\\');
+    return (((w - ones * 0x20) | (quote - ones) | (bslash - ones)) & ~w & highs) != 0;
+}
+
+static bool needs_escape(unsigned char c)
+{
+    return c < 0x20 || c == '"' || c == '\\';
+}
+
+/* The offset of the first byte from i on that needs escaping, or n. */
+static size_t next_escape(const char *s, size_t i, size_t n)
+{
+    uint64_t w;
+    for (;;) {
+        /* text is mostly plain: skip it 8 bytes at a time */
+        while (n - i >= 8 && (memcpy(&w, s + i, 8), !word_needs_escape(w)))
+            i += 8;
+        if (i == n || needs_escape((unsigned char)s[i]))
+            return i;
+        i++;
+    }
+}
+
+/* The escape of c (which needs one) into esc; returns its length. */
+static size_t escape(unsigned char c, char esc[6])
 {
     static const char hex[] = "0123456789ABCDEF";
-    put_char(o, '"');
-    size_t run = 0; /* start of the bytes not copied yet */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        put(o, s + run, i - run);
-        run = i + 1;
-        char esc[6] = {'\\', 0, '0', '0', 0, 0};
-        size_t len = 2;
-        switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        default:
-            esc[1] = 'u';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            len = 6;
-        }
-        put(o, esc, len);
+    esc[0] = '\\';
+    switch (c) {
+    case '"': esc[1] = '"'; return 2;
+    case '\\': esc[1] = '\\'; return 2;
+    case '\b': esc[1] = 'b'; return 2;
+    case '\f': esc[1] = 'f'; return 2;
+    case '\n': esc[1] = 'n'; return 2;
+    case '\r': esc[1] = 'r'; return 2;
+    case '\t': esc[1] = 't'; return 2;
+    default:
+        esc[1] = 'u';
+        esc[2] = '0';
+        esc[3] = '0';
+        esc[4] = hex[c >> 4];
+        esc[5] = hex[c & 15];
+        return 6;
     }
-    put(o, s + run, n - run);
-    put_char(o, '"');
+}
+
+/* The string in quotes, escaped as jansson does.  Room for the plain case
+ * is made once; an escape makes room again for the rest. */
+static void put_string(struct out *o, const char *s, size_t n)
+{
+    char esc[6];
+    if (o->count_only) {
+        o->n += n + 2;
+        for (size_t i = next_escape(s, 0, n); i < n; i = next_escape(s, i + 1, n))
+            o->n += escape((unsigned char)s[i], esc) - 1;
+        return;
+    }
+    if (!reserve(o, n + 2))
+        return;
+    o->p[o->n++] = '"';
+    size_t run = 0; /* start of the bytes not copied yet */
+    for (size_t i = next_escape(s, 0, n);; i = next_escape(s, i + 1, n)) {
+        memcpy(o->p + o->n, s + run, i - run);
+        o->n += i - run;
+        if (i == n)
+            break;
+        size_t len = escape((unsigned char)s[i], esc);
+        /* the escape, the rest unescaped and the closing quote */
+        if (!reserve(o, len + (n - i - 1) + 1))
+            return;
+        memcpy(o->p + o->n, esc, len);
+        o->n += len;
+        run = i + 1;
+    }
+    o->p[o->n++] = '"';
+}
+
+/* As "%" JSON_INTEGER_FORMAT prints it, without printf's cost. */
+static void put_int(struct out *o, json_int_t v)
+{
+    char buf[24];
+    char *end = buf + sizeof buf, *p = end;
+    uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (v < 0)
+        *--p = '-';
+    put(o, p, (size_t)(end - p));
 }
 
 /* As jansson's jsonp_dtostr with precision 17. */
@@ -156,12 +229,9 @@ static bool put_value(struct out *o, json_t *v)
     case JSON_STRING:
         put_string(o, json_string_value(v), json_string_length(v));
         return true;
-    case JSON_INTEGER: {
-        char buf[24];
-        int len = snprintf(buf, sizeof buf, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        put(o, buf, (size_t)len);
+    case JSON_INTEGER:
+        put_int(o, json_integer_value(v));
         return true;
-    }
     case JSON_REAL:
         return put_real(o, json_real_value(v));
     case JSON_TRUE:

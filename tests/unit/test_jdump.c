@@ -137,8 +137,32 @@ static json_t *random_value(int depth)
     }
 }
 
+/* Every byte that needs an escape, at every offset of the 8-byte words the
+ * writer skips plain text in, between runs of plain ASCII and UTF-8. */
+static void test_escape_offsets(void)
+{
+    static const char special[] = {'"', '\\', '\n', '\t', '\b', '\f', '\r', 0x01, 0x1f, 0x7f};
+    char buf[64];
+    for (size_t s = 0; s < sizeof special; s++)
+        for (size_t at = 0; at < 40; at++) {
+            size_t n = 0;
+            for (size_t i = 0; i < at; i++)
+                buf[n++] = i % 5 == 4 ? ' ' : (char)('a' + i % 26);
+            buf[n++] = special[s];
+            static const char tail[] = "tail \xc3\xa9\xe2\x82\xac text";
+            memcpy(buf + n, tail, sizeof tail - 1);
+            n += sizeof tail - 1;
+            json_t *v = json_stringn(buf, n);
+            char what[48];
+            snprintf(what, sizeof what, "byte 0x%02x at offset %zu", (unsigned char)special[s], at);
+            same(v, what);
+            json_decref(v);
+        }
+}
+
 int main(void)
 {
+    test_escape_offsets();
     test_cases();
     for (int i = 0; i < 20000; i++) {
         json_t *v = random_value(0);
