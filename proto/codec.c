@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "tq_proto.h"
+#include "jword.h"
 
 int tq_error_set(tq_error *err, tq_code code, const char *fmt, ...)
 {
@@ -44,6 +45,10 @@ bool tq_utf8_valid(const void *text, size_t n)
     const unsigned char *s = text;
     size_t i = 0;
     while (i < n) {
+        if (n - i >= 8 && jword_ascii(jword_load(s + i))) {
+            i += 8;
+            continue;
+        }
         unsigned char c = s[i];
         if (c < 0x80) {
             i++;

@@ -2,6 +2,7 @@
  * jdump.c - see jdump.h.  One growing buffer, written front to back.
  */
 #include "jdump.h"
+#include "jword.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -63,16 +64,6 @@ static inline void put_char(struct out *o, char c)
         o->p[o->n++] = c;
 }
 
-/* Whether one of the 8 bytes of w needs escaping: below 0x20, '"' or '\\'
- * (the "has a byte less than n" and "has a zero byte" word tricks; bytes
- * from 0x80 up, UTF-8 sequences, never match). */
-static bool word_needs_escape(uint64_t w)
-{
-    const uint64_t ones = UINT64_C(0x0101010101010101), highs = UINT64_C(0x8080808080808080);
-    uint64_t quote = w ^ (ones * '"'), bslash = w ^ (ones * '\\');
-    return (((w - ones * 0x20) | (quote - ones) | (bslash - ones)) & ~w & highs) != 0;
-}
-
 static bool needs_escape(unsigned char c)
 {
     return c < 0x20 || c == '"' || c == '\\';
@@ -81,10 +72,9 @@ static bool needs_escape(unsigned char c)
 /* The offset of the first byte from i on that needs escaping, or n. */
 static size_t next_escape(const char *s, size_t i, size_t n)
 {
-    uint64_t w;
     for (;;) {
         /* text is mostly plain: skip it 8 bytes at a time */
-        while (n - i >= 8 && (memcpy(&w, s + i, 8), !word_needs_escape(w)))
+        while (n - i >= 8 && !jword_special(jword_load(s + i)))
             i += 8;
         if (i == n || needs_escape((unsigned char)s[i]))
             return i;

@@ -3,6 +3,7 @@
  * without escapes is validated and copied once, straight from the text.
  */
 #include "jparse.h"
+#include "jword.h"
 
 #include <errno.h>
 #include <math.h>
@@ -124,6 +125,8 @@ static size_t unicode_escape(struct jp *j, char *o)
 static int parse_string(struct jp *j, const char **s, size_t *n)
 {
     const char *q = j->p;
+    while (j->end - q >= 8 && !jword_special(jword_load(q)))
+        q += 8;
     while (q < j->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
         q++;
     if (q >= j->end)

@@ -1296,8 +1296,42 @@ static void test_responses(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* tq_utf8_valid skips ASCII 8 bytes at a time: every sequence, valid or
+ * not, at every offset around those words. */
+static void test_utf8_offsets(void)
+{
+    static const char *const valid[] = {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+                                        "\xed\x9f\xbf", "\xf4\x8f\xbf\xbf", "\x7f"};
+    static const char *const invalid[] = {"\x80", "\xbf", "\xc0\xaf", "\xc1\xbf", "\xc3",
+                                          "\xe2\x82", "\xe0\x80\xaf", "\xed\xa0\x80",
+                                          "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80",
+                                          "\xff", "\xc3\x28"};
+    char buf[64];
+    for (size_t at = 0; at < 24; at++) {
+        for (int pass = 0; pass < 2; pass++) {
+            const char *const *seqs = pass ? invalid : valid;
+            size_t nseqs = pass ? sizeof invalid / sizeof *invalid : sizeof valid / sizeof *valid;
+            for (size_t k = 0; k < nseqs; k++) {
+                size_t n = 0, l = strlen(seqs[k]);
+                for (size_t i = 0; i < at; i++)
+                    buf[n++] = (char)('a' + i % 26);
+                memcpy(buf + n, seqs[k], l);
+                n += l;
+                memcpy(buf + n, " tail text", 10);
+                n += 10;
+                CHECK(tq_utf8_valid(buf, n) == !pass, "%s sequence #%zu after %zu ASCII bytes",
+                      pass ? "invalid" : "valid", k, at);
+                /* cut just after the sequence: a truncated one stays invalid */
+                CHECK(tq_utf8_valid(buf, at + l) == !pass, "sequence #%zu (%s) at the end, %zu",
+                      k, pass ? "invalid" : "valid", at);
+            }
+        }
+    }
+}
+
 int main(void)
 {
+    test_utf8_offsets();
     test_codes();
     test_request_roundtrip();
     test_envelope();
