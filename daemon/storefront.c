@@ -579,8 +579,10 @@ static int op_upsert(sf_state *st, const json_t *args, size_t max, json_t **resu
                                 gen, SF_NAME_MAX);
     }
 
-    /* Everything that depends on the arguments has been checked: change. */
-    json_t *sec = json_deep_copy(in);
+    /* Everything that depends on the arguments has been checked: change.
+     * A shallow copy: the fields' values are shared with args (see
+     * storefront.h); only the copy gets the "id". */
+    json_t *sec = json_copy(in);
     if (sec == NULL)
         return oom(err);
     if (json_object_set_new(sec, "id", json_string(id)) != 0) {

@@ -86,6 +86,11 @@ void sf_state_clear(sf_state *st);
  * The document itself is validated loosely: a draft whose "pages" or
  * "sections" has the wrong type is treated as INTERNAL for edits.
  * ping and draft.get never change st.
+ * args is never modified, but section.upsert stores the new section as a
+ * shallow copy: the section's field values are shared, by reference count,
+ * between args and st.  The caller must not change args after the call (the
+ * daemon frees a request's args untouched); nothing in this library ever
+ * changes a value below a section.
  */
 int sf_apply(sf_state *st, sf_op op, const json_t *args, size_t max_draft_bytes,
              json_t **result, tq_error *err) __attribute__((warn_unused_result));
