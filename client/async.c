@@ -5,9 +5,11 @@
  * A call in flight occupies a slot: one AF_SP_RAW NN_REQ socket, connected
  * to the endpoint of the call's tenant, with at most one request on it.
  * Raw REQ because cooked REQ re-sends on its own timer and on reconnects
- * (TECHNOTES §1) and allows one request per socket anyway; one request per
- * socket because the daemon's raw REP drops a reply, silently, when the
- * connection is still busy sending the previous one.  Our request id (bit
+ * (TECHNOTES §1) and allows one request per socket anyway; we re-send only
+ * when the connection that carried the request broke (the socket's
+ * NN_STAT_BROKEN_CONNECTIONS moved since the send), as tq_call does.  One
+ * request per socket because the daemon's raw REP drops a reply, silently,
+ * when the connection is still busy sending the previous one.  Our request id (bit
  * 31 set, TECHNOTES §1) travels in the SP header of a plain control buffer
  * and comes back in the reply's, so a reply that is not the slot's current
  * request (a late one) is recognised and dropped.
@@ -17,7 +19,8 @@
  * nothing late can arrive on it.  tq_fd is an epoll instance holding every
  * open slot's NN_RCVFD (level-triggered: readable while a reply is queued).
  * Timers (a call's timeout, a retry's pause, the next try of a send that
- * found no connection yet) are the slots' own due times, scanned by
+ * found no connection yet, the next look at a waiting call's connection)
+ * are the slots' own due times, scanned by
  * tq_dispatch when the earliest one has come.
  *
  * Ownership: the client owns the tq_async, the slots, their sockets and the
@@ -27,7 +30,6 @@
 #include "tenantq.h"
 
 #include <errno.h>
-#include <stdalign.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +40,6 @@
 #include <nanomsg/reqrep.h>
 
 #include "client_int.h"
-#include "tq_sp.h"
 
 /* A send that found no connection yet (a fresh socket still connecting, or
  * the daemon away) is tried again after 1, 2, 4 .. ms, at most this. */
@@ -62,7 +63,9 @@ struct slot {
     unsigned char *req;    /* the encoded request, owned; resent byte for byte */
     size_t req_len, req_cap;
     int64_t deadline;      /* end of the current attempt (SENDING, WAITING) */
-    int64_t due;           /* SENDING: next send try; BACKOFF: next attempt */
+    int64_t due;           /* SENDING: next send try; WAITING: next look at the
+                              connection; BACKOFF: next attempt */
+    uint64_t broken;       /* WAITING: the socket's broken connections at the send */
     int send_pause_ms;     /* SENDING: current pause between tries */
     int timeout_ms, attempt, attempts;
     tq_callback cb;
@@ -170,16 +173,12 @@ static void note_due(struct tq_async *a, int64_t t)
  * if the socket failed (it is closed). */
 static int slot_send(struct tq_async *a, struct slot *s, int64_t now, tq_status *st)
 {
-    s->id = UINT32_C(0x80000000) | (a->next_id++ & UINT32_C(0x7fffffff));
-    unsigned char hdr[4] = {(unsigned char)(s->id >> 24), (unsigned char)(s->id >> 16),
-                            (unsigned char)(s->id >> 8), (unsigned char)s->id};
-    alignas(max_align_t) unsigned char ctrl[TQ_SP_CTRL_SPACE];
-    struct nn_iovec iov = {.iov_base = s->req, .iov_len = s->req_len};
-    struct nn_msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
-                           .msg_controllen = tq_sp_reply_ctrl(ctrl, hdr, sizeof hdr)};
-    if (nn_sendmsg(s->sock, &mh, NN_DONTWAIT) >= 0) {
+    s->id = next_request_id(&a->next_id);
+    s->broken = nn_get_statistic(s->sock, NN_STAT_BROKEN_CONNECTIONS);
+    if (raw_send(s->sock, s->req, s->req_len, s->id, NN_DONTWAIT) >= 0) {
         s->state = SLOT_WAITING;
-        note_due(a, s->deadline);
+        s->due = now + TQ_BROKEN_CHECK_MS;
+        note_due(a, s->due < s->deadline ? s->due : s->deadline);
         return 0;
     }
     int e = nn_errno();
@@ -364,11 +363,9 @@ static int slot_receive(tq_client *c, struct tq_async *a, int i)
     struct slot *s = &a->slots[i];
     int done = 0;
     while (s->sock >= 0) {
-        void *body = NULL, *control = NULL;
-        struct nn_iovec iov = {.iov_base = &body, .iov_len = NN_MSG};
-        struct nn_msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
-                               .msg_controllen = NN_MSG};
-        int n = nn_recvmsg(s->sock, &mh, NN_DONTWAIT);
+        void *body;
+        uint32_t id;
+        int n = raw_recv(s->sock, NN_DONTWAIT, &body, &id);
         if (n < 0) {
             int e = nn_errno();
             if (e == EAGAIN || e == EINTR)
@@ -382,12 +379,7 @@ static int slot_receive(tq_client *c, struct tq_async *a, int i)
                 slot_failed(a, s, &st, now_ms());
             break;
         }
-        const unsigned char *hdr = NULL;
-        size_t hl = tq_sp_header(&mh, &hdr);
-        bool mine = s->state == SLOT_WAITING && hl == 4 &&
-                    ((uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 |
-                     (uint32_t)hdr[2] << 8 | hdr[3]) == s->id;
-        if (mine) {
+        if (s->state == SLOT_WAITING && id == s->id) {
             tq_status st;
             char *result = NULL;
             bool replayed = false;
@@ -400,8 +392,6 @@ static int slot_receive(tq_client *c, struct tq_async *a, int i)
             free(result);
         }
         nn_freemsg(body);
-        if (control != NULL)
-            nn_freemsg(control);
     }
     return done;
 }
@@ -427,15 +417,20 @@ static int run_timers(tq_client *c, struct tq_async *a, int64_t now)
                 /* a late reply must not arrive on a socket we reuse */
                 slot_close(a, s);
                 slot_failed(a, s, &st, now);
-            } else if (s->state == SLOT_SENDING && now >= s->due) {
+            } else if (now >= s->due &&
+                       (s->state == SLOT_SENDING ||
+                        nn_get_statistic(s->sock, NN_STAT_BROKEN_CONNECTIONS) != s->broken)) {
+                /* a send that found no connection, or a request whose
+                 * connection broke: (again) once one is there */
                 tq_status st;
                 if (slot_send(a, s, now, &st) < 0) {
                     slot_close(a, s);
                     slot_failed(a, s, &st, now);
                 }
             } else {
-                note_due(a, s->state == SLOT_SENDING && s->due < s->deadline ? s->due
-                                                                             : s->deadline);
+                if (now >= s->due)
+                    s->due = now + TQ_BROKEN_CHECK_MS;
+                note_due(a, s->due < s->deadline ? s->due : s->deadline);
             }
             break;
         case SLOT_BACKOFF:

@@ -6,7 +6,7 @@
  * state, so separate handles may be used from separate threads.  Never calls
  * nn_term(): that would close every nanomsg socket of the host process.
  *
- * Several endpoints ("ipc:///a.sock,tcp://10.0.0.2:5555"): one cooked REQ
+ * Several endpoints ("ipc:///a.sock,tcp://10.0.0.2:5555"): one raw REQ
  * socket per endpoint, opened on first use.  A tenant always goes to the same
  * endpoint by rendezvous hashing: for each endpoint the score is
  *     fmix64(FNV-1a-64(endpoint || 0x00 || tenant))
@@ -19,17 +19,20 @@
  * tenant's endpoint is down its calls time out (TQ_E_TIMEOUT); they are not
  * redirected to the next-highest endpoint.
  *
- * Duplicates: cooked REQ resends a request when its pipe reconnects and every
- * NN_REQ_RESEND_IVL; resending cannot be disabled (TECHNOTES §1).  We set the
- * interval well above the call timeout and close the socket after a timeout
- * or receive error, so an abandoned request is not resent later and a late
- * reply cannot answer the next call.  A reconnect during a call may still
- * deliver a request twice: use an idempotency key for edits.
+ * Sockets: one raw REQ socket per endpoint for the synchronous calls, opened
+ * on first use, with our own request ids in the SP header (exchange(): why
+ * raw, and how a broken connection is re-sent).  A call that times out or
+ * fails closes its socket, so an abandoned request's late reply cannot
+ * answer the next call.  A reconnect during a call may deliver a request
+ * twice: use an idempotency key for edits (tq_call does, automatically).
  */
 #include "tenantq.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <stdalign.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +49,7 @@
 #include "jdump.h"
 #include "jparse.h"
 #include "tq_proto.h"
+#include "tq_sp.h"
 
 int status_set(tq_status *st, tq_code code, const char *fmt, ...)
 {
@@ -146,7 +150,7 @@ static int endpoint_open(struct tq_endpoint *ep, tq_status *st)
 {
     if (ep->sock >= 0)
         return 0;
-    int s = nn_socket(AF_SP, NN_REQ);
+    int s = nn_socket(AF_SP_RAW, NN_REQ);
     if (s < 0)
         return status_set(st, TQ_E_TRANSPORT, "endpoint %s: cannot create socket: %s",
                           ep->url, nn_strerror(nn_errno()));
@@ -155,7 +159,7 @@ static int endpoint_open(struct tq_endpoint *ep, tq_status *st)
     if (nn_connect(s, ep->url) < 0)
         goto fail;
     ep->sock = s;
-    ep->sock_timeout_ms = -1;
+    ep->snd_ms = ep->rcv_ms = -1;
     return 0;
 fail:;
     int e = nn_errno();
@@ -163,23 +167,15 @@ fail:;
     return status_set(st, TQ_E_TRANSPORT, "endpoint %s: %s", ep->url, nn_strerror(e));
 }
 
-/* Set send/receive timeouts and the resend interval for timeout_ms. */
-static int endpoint_set_timeout(struct tq_endpoint *ep, int timeout_ms, tq_status *st)
+/* Set the socket option opt (NN_SNDTIMEO, NN_RCVTIMEO) to ms unless it is
+ * already (*cached). */
+static int endpoint_timeout(struct tq_endpoint *ep, int opt, int *cached, int ms)
 {
-    if (ep->sock_timeout_ms == timeout_ms)
+    if (*cached == ms)
         return 0;
-    int resend = timeout_ms > (INT_MAX - TQ_RESEND_MARGIN_MS) / 2
-                     ? INT_MAX
-                     : timeout_ms * 2 + TQ_RESEND_MARGIN_MS;
-    if (setopt_int(ep->sock, NN_SOL_SOCKET, NN_SNDTIMEO, timeout_ms) < 0 ||
-        setopt_int(ep->sock, NN_SOL_SOCKET, NN_RCVTIMEO, timeout_ms) < 0 ||
-        setopt_int(ep->sock, NN_REQ, NN_REQ_RESEND_IVL, resend) < 0) {
-        int e = nn_errno();
-        endpoint_close(ep);
-        return status_set(st, TQ_E_TRANSPORT, "endpoint %s: cannot set socket options: %s",
-                          ep->url, nn_strerror(e));
-    }
-    ep->sock_timeout_ms = timeout_ms;
+    if (setopt_int(ep->sock, NN_SOL_SOCKET, opt, ms) < 0)
+        return -1;
+    *cached = ms;
     return 0;
 }
 
@@ -190,66 +186,138 @@ int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+uint32_t next_request_id(uint32_t *counter)
+{
+    return UINT32_C(0x80000000) | ((*counter)++ & UINT32_C(0x7fffffff));
+}
+
+int raw_send(int sock, const void *body, size_t len, uint32_t id, int flags)
+{
+    unsigned char hdr[4] = {(unsigned char)(id >> 24), (unsigned char)(id >> 16),
+                            (unsigned char)(id >> 8), (unsigned char)id};
+    alignas(max_align_t) unsigned char ctrl[TQ_SP_CTRL_SPACE];
+    struct nn_iovec iov = {.iov_base = (void *)(uintptr_t)body, .iov_len = len};
+    struct nn_msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
+                           .msg_controllen = tq_sp_reply_ctrl(ctrl, hdr, sizeof hdr)};
+    return nn_sendmsg(sock, &mh, flags);
+}
+
+int raw_recv(int sock, int flags, void **body, uint32_t *id)
+{
+    void *control = NULL;
+    *body = NULL;
+    *id = 0;
+    struct nn_iovec iov = {.iov_base = body, .iov_len = NN_MSG};
+    struct nn_msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                           .msg_controllen = NN_MSG};
+    int n = nn_recvmsg(sock, &mh, flags);
+    if (n < 0)
+        return n;
+    const unsigned char *hdr = NULL;
+    if (tq_sp_header(&mh, &hdr) == 4)
+        *id = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 | hdr[3];
+    if (control != NULL)
+        nn_freemsg(control);
+    return n;
+}
+
 /*
  * One request/reply exchange on ep.  On success returns 0 and *reply is a
  * nanomsg message the caller frees with nn_freemsg.  On any failure the
  * socket is closed (to be reopened by the next call) and -1 returned with st
  * set: TQ_E_TIMEOUT if the request may have been delivered, TQ_E_TRANSPORT if
  * the socket could not be opened.
+ *
+ * A raw REQ socket with our own request id (as tq_call_async): it never
+ * re-sends on its own, and closing it after a timeout leaves no request
+ * state behind in nanomsg.  What cooked REQ did usefully, re-sending a
+ * request whose connection broke (a daemon restart), is done here: the wait
+ * looks every TQ_BROKEN_CHECK_MS whether the socket counted a broken connection
+ * since the send, and if so sends the same bytes again (a new id) once a
+ * connection is back.  The daemon may then see a request twice: edits carry
+ * an idempotency key.
  */
 static int exchange(struct tq_endpoint *ep, const void *req, size_t req_len,
                     int timeout_ms, void **reply, size_t *reply_len, tq_status *st)
 {
     if (endpoint_open(ep, st) < 0)
         return -1;
-    if (endpoint_set_timeout(ep, timeout_ms, st) < 0)
-        return -1;
     int64_t deadline = now_ms() + timeout_ms;
-
-    /* Cooked REQ queues the request until a pipe exists, so send rarely
-     * blocks; the receive gets whatever time is left. */
-    while (nn_send(ep->sock, req, req_len, 0) < 0) {
-        int e = nn_errno();
-        if (e == EINTR && now_ms() < deadline)
-            continue;
-        endpoint_close(ep);
-        if (e == EAGAIN || e == ETIMEDOUT || e == EINTR)
-            return status_set(st, TQ_E_TIMEOUT, "endpoint %s: could not send within %d ms",
-                              ep->url, timeout_ms);
-        return status_set(st, TQ_E_TRANSPORT, "endpoint %s: send failed: %s", ep->url,
-                          nn_strerror(e));
-    }
-
-    for (;;) {
-        int64_t left = deadline - now_ms();
-        if (left < 1)
-            left = 1;
-        if (left != ep->sock_timeout_ms) {
-            if (setopt_int(ep->sock, NN_SOL_SOCKET, NN_RCVTIMEO, (int)left) < 0)
+    const char *what = "no reply";
+    int e = ETIMEDOUT;
+    for (;;) { /* one delivery of the request per turn */
+        uint64_t broken = nn_get_statistic(ep->sock, NN_STAT_BROKEN_CONNECTIONS);
+        uint32_t id = next_request_id(&ep->next_id);
+        /* without a connection (yet) the send waits for one */
+        int sent;
+        for (;;) {
+            int64_t left = deadline - now_ms();
+            if (left < 1) {
+                e = ETIMEDOUT;
+                sent = -1;
                 break;
-            /* Force a full reset of the options on the next call. */
-            ep->sock_timeout_ms = -1;
+            }
+            if (endpoint_timeout(ep, NN_SNDTIMEO, &ep->snd_ms, (int)left) < 0) {
+                e = nn_errno();
+                sent = -1;
+                break;
+            }
+            sent = raw_send(ep->sock, req, req_len, id, 0);
+            if (sent >= 0)
+                break;
+            e = nn_errno();
+            if (e != EINTR)
+                break;
         }
-        void *buf = NULL;
-        int n = nn_recv(ep->sock, &buf, NN_MSG, 0);
-        if (n >= 0) {
-            *reply = buf;
-            *reply_len = (size_t)n;
-            return 0;
+        if (sent < 0) {
+            endpoint_close(ep);
+            if (e == EAGAIN || e == ETIMEDOUT || e == EINTR)
+                return status_set(st, TQ_E_TIMEOUT, "endpoint %s: could not send within %d ms",
+                                  ep->url, timeout_ms);
+            return status_set(st, TQ_E_TRANSPORT, "endpoint %s: send failed: %s", ep->url,
+                              nn_strerror(e));
         }
-        /* A signal interrupts the wait but not the request: keep waiting
-         * for its reply until the deadline, like SA_RESTART would. */
-        if (nn_errno() != EINTR || now_ms() >= deadline)
-            break;
+        bool resend = false;
+        while (!resend) {
+            int64_t left = deadline - now_ms();
+            if (left < 1) {
+                e = ETIMEDOUT;
+                goto failed;
+            }
+            int slice = left < TQ_BROKEN_CHECK_MS ? (int)left : TQ_BROKEN_CHECK_MS;
+            if (endpoint_timeout(ep, NN_RCVTIMEO, &ep->rcv_ms, slice) < 0) {
+                e = nn_errno();
+                goto failed;
+            }
+            void *buf;
+            uint32_t rid;
+            int n = raw_recv(ep->sock, 0, &buf, &rid);
+            if (n >= 0) {
+                if (rid == id) {
+                    *reply = buf;
+                    *reply_len = (size_t)n;
+                    return 0;
+                }
+                nn_freemsg(buf); /* not this request's: an earlier delivery's */
+                continue;
+            }
+            e = nn_errno();
+            /* A signal interrupts the wait but not the request: keep waiting
+             * for its reply until the deadline, like SA_RESTART would. */
+            if (e != EINTR && e != ETIMEDOUT && e != EAGAIN) {
+                what = "receive failed";
+                goto failed;
+            }
+            resend = nn_get_statistic(ep->sock, NN_STAT_BROKEN_CONNECTIONS) != broken;
+        }
     }
-    int e = nn_errno();
+failed:
     endpoint_close(ep);
     if (e == ETIMEDOUT || e == EAGAIN || e == EINTR)
-        return status_set(st, TQ_E_TIMEOUT,
-                          "endpoint %s: no reply within %d ms (outcome unknown)", ep->url,
-                          timeout_ms);
-    return status_set(st, TQ_E_TIMEOUT, "endpoint %s: receive failed after up to %d ms: %s "
-                      "(outcome unknown)", ep->url, timeout_ms, nn_strerror(e));
+        return status_set(st, TQ_E_TIMEOUT, "endpoint %s: %s within %d ms (outcome unknown)",
+                          ep->url, what, timeout_ms);
+    return status_set(st, TQ_E_TIMEOUT, "endpoint %s: %s after up to %d ms: %s "
+                      "(outcome unknown)", ep->url, what, timeout_ms, nn_strerror(e));
 }
 
 tq_client *tq_connect(const char *endpoint, tq_status *st)
@@ -336,7 +404,8 @@ void tq_set_retries(tq_client *c, int attempts)
 }
 
 /* Ops that change state get an idempotency key when the caller gave none, so
- * that our own retries and nanomsg's re-sends take effect once. */
+ * that our own retries and re-sends after a broken connection take effect
+ * once. */
 static bool op_changes_state(const char *op)
 {
     return strcmp(op, "ping") != 0 && strcmp(op, "draft.get") != 0;

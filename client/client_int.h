@@ -19,14 +19,16 @@
  * envelope overhead fit easily; a larger announced size drops the
  * connection instead of allocating it (TECHNOTES §1 NN_RCVMAXSIZE). */
 #define TQ_RCVMAXSIZE (8 * 1024 * 1024)
-/* Resend interval = timeout * 2 + this, so no timed resend happens while a
- * call is still waiting. */
-#define TQ_RESEND_MARGIN_MS 5000
+/* How often a call waiting for its reply looks whether the connection that
+ * carried the request broke (a daemon restart): if so the request is sent
+ * again once a connection is back, as cooked REQ would. */
+#define TQ_BROKEN_CHECK_MS 100
 
 struct tq_endpoint {
     char *url;      /* owned, NUL-terminated */
-    int sock;       /* cooked REQ socket of the synchronous calls, or -1 */
-    int sock_timeout_ms; /* timeout the socket options were last set for */
+    int sock;       /* raw REQ socket of the synchronous calls, or -1 */
+    int snd_ms, rcv_ms; /* NN_SNDTIMEO / NN_RCVTIMEO as last set, -1 unknown */
+    uint32_t next_id; /* request ids of the synchronous calls */
 };
 
 struct tq_async; /* async.c: the asynchronous calls' sockets and slots */
@@ -64,6 +66,17 @@ int encode_call(tq_client *c, const char *tenant, const char *op, const char *ar
  * daemon's error (its own retryable flag) or TQ_E_PROTOCOL. */
 int reply_result(const struct tq_endpoint *ep, const void *reply, size_t reply_len,
                  char **result_json, bool *replayed, tq_status *st);
+
+/* Raw REQ messaging (the synchronous and the asynchronous calls): a request
+ * id has bit 31 set (TECHNOTES §1) and travels in the SP header.
+ * next_request_id takes the next one from *counter.  raw_send sends body
+ * from the caller's buffer (plain buffers: a failed nn_sendmsg frees nothing
+ * of ours) and returns nn_sendmsg's result.  raw_recv receives one reply
+ * into *body (free with nn_freemsg) with its request id in *id (0 if it has
+ * none) and returns nn_recvmsg's result. */
+uint32_t next_request_id(uint32_t *counter);
+int raw_send(int sock, const void *body, size_t len, uint32_t id, int flags);
+int raw_recv(int sock, int flags, void **body, uint32_t *id);
 
 /* Pause before retry number attempt + 1 (tq_set_retries). */
 int backoff_ms(int attempt);

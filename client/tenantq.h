@@ -72,7 +72,9 @@ void tq_set_retries(tq_client *c, int attempts);
  * (the message names the byte offset) and sends nothing.
  * Every op that changes state (all but ping and draft.get) carries an
  * idempotency key: opts->key, or a random one generated per call, so that a
- * re-send by nanomsg or by tq_set_retries takes effect at most once.
+ * re-send (after the connection broke, e.g. a daemon restart: the request
+ * goes out again once a connection is back, within the same timeout) or a
+ * retry by tq_set_retries takes effect at most once.
  * Blocks until the reply or the timeout.  On success returns 0 and, if
  * result_json is not NULL, stores a malloc'd JSON text of the result there
  * (caller frees with free()).  On failure returns -1 with st filled

@@ -505,6 +505,63 @@ static void test_unreachable(void)
     }
 }
 
+/* A daemon that takes the request and dies without answering, then comes
+ * back on the same address (a restart): the call re-sends when its
+ * connection breaks and is answered by the new one, long before its
+ * timeout and with no retries configured. */
+struct dropper {
+    const char *url;
+    pthread_t thread;
+    atomic_int got;
+};
+
+static void *dropper_main(void *arg)
+{
+    struct dropper *d = arg;
+    int s = nn_socket(AF_SP, NN_REP);
+    int tmo = 3000;
+    if (s < 0 || nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVTIMEO, &tmo, sizeof tmo) < 0 ||
+        nn_bind(s, d->url) < 0)
+        exit(99);
+    void *buf = NULL;
+    if (nn_recv(s, &buf, NN_MSG, 0) >= 0) {
+        atomic_fetch_add(&d->got, 1);
+        nn_freemsg(buf);
+    }
+    nn_close(s); /* the request dies with the connection */
+    return NULL;
+}
+
+static struct responder rc_after;
+
+static void *restart_main(void *arg)
+{
+    struct dropper *d = arg;
+    pthread_join(d->thread, NULL);
+    sleep_ms(50);
+    responder_start(&rc_after, "C", d->url);
+    return NULL;
+}
+
+/* Start the dropper on url and, once it has gone, responder "C" there. */
+static void restart_begin(struct dropper *d, pthread_t *restarter, char *url, size_t len,
+                          const char *tag)
+{
+    snprintf(url, len, "ipc:///tmp/tenantq-test-restart-%s-%ld.sock", tag, (long)getpid());
+    *d = (struct dropper){.url = url};
+    if (pthread_create(&d->thread, NULL, dropper_main, d) != 0)
+        exit(99);
+    sleep_ms(50);
+    if (pthread_create(restarter, NULL, restart_main, d) != 0)
+        exit(99);
+}
+
+static void restart_end(pthread_t restarter)
+{
+    pthread_join(restarter, NULL);
+    responder_stop(&rc_after);
+}
+
 /* ---- asynchronous calls ---------------------------------------------- */
 
 struct outcome {
@@ -558,6 +615,49 @@ static int loop(tq_client *c, int limit_ms)
         done += tq_dispatch(c);
     }
     return done;
+}
+
+/* A daemon restart during a call (see dropper_main): synchronous or
+ * asynchronous, the call is re-sent when its connection breaks and answered
+ * by the restarted responder, long before its timeout, with no retries. */
+static void test_restart(bool async)
+{
+    char url[128];
+    struct dropper d;
+    pthread_t restarter;
+    restart_begin(&d, &restarter, url, sizeof url, async ? "async" : "sync");
+    tq_status st;
+    tq_client *c = tq_connect(url, &st);
+    CHECK(c != NULL, "connect: %s", st.message);
+    if (c != NULL) {
+        tq_call_opts opts = {.timeout_ms = 5000};
+        struct outcome o = {0};
+        char *res = NULL;
+        int64_t t0 = mono_ms();
+        if (async) {
+            CHECK(tq_call_async(c, "t", "echo", "{\"n\":2}", &opts, on_done, &o, &st) == 0,
+                  "async call: %s", st.message);
+            loop(c, 6000);
+        } else {
+            o.calls = 1;
+            o.code = tq_call(c, "t", "echo", "{\"n\":1}", &opts, &res, &st) == 0 ? TQ_OK
+                                                                                 : st.code;
+            o.t_done = mono_ms();
+            o.server = res != NULL && strstr(res, "\"server\":\"C\"") != NULL ? 'C' : 0;
+        }
+        CHECK(o.calls == 1 && o.code == TQ_OK && o.server == 'C',
+              "%s call across a restart: %d callbacks, %s, server %c", async ? "async" : "sync",
+              o.calls, tq_code_name(o.code), o.server ? o.server : '-');
+        CHECK(async || (res != NULL && strstr(res, "\"key\":\"") != NULL),
+              "the re-sent request carries the call's key: %s", res ? res : "-");
+        CHECK(o.t_done - t0 < 2500, "re-sent on the broken connection after %lld ms, not at "
+              "the timeout", (long long)(o.t_done - t0));
+        CHECK(atomic_load(&d.got) == 1, "the first responder took the request (%d)",
+              atomic_load(&d.got));
+        free(res);
+        tq_close(c);
+    }
+    restart_end(restarter);
 }
 
 /* A callback that starts the next call of a chain from inside tq_dispatch. */
@@ -701,6 +801,8 @@ int main(void)
     test_rendezvous();
     test_unreachable();
     test_async();
+    test_restart(false);
+    test_restart(true);
 
     responder_stop(&ra);
     responder_stop(&rb);
