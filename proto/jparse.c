@@ -266,14 +266,23 @@ static json_t *parse_number(struct jp *j)
 
 static json_t *parse_value(struct jp *j);
 
-static json_t *parse_array(struct jp *j)
+/* Step into the array or object that opens at j->p: count the depth, skip
+ * the bracket and make the empty value (make: json_array or json_object).
+ * NULL when nested too deep or out of memory. */
+static json_t *enter(struct jp *j, json_t *(*make)(void))
 {
     if (++j->depth > JPARSE_MAX_DEPTH)
         return fail(j, "nesting too deep");
     j->p++;
-    json_t *arr = json_array();
+    json_t *v = make();
+    return v ? v : fail(j, "out of memory");
+}
+
+static json_t *parse_array(struct jp *j)
+{
+    json_t *arr = enter(j, json_array);
     if (!arr)
-        return fail(j, "out of memory");
+        return NULL;
     if (eat(j, ']')) {
         j->depth--;
         return arr;
@@ -297,12 +306,9 @@ static json_t *parse_array(struct jp *j)
 
 static json_t *parse_object(struct jp *j)
 {
-    if (++j->depth > JPARSE_MAX_DEPTH)
-        return fail(j, "nesting too deep");
-    j->p++;
-    json_t *obj = json_object();
+    json_t *obj = enter(j, json_object);
     if (!obj)
-        return fail(j, "out of memory");
+        return NULL;
     if (eat(j, '}')) {
         j->depth--;
         return obj;
