@@ -333,8 +333,8 @@ int tq_call_async(tq_client *c, const char *tenant, const char *op, const char *
     }
     memcpy(s->req, c->sb.data, c->sb.size);
     s->req_len = c->sb.size;
-    s->timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : c->timeout_ms;
-    s->attempts = opts && opts->attempts > 0 ? opts->attempts : c->attempts;
+    s->timeout_ms = call_timeout_ms(c, opts);
+    s->attempts = call_attempts(c, opts);
     s->attempt = 0;
     s->cb = cb;
     s->arg = arg;

@@ -6,9 +6,9 @@
  * state, so separate handles may be used from separate threads.  Never calls
  * nn_term(): that would close every nanomsg socket of the host process.
  *
- * Several endpoints ("ipc:///a.sock,tcp://10.0.0.2:5555"): one raw REQ
- * socket per endpoint, opened on first use.  A tenant always goes to the same
- * endpoint by rendezvous hashing: for each endpoint the score is
+ * Several endpoints ("ipc:///a.sock,tcp://10.0.0.2:5555"): a tenant always
+ * goes to the same endpoint by rendezvous hashing: for each endpoint the
+ * score is
  *     fmix64(FNV-1a-64(endpoint || 0x00 || tenant))
  * (fmix64 is the MurmurHash3 64-bit finalizer, added because FNV-1a alone
  * mixes the last bytes poorly into the high bits) and the highest score wins,
@@ -29,7 +29,6 @@
 #include "tenantq.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdalign.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -549,9 +548,9 @@ int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_j
         *result_json = NULL;
     if (encode_call(c, tenant, op, args_json, opts, st) < 0)
         return -1;
-    int timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : c->timeout_ms;
+    int timeout_ms = call_timeout_ms(c, opts);
     struct tq_endpoint *ep = endpoint_for_tenant(c, tenant);
-    int attempts = opts && opts->attempts > 0 ? opts->attempts : c->attempts;
+    int attempts = call_attempts(c, opts);
     tq_status local;
     tq_status *s = st ? st : &local;
     for (int attempt = 1;; attempt++) {

@@ -78,6 +78,17 @@ uint32_t next_request_id(uint32_t *counter);
 int raw_send(int sock, const void *body, size_t len, uint32_t id, int flags);
 int raw_recv(int sock, int flags, void **body, uint32_t *id);
 
+/* A call's timeout and tries: opts' where given (> 0), else the client's. */
+static inline int call_timeout_ms(const tq_client *c, const tq_call_opts *opts)
+{
+    return opts && opts->timeout_ms > 0 ? opts->timeout_ms : c->timeout_ms;
+}
+
+static inline int call_attempts(const tq_client *c, const tq_call_opts *opts)
+{
+    return opts && opts->attempts > 0 ? opts->attempts : c->attempts;
+}
+
 /* Pause before retry number attempt + 1 (tq_set_retries). */
 int backoff_ms(int attempt);
 

@@ -1,6 +1,6 @@
 /*
- * tq_sp.h - the SP routing header of nanomsg raw REP sockets, shared by the
- * daemon's front and the load harness's echo server.
+ * tq_sp.h - the SP routing header of nanomsg raw REP and REQ sockets, shared
+ * by the daemon's front, the load harness's echo server and libtenantq.
  *
  * A raw REP socket hands each request's routing header to the application
  * in a PROTO_SP/SP_HDR control message whose data is [size_t len][header];
