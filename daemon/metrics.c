@@ -182,7 +182,8 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     for (int i = 0; i < d->nshards; i++)
         evbuffer_add_printf(b, "tenantq_db_connections{shard=\"%d\"} %d\n", i,
                             shard_connected(d->shards[i]));
-    unsigned long rec = 0, lto = 0, busy = 0, hits = 0, misses = 0, cbytes = 0;
+    unsigned long rec = 0, lto = 0, busy = 0, hits = 0, misses = 0, cbytes = 0, stale = 0,
+                  one_trip = 0;
     for (int i = 0; i < d->nshards; i++) {
         rec += shard_gauge(d->shards[i], SHARD_GAUGE_RECONNECTS);
         lto += shard_gauge(d->shards[i], SHARD_GAUGE_LOCK_TIMEOUTS);
@@ -190,6 +191,8 @@ static void on_metrics(struct evhttp_request *req, void *arg)
         hits += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_HITS);
         misses += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_MISSES);
         cbytes += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_BYTES);
+        stale += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_STALE);
+        one_trip += shard_gauge(d->shards[i], SHARD_GAUGE_ONE_TRIP);
     }
     evbuffer_add_printf(b,
                         "# HELP tenantq_draft_cache_hits_total Tenant rows read whose parsed "
@@ -201,8 +204,17 @@ static void on_metrics(struct evhttp_request *req, void *arg)
                         "tenantq_draft_cache_misses_total %lu\n"
                         "# HELP tenantq_draft_cache_bytes Heap reckoned for cached states.\n"
                         "# TYPE tenantq_draft_cache_bytes gauge\n"
-                        "tenantq_draft_cache_bytes %lu\n",
-                        hits, misses, cbytes);
+                        "tenantq_draft_cache_bytes %lu\n"
+                        "# HELP tenantq_draft_cache_stale_total Batches sent in one round trip "
+                        "whose cached state the row had moved past (written behind the daemon); "
+                        "they ran again from the row.\n"
+                        "# TYPE tenantq_draft_cache_stale_total counter\n"
+                        "tenantq_draft_cache_stale_total %lu\n"
+                        "# HELP tenantq_transactions_one_round_trip_total Transactions sent "
+                        "whole in one round trip because every tenant's state was cached.\n"
+                        "# TYPE tenantq_transactions_one_round_trip_total counter\n"
+                        "tenantq_transactions_one_round_trip_total %lu\n",
+                        hits, misses, cbytes, stale, one_trip);
     evbuffer_add_printf(b,
                         "# HELP tenantq_db_reconnects_total Database reconnect attempts.\n"
                         "# TYPE tenantq_db_reconnects_total counter\n"

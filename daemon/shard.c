@@ -28,6 +28,16 @@
  * Batches that only read run their SELECTs without BEGIN (one implicit
  * transaction).
  *
+ * One round trip (txn_start_cached), when every batch changes state and its
+ * tenant's state is in the draft cache: apply first, then
+ *   BEGIN; set_config(...); per batch: lock (shared: a try-lock that fails
+ *   when busy); guard (SQL_GUARD: fails unless the row still is the cached
+ *   version); [INSERT key records;] INSERT .. ON CONFLICT;  COMMIT; Sync
+ * A failed guard writes nothing; the batch runs again from the row.
+ *
+ * Answers wait in the shard's outbox until the callback that produced them
+ * has sent the next pipeline (outbox_flush).
+ *
  * Must not: block, touch another shard's objects, or reply to a change
  * before COMMIT.
  */
@@ -66,8 +76,8 @@ struct shard_msg {
 
 /* Statements prepared on every connection (pg_init), indexes into prep[]. */
 enum {
-    ST_TIMEOUTS, ST_LOCK, ST_TRYLOCK, ST_SELECT, ST_UPSERT, ST_IDEM_INSERT, ST_IDEM_UPSERT,
-    ST_CLEANUP, ST__COUNT
+    ST_TIMEOUTS, ST_LOCK, ST_TRYLOCK, ST_TRYLOCK_GUARD, ST_SELECT, ST_GUARD, ST_UPSERT,
+    ST_IDEM_INSERT, ST_IDEM_UPSERT, ST_CLEANUP, ST__COUNT
 };
 
 /* One tenant's share of a transaction: up to max_batch of its lane's queued
@@ -85,7 +95,9 @@ struct batch {
     bool lookup;               /* this batch read the stored records of its keys */
     bool oom;                  /* recording keys ran out of memory: fail the batch */
     bool writes;               /* its row (and key records) are written before COMMIT */
-    int r_lock, r_select, r_lookup; /* indexes of its results in the first pipeline, -1 none */
+    bool confirms;             /* one round trip, nothing to write: answered after COMMIT */
+    int r_lock, r_select, r_lookup; /* indexes of its results in the first pipeline, -1 none
+                                     * (one round trip: r_select is the guard's) */
     int r_idem, r_upsert;      /* indexes of its writes in the second pipeline, -1 none */
     bool cached;               /* st came from the draft cache: the SELECT says if still valid */
     uint32_t xmin;             /* the row's xmin as read (with st.version: its row version) */
@@ -115,8 +127,18 @@ struct txn {
     int nres;                  /* statements of the first pipeline */
     uint64_t change_deadline_us; /* tightest deadline of a state-changing job, or UINT64_MAX */
     bool committing;           /* COMMIT sent: the transaction must not be aborted */
+    bool one_trip;             /* sent whole from cached states (txn_start_cached) */
     uint64_t start_us;
     char tout_lock[24], tout_stmt[16], tout_idle[16], ttl[16];
+};
+
+/* An answer waiting in a shard's outbox (reply_all). */
+struct reply {
+    struct job *job;
+    json_t *result;            /* owned; NULL: err */
+    tq_error err;
+    tq_timing tm;
+    bool replayed;
 };
 
 struct shard {
@@ -142,7 +164,9 @@ struct shard {
     uint64_t next_cleanup_us;  /* shard 0 expires idempotency records */
     char cleanup_ttl[16];
     msgpack_sbuffer sb;
-    char *sql_lock, *sql_trylock;
+    struct reply *outbox;      /* cfg->max_batch answers, nout of them waiting */
+    int nout;
+    char *sql_lock, *sql_trylock, *sql_trylock_guard; /* over cfg->lock_key_sql */
     struct pg_stmt prep[ST__COUNT]; /* prepared on every connection */
     bool draining, stopping;
     atomic_bool drained;
@@ -166,6 +190,13 @@ static const char SQL_SELECT[] =
     " CASE WHEN version = $2::bigint AND xmin = $3::xid THEN NULL ELSE published::text END,"
     " version, xmin, version = $2::bigint AND xmin = $3::xid"
     " FROM tenantq_storefront WHERE tenant = $1";
+/* One round trip from a cached state: fails (division by zero, which aborts
+ * the transaction before anything is written) unless the row still is the
+ * version the draft cache holds.  After the lock, so it sees the row as the
+ * lock's previous holder left it. */
+static const char SQL_GUARD[] =
+    "SELECT 1 / count(*) AS tenantq_cached_draft_is_current FROM tenantq_storefront"
+    " WHERE tenant = $1 AND version = $2::bigint AND xmin = $3::xid";
 static const char SQL_UPSERT[] =
     "INSERT INTO tenantq_storefront AS t (tenant, draft, published, version, updated_at)"
     " VALUES ($1, $2::jsonb, $3::jsonb, $4::bigint, now())"
@@ -307,6 +338,7 @@ static void txn_end(struct txn *t, bool conn_free)
     t->njobs = 0;
     t->nres = 0;
     t->committing = false;
+    t->one_trip = false;
     if (conn_free)
         s->inflight--;
     shard_kick(s);
@@ -459,23 +491,49 @@ static int load_state(struct batch *b, const PGresult *r, char *why, size_t whyl
     return 0;
 }
 
+/* Send the answers reply_all left in the outbox. */
+static void outbox_flush(struct shard *s)
+{
+    for (int i = 0; i < s->nout; i++) {
+        struct reply *r = &s->outbox[i];
+        if (r->result) {
+            job_finish_ok(s->d, &s->sb, r->job, r->result, r->replayed, &r->tm);
+            json_decref(r->result);
+        } else {
+            fail_job(s, r->job, r->err.code, r->err.message);
+        }
+    }
+    s->nout = 0;
+}
+
+/* Answer every request of b still unanswered with its result or error.  The
+ * answers wait in the shard's outbox until outbox_flush, so that a callback
+ * can start the lane's next transaction before it spends time encoding and
+ * sending them (results share nothing with the state: storefront.h). */
 static void reply_all(struct batch *b)
 {
     struct txn *t = b->t;
+    struct shard *s = t->s;
     uint64_t now = now_us();
     for (int i = 0; i < b->n; i++) {
         struct job *j = b->jobs[i];
         if (!j)
             continue;
+        if (s->nout == s->cfg->max_batch)
+            outbox_flush(s); /* (a transaction holds at most max_batch) */
         b->jobs[i] = NULL;
-        if (b->results[i]) {
-            tq_timing tm = {.queue_us = t->start_us - j->recv_us,
-                            .exec_us = now - t->start_us,
-                            .batch = (uint32_t)b->n};
-            stats_timing(tm.queue_us, tm.exec_us);
-            job_finish_ok(t->s->d, &t->s->sb, j, b->results[i], b->replayed[i], &tm);
+        struct reply *r = &s->outbox[s->nout++];
+        r->job = j;
+        r->result = b->results[i];
+        b->results[i] = NULL;
+        if (r->result) {
+            r->replayed = b->replayed[i];
+            r->tm = (tq_timing){.queue_us = t->start_us - j->recv_us,
+                                .exec_us = now - t->start_us,
+                                .batch = (uint32_t)b->n};
+            stats_timing(r->tm.queue_us, r->tm.exec_us);
         } else {
-            fail_job(t->s, j, b->errs[i].code, b->errs[i].message);
+            r->err = b->errs[i];
         }
     }
 }
@@ -616,6 +674,48 @@ static void fail_lost_before_commit(struct txn *t)
     txn_end(t, true);
 }
 
+/* A one-round-trip transaction failed: nothing was written.  The batch
+ * whose statement failed decides: a stale cached state runs again from the
+ * row; a try-lock that found the lock held, alone; a key seen before, with
+ * lookups.  Any other error is the batch's own when it ran alone; shared,
+ * the batches run again (the failing one alone). */
+static void one_trip_failed(struct txn *t, PGresult *const *res, int n)
+{
+    int f = -1;
+    for (int i = 0; i < n && f < 0; i++)
+        if (!result_ok(res[i]) && res[i] && PQresultStatus(res[i]) != PGRES_PIPELINE_ABORTED)
+            f = i;
+    const char *state = f >= 0 ? pg_sqlstate(res[f]) : NULL;
+    bool div0 = state && strcmp(state, "22012") == 0;
+    int owner = -1;
+    for (int k = 0; k < t->nb && f >= 0; k++) {
+        const struct batch *b = &t->b[k];
+        if ((b->writes || b->confirms) &&
+            (f == b->r_lock || f == b->r_select || f == b->r_idem || f == b->r_upsert))
+            owner = k;
+    }
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        if (!b->writes && !b->confirms)
+            continue; /* answered or put back before sending */
+        if (k == owner && div0 && f == b->r_select) {
+            atomic_fetch_add_explicit(&t->s->gauges[SHARD_GAUGE_CACHE_STALE], 1,
+                                      memory_order_relaxed);
+            batch_put_back(b, false, false);
+        } else if (k == owner && div0 && f == b->r_lock) {
+            atomic_fetch_add_explicit(&t->s->gauges[SHARD_GAUGE_LOCK_BUSY], 1,
+                                      memory_order_relaxed);
+            batch_put_back(b, true, false);
+        } else if (k == owner && f == b->r_idem && key_seen_before(res[f])) {
+            batch_put_back(b, false, true);
+        } else if (t->nb == 1) {
+            fail_batch_from_results(b, res, n);
+        } else {
+            batch_put_back(b, k == owner || owner < 0, false);
+        }
+    }
+}
+
 static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
 {
     struct txn *t = arg;
@@ -634,8 +734,17 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     for (int i = 0; ok && i < n; i++)
         ok = result_ok(res[i]);
     if (ok && strcmp(PQcmdStatus(res[n - 1]), "COMMIT") == 0) {
+        struct shard *s = t->s;
         for (int k = 0; k < t->nb; k++) {
             struct batch *b = &t->b[k];
+            if (t->one_trip && (b->writes || b->confirms))
+                s->cache.hits++; /* the guard found the cached state current */
+            if (b->confirms) {
+                /* the cached state was current: the validation errors stand */
+                reply_all(b);
+                batch_cache(b);
+                continue;
+            }
             if (!b->writes)
                 continue;
             reply_all(b);
@@ -648,7 +757,13 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
                 batch_cache(b);
             }
         }
-        txn_end(t, true);
+        txn_end(t, true); /* may send the lanes' next transaction */
+        outbox_flush(s);
+        return;
+    }
+    if (t->one_trip) {
+        one_trip_failed(t, res, n);
+        txn_end_with_rollback(t);
         return;
     }
     /* Nothing was written.  A key seen before sends its batch back to run
@@ -766,13 +881,66 @@ static void read_done(struct pgconn *c, void *arg, PGresult *const *res, int n, 
         }
         (void)batch_writes(b, stmts, &ns);
     }
+    struct shard *s = t->s;
     if (ns == 0) {
         txn_end_with_rollback(t);
+    } else {
+        stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
+        t->committing = true;
+        if (pg_pipeline(c, stmts, ns, commit_done, t) < 0)
+            fail_lost_before_commit(t); /* nothing was sent */
+    }
+    outbox_flush(s);
+}
+
+/*
+ * The one-round-trip transaction: every batch of t changes state and found
+ * its tenant's state in the draft cache.  Apply them now, and send BEGIN,
+ * each batch's lock, guard (SQL_GUARD: the row still is the cached version)
+ * and writes, and COMMIT as one pipeline.  A guard that fails (or, shared,
+ * a try-lock that finds the lock held) aborts the transaction before
+ * anything is written; commit_done then puts the batches back to run again
+ * from the stored row.  A batch whose edits all failed validation sends
+ * only its lock and guard and is answered after COMMIT, like the rest.
+ * stmts holds BEGIN and the timeouts (ns of them) and has room for the rest.
+ */
+static void txn_start_cached(struct txn *t, struct pg_stmt *stmts, int ns)
+{
+    struct shard *s = t->s;
+    int parties = 0;
+    t->one_trip = true;
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        const char *tenant = b->lane->tenant;
+        if (b->has_keys && !(b->records = json_object())) {
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
+            continue;
+        }
+        bool wrote = apply_batch(b);
+        if (b->has_keys && keyed_failure(b)) {
+            /* only the stored records can tell a failed repeat (read_done) */
+            batch_put_back(b, false, true);
+            continue;
+        }
+        b->r_lock = ns;
+        stmts[ns++] =
+            stmt(s, t->nb == 1 ? ST_LOCK : ST_TRYLOCK_GUARD, tenant, NULL, NULL, NULL);
+        b->r_select = ns;
+        stmts[ns++] = stmt(s, ST_GUARD, tenant, b->cached_version, b->cached_xmin, NULL);
+        if (!wrote)
+            b->confirms = true;
+        else if (batch_writes(b, stmts, &ns) < 0)
+            continue;
+        parties++;
+    }
+    if (parties == 0) {
+        txn_end(t, true); /* nothing sent: every batch answered or put back */
         return;
     }
     stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
     t->committing = true;
-    if (pg_pipeline(c, stmts, ns, commit_done, t) < 0)
+    atomic_fetch_add_explicit(&s->gauges[SHARD_GAUGE_ONE_TRIP], 1, memory_order_relaxed);
+    if (pg_pipeline(t->pc, stmts, ns, commit_done, t) < 0)
         fail_lost_before_commit(t); /* nothing was sent */
 }
 
@@ -861,7 +1029,7 @@ static void txn_start(struct shard *s, int i, int lanes)
      * tenant locked elsewhere must not hold the others up, nor can two
      * transactions each wait for a lock the other holds. */
     bool mutating = t->change_deadline_us != UINT64_MAX;
-    struct pg_stmt stmts[2 + 3 * GROUP_MAX];
+    struct pg_stmt stmts[3 + 4 * GROUP_MAX];
     int ns = 0;
     if (mutating) {
         uint64_t min_left_ms = (t->change_deadline_us - now) / 1000;
@@ -875,6 +1043,22 @@ static void txn_start(struct shard *s, int i, int lanes)
         stmts[ns++] = (struct pg_stmt){.sql = SQL_BEGIN};
         stmts[ns++] = stmt(s, ST_TIMEOUTS, t->tout_lock, t->tout_stmt, t->tout_idle, NULL);
     }
+    /* Every batch a change whose state is cached: one round trip.  Not while
+     * draining: such a transaction cannot be withdrawn once sent. */
+    bool one_trip = mutating && !s->draining;
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        b->cached = dcache_take(&s->cache, b->lane->tenant, b->lane->tenant_len, b->lane->hash,
+                                &b->st, &b->xmin, &b->cost);
+        snprintf(b->cached_version, sizeof b->cached_version, "%" PRId64,
+                 b->cached ? b->st.version : -1);
+        snprintf(b->cached_xmin, sizeof b->cached_xmin, "%" PRIu32, b->cached ? b->xmin : 0);
+        one_trip &= b->mutating && b->cached && !b->lane->recheck_keys;
+    }
+    if (one_trip) {
+        txn_start_cached(t, stmts, ns);
+        return;
+    }
     /* (without BEGIN, reads only: the pipeline is one implicit transaction) */
     for (int k = 0; k < t->nb; k++) {
         struct batch *b = &t->b[k];
@@ -883,11 +1067,6 @@ static void txn_start(struct shard *s, int i, int lanes)
             b->r_lock = ns;
             stmts[ns++] = stmt(s, t->nb == 1 ? ST_LOCK : ST_TRYLOCK, tenant, NULL, NULL, NULL);
         }
-        b->cached = dcache_take(&s->cache, tenant, b->lane->tenant_len, b->lane->hash, &b->st,
-                                &b->xmin, &b->cost);
-        snprintf(b->cached_version, sizeof b->cached_version, "%" PRId64,
-                 b->cached ? b->st.version : -1);
-        snprintf(b->cached_xmin, sizeof b->cached_xmin, "%" PRIu32, b->cached ? b->xmin : 0);
         b->r_select = ns;
         stmts[ns++] = stmt(s, ST_SELECT, tenant, b->cached_version, b->cached_xmin, NULL);
         if (!b->mutating || !b->has_keys)
@@ -1181,7 +1360,8 @@ struct shard *shard_create(struct daemon *d, int id)
     s->next_cleanup_us = now_us() + 5000000u; /* let startup settle first */
     snprintf(s->cleanup_ttl, sizeof s->cleanup_ttl, "%d", cfg->idempotency_ttl_s);
     msgpack_sbuffer_init(&s->sb);
-    if (lane_table_init(&s->lanes) < 0 ||
+    s->outbox = calloc((size_t)cfg->max_batch, sizeof *s->outbox);
+    if (!s->outbox || lane_table_init(&s->lanes) < 0 ||
         dcache_init(&s->cache, (size_t)cfg->draft_cache_mb * 1024 * 1024 / (size_t)cfg->shards) < 0)
         goto fail;
     s->base = event_base_new();
@@ -1208,12 +1388,19 @@ struct shard *shard_create(struct daemon *d, int id)
         event_add(s->ev_tick, &tick) < 0)
         goto fail;
 
-    s->sql_lock = malloc(strlen(cfg->lock_key_sql) + 64);
-    s->sql_trylock = malloc(strlen(cfg->lock_key_sql) + 64);
-    if (!s->sql_lock || !s->sql_trylock)
+    size_t room = strlen(cfg->lock_key_sql) + 128;
+    s->sql_lock = malloc(room);
+    s->sql_trylock = malloc(room);
+    s->sql_trylock_guard = malloc(room);
+    if (!s->sql_lock || !s->sql_trylock || !s->sql_trylock_guard)
         goto fail;
-    sprintf(s->sql_lock, "SELECT pg_advisory_xact_lock((%s)::bigint)", cfg->lock_key_sql);
-    sprintf(s->sql_trylock, "SELECT pg_try_advisory_xact_lock((%s)::bigint)", cfg->lock_key_sql);
+    snprintf(s->sql_lock, room, "SELECT pg_advisory_xact_lock((%s)::bigint)", cfg->lock_key_sql);
+    snprintf(s->sql_trylock, room, "SELECT pg_try_advisory_xact_lock((%s)::bigint)",
+             cfg->lock_key_sql);
+    /* one round trip: a lock held elsewhere must stop the writes sent after it */
+    snprintf(s->sql_trylock_guard, room,
+             "SELECT 1 / pg_try_advisory_xact_lock((%s)::bigint)::int AS tenantq_lock_is_free",
+             cfg->lock_key_sql);
     static const struct {
         const char *name;
         const char *sql;
@@ -1222,18 +1409,20 @@ struct shard *shard_create(struct daemon *d, int id)
         [ST_TIMEOUTS] = {"tq_timeouts", SQL_TIMEOUTS, 3},
         [ST_LOCK] = {"tq_lock", NULL, 1},
         [ST_TRYLOCK] = {"tq_trylock", NULL, 1},
+        [ST_TRYLOCK_GUARD] = {"tq_trylock_guard", NULL, 1},
         [ST_SELECT] = {"tq_select", SQL_SELECT, 3},
+        [ST_GUARD] = {"tq_guard", SQL_GUARD, 3},
         [ST_UPSERT] = {"tq_upsert", SQL_UPSERT, 4},
         [ST_IDEM_INSERT] = {"tq_idem_insert", SQL_IDEM_INSERT, 4},
         [ST_IDEM_UPSERT] = {"tq_idem_upsert", SQL_IDEM_UPSERT, 4},
         [ST_CLEANUP] = {"tq_idem_cleanup", SQL_IDEM_CLEANUP, 1},
     };
     for (int i = 0; i < ST__COUNT; i++)
-        s->prep[i] = (struct pg_stmt){.name = prep[i].name,
-                                      .sql = prep[i].sql         ? prep[i].sql
-                                             : i == ST_TRYLOCK ? s->sql_trylock
-                                                               : s->sql_lock,
+        s->prep[i] = (struct pg_stmt){.name = prep[i].name, .sql = prep[i].sql,
                                       .nparams = prep[i].nparams};
+    s->prep[ST_LOCK].sql = s->sql_lock;
+    s->prep[ST_TRYLOCK].sql = s->sql_trylock;
+    s->prep[ST_TRYLOCK_GUARD].sql = s->sql_trylock_guard;
 
     s->nconns = cfg->connections_per_shard;
     s->conns = calloc((size_t)s->nconns, sizeof *s->conns);
@@ -1342,6 +1531,8 @@ void shard_destroy(struct shard *s)
         event_base_free(s->base);
     free(s->sql_lock);
     free(s->sql_trylock);
+    free(s->sql_trylock_guard);
+    free(s->outbox);
     msgpack_sbuffer_destroy(&s->sb);
     free(s);
 }

@@ -49,6 +49,8 @@ enum shard_gauge {
     SHARD_GAUGE_CACHE_HITS,    /* rows read whose parsed state was cached */
     SHARD_GAUGE_CACHE_MISSES,  /* rows read and parsed */
     SHARD_GAUGE_CACHE_BYTES,   /* reckoned heap of the cached states */
+    SHARD_GAUGE_CACHE_STALE,   /* one-round-trip batches whose cached state was stale */
+    SHARD_GAUGE_ONE_TRIP,      /* transactions sent whole in one round trip */
     SHARD_GAUGE__COUNT
 };
 /* Read by the metrics endpoint (any thread). */

@@ -76,7 +76,8 @@ void sf_state_clear(sf_state *st);
 
 /*
  * Apply one op to st.  On success returns 0, sets *result to a new reference
- * (the op's result object as in SPEC, with the new "version"), and, for
+ * (the op's result object as in SPEC, with the new "version"; it shares no
+ * value with st, so it stays as it is however st changes later), and, for
  * mutating ops, has changed st and incremented st->version by exactly one.
  * On failure returns -1, err set (NOT_FOUND, DUPLICATE_SECTION_ID naming the
  * id and the page where it lives, INVALID_ARGUMENT for an out-of-range index,

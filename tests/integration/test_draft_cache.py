@@ -5,9 +5,11 @@ back (a direct writer following the lock protocol, with or without
 incrementing version, or deleting the row), the next edit must start from
 the stored row, never from a stale cached copy."""
 
+import time
+
 import pytest
 
-from tqlib import Client, free_tcp_port, ok
+from tqlib import Client, RawReq, envelope, free_tcp_port, ok, pack
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || %s::text, 0))"
 
@@ -43,10 +45,14 @@ def test_writes_behind_the_daemon_are_seen(daemon_factory, db, cache_mb):
         for k in range(3):
             assert _upsert(c, t, "s%d" % k)["version"] == k + 1
         hits = _counter(port, "tenantq_draft_cache_hits_total")
+        one_trip = _counter(port, "tenantq_transactions_one_round_trip_total")
         if cache_mb:
             assert hits >= 2, hits   # the 2nd and 3rd edit found the state cached
+            assert one_trip >= 2, one_trip  # ... and went in one round trip
         else:
             assert hits == 0, hits
+            assert one_trip == 0, one_trip
+        assert _counter(port, "tenantq_draft_cache_stale_total") == 0
 
         # a direct writer appends a section and does NOT increment version
         _direct(db, t, "UPDATE tenantq_storefront SET draft = jsonb_insert(draft, "
@@ -56,6 +62,9 @@ def test_writes_behind_the_daemon_are_seen(daemon_factory, db, cache_mb):
         assert r["version"] == 4 and r["index"] == 4, r
         ids = [s["id"] for s in db.sections(t, "home")]
         assert ids == ["s0", "s1", "s2", "direct-1", "s3"], ids
+        # the one-round-trip guard saw the row move and nothing was written
+        # from the stale copy; the edit ran again from the row
+        assert _counter(port, "tenantq_draft_cache_stale_total") == (1 if cache_mb else 0)
 
         # ... and one that does increment it
         _direct(db, t, "UPDATE tenantq_storefront SET version = version + 1, draft = "
@@ -75,6 +84,7 @@ def test_writes_behind_the_daemon_are_seen(daemon_factory, db, cache_mb):
         r = _upsert(c, t, "fresh")
         assert r["version"] == 1 and r["index"] == 0, r
         assert [s["id"] for s in db.sections(t, "home")] == ["fresh"]
+        assert _counter(port, "tenantq_draft_cache_stale_total") == (2 if cache_mb else 0)
 
         # a batch that failed validation leaves the state as stored
         bad = c.call(t, "section.upsert", {"page": "home", "section": {"id": "fresh",
@@ -107,3 +117,47 @@ def test_cache_stays_within_its_budget(daemon_factory, db):
     assert 0 < cached <= 1024 * 1024, cached
     for i in (0, 99, 199):
         assert [s["id"] for s in db.sections("cache-budget-%d" % i, "home")] == ["s0", "s1"]
+
+
+def _edit(tenant, sid, key):
+    return pack(envelope(tenant, "section.upsert",
+                         {"page": "home", "section": {"id": sid, "type": "x"}}, key=key))
+
+
+def test_shared_one_round_trip_never_writes_without_the_lock(daemon_factory, db):
+    """Three cached tenants' edits share one transaction sent in one round
+    trip (one shard, one connection, so they queue behind a fourth tenant's
+    lock wait).  One of them has its advisory lock held by a direct writer:
+    its try-lock must stop the whole pipeline before anything is written, so
+    its row stays untouched while the lock is held; it then runs alone once
+    the lock is free, and the other two are committed as well."""
+    port = free_tcp_port()
+    d = daemon_factory("--shards", 1, "--connections-per-shard", 1, "--lock-timeout-ms", 5000,
+                       "--metrics-listen", "127.0.0.1:%d" % port)
+    locked, others, gate = "ort-locked", ["ort-b", "ort-c"], "ort-gate"
+    with Client(d.endpoint) as c:
+        for t in [locked] + others:
+            assert _upsert(c, t, "first")["version"] == 1
+    before = db.row(locked)
+    with db.connect(autocommit=False) as hold_gate, \
+            db.connect(autocommit=False) as hold_locked, RawReq(d.endpoint) as s:
+        hold_gate.execute(LOCK_SQL, (gate,))
+        hold_locked.execute(LOCK_SQL, (locked,))
+        s.send(_edit(gate, "g", "g1"))       # the connection now waits for this lock
+        time.sleep(0.3)
+        for t in [locked] + others:          # queued: three ready lanes, no idle connection
+            s.send(_edit(t, "second", t + "-2"))
+        time.sleep(0.2)
+        hold_gate.commit()                   # the three go out together
+        time.sleep(0.5)
+        assert db.row(locked) == before, "written while its advisory lock was held elsewhere"
+        busy = _counter(port, "tenantq_lock_busy_total")
+        assert busy >= 1, busy
+        hold_locked.commit()
+        replies = [s.recv() for _ in range(4)]
+    assert all(r["ok"] for r in replies), replies
+    assert sorted(r["result"]["version"] for r in replies) == [1, 2, 2, 2], replies
+    for t in [locked] + others:
+        assert [x["id"] for x in db.sections(t, "home")] == ["first", "second"], t
+        assert db.row(t)["version"] == 2
+    assert _counter(port, "tenantq_transactions_one_round_trip_total") >= 1

@@ -1142,6 +1142,12 @@ static void test_sequence(void)
     char args[512], why[256];
     const int steps = 10000;
     int step_failures_before = failures;
+    /* the last KEEP results, kept alive with their text as first seen: the
+     * daemon encodes a batch's results after later edits (and the next
+     * batch) changed the state, so no result may share a value with it */
+    enum { KEEP = 16 };
+    json_t *kept[KEEP] = {NULL};
+    char *kept_text[KEEP] = {NULL};
 
     for (int step = 0; step < steps && failures - step_failures_before < 5; step++) {
         sf_op op;
@@ -1318,8 +1324,27 @@ static void test_sequence(void)
         if (ever_published)
             CHECK(m_matches(st.published, &published, why, sizeof why), "step %d published: %s",
                   step, why);
-        json_decref(res);
+        for (int k = 0; k < KEEP; k++) {
+            if (kept[k] == NULL)
+                continue;
+            char *now = json_dumps(kept[k], JSON_COMPACT | JSON_SORT_KEYS);
+            CHECK(now != NULL && strcmp(now, kept_text[k]) == 0,
+                  "step %d: an earlier result changed with the state: %s -> %s", step,
+                  kept_text[k], now ? now : "?");
+            free(now);
+        }
+        int slot = step % KEEP;
+        json_decref(kept[slot]);
+        free(kept_text[slot]);
+        kept[slot] = res; /* (the reference res held) */
+        kept_text[slot] = res ? json_dumps(res, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        if (res == NULL)
+            kept[slot] = NULL;
         sf_state_clear(&before);
+    }
+    for (int k = 0; k < KEEP; k++) {
+        json_decref(kept[k]);
+        free(kept_text[k]);
     }
     /* the sequence must actually have exercised both outcomes of every edit */
     for (int op = 0; op < SF_OP__COUNT; op++)
