@@ -71,7 +71,9 @@ void tq_set_retries(tq_client *c, int attempts);
  * 64-bit range or a top-level value other than an object is TQ_E_USAGE
  * (the message names the byte offset) and sends nothing.
  * Every op that changes state (all but ping and draft.get) carries an
- * idempotency key: opts->key, or a random one generated per call, so that a
+ * idempotency key: opts->key, or one generated per call ("auto-", the time
+ * in milliseconds and 80 random bits, in hex: unique, and increasing over
+ * time, which keeps the daemon's record index compact), so that a
  * re-send (after the connection broke, e.g. a daemon restart: the request
  * goes out again once a connection is back, within the same timeout) or a
  * retry by tq_set_retries takes effect at most once.

@@ -300,6 +300,30 @@ static void test_call(void)
     rc = tq_call(c, "shop-1", "echo", NULL, NULL, &res, NULL);
     CHECK(rc == 0 && res && first && strcmp(res, first) != 0, "a new key per call: %s vs %s",
           res ? res : "(null)", first ? first : "(null)");
+    /* auto-<12 hex: ms clock><20 hex: random>: well formed, the clock part
+     * is now and does not go back, the random part differs */
+    char k1[64] = "", k2[64] = "";
+    const char *p1 = first ? strstr(first, "\"key\":\"") : NULL,
+               *p2 = res ? strstr(res, "\"key\":\"") : NULL;
+    if (p1 && p2) {
+        sscanf(p1 + 7, "%63[^\"]", k1);
+        sscanf(p2 + 7, "%63[^\"]", k2);
+    }
+    CHECK(strlen(k1) == 37 && strlen(k2) == 37 && strspn(k1 + 5, "0123456789abcdef") == 32 &&
+              strspn(k2 + 5, "0123456789abcdef") == 32,
+          "key format: %s %s", k1, k2);
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    unsigned long long ms1 = 0, ms2 = 0,
+                       now_ms = (unsigned long long)wall.tv_sec * 1000u +
+                                (unsigned long long)wall.tv_nsec / 1000000u;
+    if (strlen(k1) == 37 && strlen(k2) == 37) {
+        sscanf(k1 + 5, "%12llx", &ms1);
+        sscanf(k2 + 5, "%12llx", &ms2);
+    }
+    CHECK(ms1 <= ms2 && ms2 <= now_ms && now_ms - ms1 < 60000, "key clock: %llu %llu now %llu",
+          ms1, ms2, now_ms);
+    CHECK(strcmp(k1 + 17, k2 + 17) != 0, "key random part repeats: %s %s", k1, k2);
     free(first);
     free(res);
 
