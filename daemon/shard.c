@@ -721,12 +721,19 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     struct txn *t = arg;
     (void)c;
     if (lost) {
-        /* COMMIT was sent: it may or may not have happened */
-        for (int k = 0; k < t->nb; k++)
-            fail_batch(&t->b[k], TQ_E_OUTCOME_UNKNOWN,
-                       "tenant \"%s\": database connection lost during COMMIT; the outcome is "
-                       "unknown (retry with the same key to learn it)",
-                       t->b[k].lane->tenant);
+        /* COMMIT was sent: it may or may not have happened (a batch that
+         * only confirmed its validation errors wrote nothing either way) */
+        for (int k = 0; k < t->nb; k++) {
+            if (t->b[k].confirms)
+                fail_batch(&t->b[k], TQ_E_DB_UNAVAILABLE,
+                           "tenant \"%s\": database connection lost; not executed",
+                           t->b[k].lane->tenant);
+            else
+                fail_batch(&t->b[k], TQ_E_OUTCOME_UNKNOWN,
+                           "tenant \"%s\": database connection lost during COMMIT; the outcome "
+                           "is unknown (retry with the same key to learn it)",
+                           t->b[k].lane->tenant);
+        }
         txn_end(t, true);
         return;
     }

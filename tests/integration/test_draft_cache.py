@@ -161,3 +161,31 @@ def test_shared_one_round_trip_never_writes_without_the_lock(daemon_factory, db)
         assert [x["id"] for x in db.sections(t, "home")] == ["first", "second"], t
         assert db.row(t)["version"] == 2
     assert _counter(port, "tenantq_transactions_one_round_trip_total") >= 1
+
+
+def test_shutdown_waits_for_a_one_round_trip_transaction(daemon_factory, db):
+    """A transaction sent whole (cached state) cannot be withdrawn: when the
+    shutdown grace ends while it waits for a lock held elsewhere, the daemon
+    waits for it (bounded by lock_timeout_ms), answers it LOCK_TIMEOUT and
+    exits 0; nothing of it is ever stored."""
+    import signal
+    d = daemon_factory("--shards", 1, "--lock-timeout-ms", 2000, "--shutdown-grace-ms", 300)
+    t = "ort-stop"
+    with Client(d.endpoint) as c:
+        assert _upsert(c, t, "first")["version"] == 1
+    before = db.row(t)
+    with db.connect(autocommit=False) as holder, RawReq(d.endpoint, timeout_ms=8000) as s:
+        holder.execute(LOCK_SQL, (t,))
+        s.send(_edit(t, "second", "stop-2"))
+        time.sleep(0.3)  # sent, waiting for the lock
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        r = s.recv()
+        rc = d.proc.wait(10)
+        took = time.monotonic() - t0
+        holder.commit()
+    assert rc == 0, d.tail()
+    assert r["ok"] is False and r["error"]["code"] == "LOCK_TIMEOUT", r
+    assert 1.2 < took < 4.5, "exit took %.1fs (lock_timeout 2 s, grace 0.3 s)" % took
+    time.sleep(0.3)
+    assert db.row(t) == before
