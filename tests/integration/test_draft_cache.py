@@ -9,18 +9,9 @@ import time
 
 import pytest
 
-from tqlib import Client, RawReq, envelope, free_tcp_port, ok, pack
+from tqlib import Client, RawReq, envelope, free_tcp_port, metric_value, ok, pack
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || %s::text, 0))"
-
-
-def _counter(port, name):
-    import urllib.request
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError("no %s in /metrics" % name)
 
 
 def _upsert(c, tenant, sid):
@@ -44,15 +35,15 @@ def test_writes_behind_the_daemon_are_seen(daemon_factory, db, cache_mb):
     with Client(d.endpoint) as c:
         for k in range(3):
             assert _upsert(c, t, "s%d" % k)["version"] == k + 1
-        hits = _counter(port, "tenantq_draft_cache_hits_total")
-        one_trip = _counter(port, "tenantq_transactions_one_round_trip_total")
+        hits = metric_value(port, "tenantq_draft_cache_hits_total")
+        one_trip = metric_value(port, "tenantq_transactions_one_round_trip_total")
         if cache_mb:
             assert hits >= 2, hits   # the 2nd and 3rd edit found the state cached
             assert one_trip >= 2, one_trip  # ... and went in one round trip
         else:
             assert hits == 0, hits
             assert one_trip == 0, one_trip
-        assert _counter(port, "tenantq_draft_cache_stale_total") == 0
+        assert metric_value(port, "tenantq_draft_cache_stale_total") == 0
 
         # a direct writer appends a section and does NOT increment version
         _direct(db, t, "UPDATE tenantq_storefront SET draft = jsonb_insert(draft, "
@@ -64,7 +55,7 @@ def test_writes_behind_the_daemon_are_seen(daemon_factory, db, cache_mb):
         assert ids == ["s0", "s1", "s2", "direct-1", "s3"], ids
         # the one-round-trip guard saw the row move and nothing was written
         # from the stale copy; the edit ran again from the row
-        assert _counter(port, "tenantq_draft_cache_stale_total") == (1 if cache_mb else 0)
+        assert metric_value(port, "tenantq_draft_cache_stale_total") == (1 if cache_mb else 0)
 
         # ... and one that does increment it
         _direct(db, t, "UPDATE tenantq_storefront SET version = version + 1, draft = "
@@ -84,7 +75,7 @@ def test_writes_behind_the_daemon_are_seen(daemon_factory, db, cache_mb):
         r = _upsert(c, t, "fresh")
         assert r["version"] == 1 and r["index"] == 0, r
         assert [s["id"] for s in db.sections(t, "home")] == ["fresh"]
-        assert _counter(port, "tenantq_draft_cache_stale_total") == (2 if cache_mb else 0)
+        assert metric_value(port, "tenantq_draft_cache_stale_total") == (2 if cache_mb else 0)
 
         # a batch that failed validation leaves the state as stored
         bad = c.call(t, "section.upsert", {"page": "home", "section": {"id": "fresh",
@@ -95,7 +86,7 @@ def test_writes_behind_the_daemon_are_seen(daemon_factory, db, cache_mb):
         assert [s["id"] for s in db.sections(t, "home")] == ["fresh", "after"]
     # existing rows read: without the cache all 7; with it at least the two
     # changed behind the daemon's back
-    misses = _counter(port, "tenantq_draft_cache_misses_total")
+    misses = metric_value(port, "tenantq_draft_cache_misses_total")
     assert misses == 7 if cache_mb == 0 else misses >= 2, misses
 
 
@@ -113,7 +104,7 @@ def test_cache_stays_within_its_budget(daemon_factory, db):
                               {"page": "home", "section": {"id": "s%d" % rnd, "type": "t",
                                                            "body": text}}))
                 assert r["version"] == rnd + 1, r
-        cached = _counter(port, "tenantq_draft_cache_bytes")
+        cached = metric_value(port, "tenantq_draft_cache_bytes")
     assert 0 < cached <= 1024 * 1024, cached
     for i in (0, 99, 199):
         assert [s["id"] for s in db.sections("cache-budget-%d" % i, "home")] == ["s0", "s1"]
@@ -151,7 +142,7 @@ def test_shared_one_round_trip_never_writes_without_the_lock(daemon_factory, db)
         hold_gate.commit()                   # the three go out together
         time.sleep(0.5)
         assert db.row(locked) == before, "written while its advisory lock was held elsewhere"
-        busy = _counter(port, "tenantq_lock_busy_total")
+        busy = metric_value(port, "tenantq_lock_busy_total")
         assert busy >= 1, busy
         hold_locked.commit()
         replies = [s.recv() for _ in range(4)]
@@ -160,7 +151,7 @@ def test_shared_one_round_trip_never_writes_without_the_lock(daemon_factory, db)
     for t in [locked] + others:
         assert [x["id"] for x in db.sections(t, "home")] == ["first", "second"], t
         assert db.row(t)["version"] == 2
-    assert _counter(port, "tenantq_transactions_one_round_trip_total") >= 1
+    assert metric_value(port, "tenantq_transactions_one_round_trip_total") >= 1
 
 
 def test_shutdown_waits_for_a_one_round_trip_transaction(daemon_factory, db):

@@ -13,7 +13,7 @@ import time
 import psycopg
 from psycopg.types.json import Jsonb
 
-from tqlib import (DB, Client, NNTimeout, RawReq, envelope, err,
+from tqlib import (DB, Client, NNTimeout, RawReq, envelope, err, free_tcp_port, metric_value,
                    idempotency_records, init_db, join_threads, ok, pack, pg_restart,
                    send_until_ok, start_threads)
 
@@ -74,8 +74,8 @@ def test_two_daemons_and_direct_writer(daemon_factory, db):
     """6 clients over two instances and 2 direct SQL writers append to the
     same 3 tenants, all generating ids from the same rule: no duplicate id,
     no lost acknowledged edit, versions 1..n each given out once."""
-    d1 = daemon_factory()
-    d2 = daemon_factory()
+    ports = [free_tcp_port(), free_tcp_port()]
+    d1, d2 = (daemon_factory("--metrics-listen", "127.0.0.1:%d" % p) for p in ports)
     tenants = ["shared-%d" % i for i in range(3)]
     n_clients, n_sql, per = 6, 2, 30
     acked = {t: [] for t in tenants}  # tenant -> [(key, id, version)]
@@ -114,6 +114,9 @@ def test_two_daemons_and_direct_writer(daemon_factory, db):
         for key, sid, _ in acked[t]:
             assert by_key[key] == sid, (t, key, sid, by_key[key])
     assert sum(len(a) for a in acked.values()) == (n_clients + n_sql) * per
+    # each instance's cached drafts went stale under the other writers: the
+    # one-round-trip guard caught that (nothing was written from a stale copy)
+    assert sum(metric_value(p, "tenantq_draft_cache_stale_total") for p in ports) > 0
     d1.ping()
     d2.ping()
 

@@ -722,6 +722,17 @@ def metrics_counters(port, name="tenantq_requests_total"):
     return out
 
 
+def metric_value(port, name):
+    """The value of an unlabelled metric from the daemon's /metrics on
+    127.0.0.1:port."""
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError("no %s in /metrics" % name)
+
+
 def idempotency_records(db, tenant=None):
     """{(tenant, key): response dict} of every stored idempotency record."""
     with db.connect() as c:
