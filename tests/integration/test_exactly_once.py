@@ -7,15 +7,17 @@ every reply to a retry must be the original result (replayed) or a fresh
 success of a request that had not run."""
 
 import json
+import os
 import shutil
+import subprocess
 import threading
 import time
 
 import pytest
 
-from tqlib import (NN_REQ, NN_REQ_RESEND_IVL, Client, NNSocket, cli, daemon_at, envelope,
-                   free_tcp_port, idempotency_records, join_threads, metrics_counters, ok, pack,
-                   send_until_ok, sigkill, start_threads, unpack)
+from tqlib import (NN_REQ, NN_REQ_RESEND_IVL, Client, NNSocket, build_dir, cli, daemon_at,
+                   envelope, free_tcp_port, idempotency_records, join_threads, metrics_counters,
+                   ok, pack, send_until_ok, sigkill, start_threads, unpack)
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || %s::text, 0))"
 
@@ -255,3 +257,41 @@ def test_cli_retries_lock_timeout(daemon_factory, db):
     assert row["draft"]["pages"]["home"]["sections"] == [{"id": "home-hero-main",
                                                          "type": "hero"}]
     assert idempotency_records(db) == {(t, "cli-key"): expected}
+
+
+def test_expired_records_are_deleted_under_load(daemon_factory, db):
+    """idempotency_ttl_s = 1: expired records are deleted in the background
+    even while 64 clients (tenantq-load) keep both of the shard's connections
+    busy the whole time: the cleanup must not wait for an idle moment that
+    never comes.  A key is free again once its record is gone."""
+    d = daemon_factory("--shards", 1, "--connections-per-shard", 2, "--idempotency-ttl-s", 1)
+    load = subprocess.Popen(
+        [os.path.join(build_dir(), "tests", "load", "tenantq-load"), "--mode", "daemon",
+         "-e", d.endpoint, "--database", db.conninfo, "--clients", "64", "--tenants", "100",
+         "--duration", "11", "--no-check"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        # the first pass is due 5 s after the daemon started, then catches up
+        # in batches; 9 s in, nothing written in the first 4 s may be left
+        time.sleep(9.0)
+        with db.connect() as c:
+            old, total = c.execute(
+                "SELECT count(*) FILTER (WHERE created_at < now() - interval '5 s'), count(*) "
+                "FROM tenantq_idempotency").fetchone()
+        rc = load.wait(30)
+    finally:
+        load.kill()
+    assert rc == 0, rc
+    assert total > 1000, total
+    assert old == 0, "%d of %d records were past their TTL by 4 s" % (old, total)
+    # within its TTL a key replays; once expired (deleted or not yet) it runs afresh
+    with Client(d.endpoint) as c:
+        body = pack(envelope("ttl-0", "section.upsert",
+                             {"page": "home", "section": {"type": "x"}}, key="ttl-key"))
+        first = c.raw(body)
+        again = c.raw(body)
+        time.sleep(1.5)
+        later = c.raw(body)
+    assert ok(first) and not first.get("replayed"), first
+    assert again.get("replayed") and again["result"] == first["result"], again
+    assert not later.get("replayed") and ok(later)["version"] > first["result"]["version"], later
