@@ -195,8 +195,8 @@ static void on_metrics(struct evhttp_request *req, void *arg)
         one_trip += shard_gauge(d->shards[i], SHARD_GAUGE_ONE_TRIP);
     }
     evbuffer_add_printf(b,
-                        "# HELP tenantq_draft_cache_hits_total Tenant rows read whose parsed "
-                        "state was still cached.\n"
+                        "# HELP tenantq_draft_cache_hits_total Batches whose tenant's parsed "
+                        "state was cached and still the row's version.\n"
                         "# TYPE tenantq_draft_cache_hits_total counter\n"
                         "tenantq_draft_cache_hits_total %lu\n"
                         "# HELP tenantq_draft_cache_misses_total Tenant rows read and parsed.\n"
