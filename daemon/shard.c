@@ -383,15 +383,23 @@ static bool result_ok(const PGresult *r)
     return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
 }
 
+/* Index of the statement of a pipeline that failed (the ones after it are
+ * PIPELINE_ABORTED), or -1. */
+static int first_failed(PGresult *const *res, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!result_ok(res[i]) && res[i] && PQresultStatus(res[i]) != PGRES_PIPELINE_ABORTED)
+            return i;
+    return -1;
+}
+
 /* Map the first failed statement of a pipeline to a reply for the batch
  * (a transaction of this one batch: the failure is its own). */
 static void fail_batch_from_results(struct batch *b, PGresult *const *res, int n)
 {
     struct txn *t = b->t;
-    const PGresult *bad = NULL;
-    for (int i = 0; i < n && !bad; i++)
-        if (!result_ok(res[i]) && res[i] && PQresultStatus(res[i]) != PGRES_PIPELINE_ABORTED)
-            bad = res[i];
+    int f = first_failed(res, n);
+    const PGresult *bad = f >= 0 ? res[f] : NULL;
     const char *state = pg_sqlstate(bad);
     const char *tenant = b->lane->tenant;
     if (state && strcmp(state, "55P03") == 0) {
@@ -685,10 +693,7 @@ static void fail_lost_before_commit(struct txn *t)
  * the batches run again (the failing one alone). */
 static void one_trip_failed(struct txn *t, PGresult *const *res, int n)
 {
-    int f = -1;
-    for (int i = 0; i < n && f < 0; i++)
-        if (!result_ok(res[i]) && res[i] && PQresultStatus(res[i]) != PGRES_PIPELINE_ABORTED)
-            f = i;
+    int f = first_failed(res, n);
     const char *state = f >= 0 ? pg_sqlstate(res[f]) : NULL;
     bool div0 = state && strcmp(state, "22012") == 0;
     int owner = -1;
