@@ -1320,8 +1320,10 @@ static void cleanup_done(struct pgconn *c, void *arg, PGresult *const *res, int 
  * ~25,000 records a second, on one connection. */
 static void maybe_cleanup(struct shard *s)
 {
+    if (s->id != 0 || s->draining) /* (called on every kick: no clock read first) */
+        return;
     uint64_t now = now_us();
-    if (s->id != 0 || s->draining || now < s->next_cleanup_us)
+    if (now < s->next_cleanup_us)
         return;
     if (s->ready.head && !s->cleanup_behind &&
         now < s->next_cleanup_us + CLEANUP_MAX_WAIT_MS * 1000u)
@@ -1332,7 +1334,7 @@ static void maybe_cleanup(struct shard *s)
     struct pg_stmt del = stmt(s, ST_CLEANUP, s->cleanup_ttl, NULL, NULL, NULL);
     if (pg_pipeline(&s->conns[i], &del, 1, cleanup_done, s) == 0)
         s->inflight++;
-    s->next_cleanup_us = now_us() + CLEANUP_IDLE_S * 1000000u;
+    s->next_cleanup_us = now + CLEANUP_IDLE_S * 1000000u;
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
