@@ -708,14 +708,18 @@ def free_tcp_port():
         return s.getsockname()[1]
 
 
+def _metrics_text(port):
+    """The daemon's /metrics page on 127.0.0.1:port."""
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+        return r.read().decode()
+
+
 def metrics_counters(port, name="tenantq_requests_total"):
     """{labels-text: value} of one Prometheus counter from the daemon's
     /metrics on 127.0.0.1:port, e.g. {'op="ping",code="OK"': 3.0}."""
-    import urllib.request
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
-        text = r.read().decode()
     out = {}
-    for line in text.splitlines():
+    for line in _metrics_text(port).splitlines():
         if line.startswith(name + "{"):
             labels, value = line[len(name) + 1:].rsplit("} ", 1)
             out[labels] = float(value)
@@ -725,11 +729,9 @@ def metrics_counters(port, name="tenantq_requests_total"):
 def metric_value(port, name):
     """The value of an unlabelled metric from the daemon's /metrics on
     127.0.0.1:port."""
-    import urllib.request
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+    for line in _metrics_text(port).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     raise AssertionError("no %s in /metrics" % name)
 
 
