@@ -14,6 +14,10 @@
  * and comes back in the reply's, so a reply that is not the slot's current
  * request (a late one) is recognised and dropped.
  *
+ * With several endpoints a call goes to its tenant's best endpoint that is
+ * up and, like tq_call, moves on to the next when its endpoint has had no
+ * connection for TQ_FAILOVER_MS (failover(); client.c explains the rule).
+ *
  * Sockets stay open between calls and are reused by the next call to the
  * same endpoint; a socket whose call timed out or failed is closed, so
  * nothing late can arrive on it.  tq_fd is an epoll instance holding every
@@ -65,6 +69,9 @@ struct slot {
     int64_t deadline;      /* end of the current attempt (SENDING, WAITING) */
     int64_t due;           /* SENDING: next send try; WAITING: next look at the
                               connection; BACKOFF: next attempt */
+    int64_t sending_since; /* SENDING: when this delivery began to wait for a
+                              connection (failover after TQ_FAILOVER_MS) */
+    uint8_t order[TQ_MAX_ENDPOINTS]; /* the tenant's endpoints, best first */
     uint64_t broken;       /* WAITING: the socket's broken connections at the send */
     int send_pause_ms;     /* SENDING: current pause between tries */
     int timeout_ms, attempt, attempts;
@@ -226,14 +233,21 @@ static void slot_failed(struct tq_async *a, struct slot *s, const tq_status *st,
     note_due(a, s->due);
 }
 
-/* Start the next attempt of slot i's call (first or retry). */
+/* Start the next attempt of slot i's call (first or retry), on the
+ * tenant's best endpoint that is up. */
 static void slot_attempt(tq_client *c, struct tq_async *a, int i, int64_t now)
 {
     struct slot *s = &a->slots[i];
     tq_status st;
+    size_t ep = endpoint_pick(c, s->order);
+    if (ep != s->ep) {
+        slot_close(a, s);
+        s->ep = ep;
+    }
     s->attempt++;
     s->deadline = now + s->timeout_ms;
     s->state = SLOT_SENDING;
+    s->sending_since = now;
     s->send_pause_ms = 0; /* a send without connection starts pausing at 1 ms */
     if ((s->sock < 0 && slot_open(c, a, i, s->ep, &st) < 0) ||
         slot_send(a, s, now, &st) < 0) {
@@ -316,7 +330,9 @@ int tq_call_async(tq_client *c, const char *tenant, const char *op, const char *
     struct tq_async *a = async_get(c, st);
     if (a == NULL)
         return -1;
-    size_t ep = (size_t)(endpoint_for_tenant(c, tenant) - c->eps);
+    uint8_t order[TQ_MAX_ENDPOINTS];
+    endpoint_order(c, tenant, order);
+    size_t ep = endpoint_pick(c, order);
     int i = slot_pick(a, ep);
     if (i < 0)
         return status_set(st, TQ_E_QUEUE_FULL, "%d calls already in flight on this client "
@@ -333,6 +349,7 @@ int tq_call_async(tq_client *c, const char *tenant, const char *op, const char *
     }
     memcpy(s->req, c->sb.data, c->sb.size);
     s->req_len = c->sb.size;
+    memcpy(s->order, order, c->n_eps);
     s->timeout_ms = call_timeout_ms(c, opts);
     s->attempts = call_attempts(c, opts);
     s->attempt = 0;
@@ -396,6 +413,26 @@ static int slot_receive(tq_client *c, struct tq_async *a, int i)
     return done;
 }
 
+/* Slot i's request has found no connection since sending_since: after
+ * TQ_FAILOVER_MS, if its socket has none at all, mark the endpoint down and
+ * move the slot to the tenant's next endpoint that is up (client.c,
+ * exchange: the same rule for tq_call).  0, or -1 with st set if no socket
+ * could be opened there. */
+static int failover(tq_client *c, struct tq_async *a, int i, int64_t now, tq_status *st)
+{
+    struct slot *s = &a->slots[i];
+    if (c->n_eps < 2 || now - s->sending_since < TQ_FAILOVER_MS || !sock_unconnected(s->sock))
+        return 0;
+    endpoint_mark_down(c, s->ep);
+    size_t ep = endpoint_pick(c, s->order);
+    if (ep == s->ep)
+        return 0; /* every endpoint is down: keep waiting here */
+    slot_close(a, s); /* nothing of this call is on it */
+    s->sending_since = now;
+    s->send_pause_ms = 0;
+    return slot_open(c, a, i, ep, st);
+}
+
 /* Act on the slots whose timers have come; recompute next_due. */
 static int run_timers(tq_client *c, struct tq_async *a, int64_t now)
 {
@@ -423,6 +460,13 @@ static int run_timers(tq_client *c, struct tq_async *a, int64_t now)
                 /* a send that found no connection, or a request whose
                  * connection broke: (again) once one is there */
                 tq_status st;
+                if (s->state == SLOT_WAITING)
+                    s->sending_since = now;
+                else if (failover(c, a, i, now, &st) < 0) {
+                    slot_close(a, s);
+                    slot_failed(a, s, &st, now);
+                    break;
+                }
                 if (slot_send(a, s, now, &st) < 0) {
                     slot_close(a, s);
                     slot_failed(a, s, &st, now);

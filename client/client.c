@@ -15,9 +15,17 @@
  * ties going to the endpoint listed first.  The choice depends only on the
  * endpoint strings and the tenant, never on list order or on the process, so
  * every client with the same endpoint set agrees, and removing an endpoint
- * moves only that endpoint's tenants.  There is no failover yet: if a
- * tenant's endpoint is down its calls time out (TQ_E_TIMEOUT); they are not
- * redirected to the next-highest endpoint.
+ * moves only that endpoint's tenants.
+ *
+ * Failover: the tenant's endpoints in score order are its preference list.
+ * A request that finds no connection to its endpoint for TQ_FAILOVER_MS,
+ * while the socket confirms it has none at all, marks that endpoint down and
+ * goes to the next one that is up (exchange(), and async.c's failover()).
+ * A down endpoint gets a probe: a socket connected there that never sends,
+ * which nanomsg keeps reconnecting; its first connection marks the endpoint
+ * up again and its tenants return to it.  A daemon that is connected but
+ * slow or hung is not down: its calls time out as before.  With one
+ * endpoint nothing is ever marked down.
  *
  * Sockets: one raw REQ socket per endpoint for the synchronous calls, opened
  * on first use, with our own request ids in the SP header (exchange(): why
@@ -102,18 +110,20 @@ static uint64_t rendezvous_score(const char *url, const char *tenant)
     return fmix64(h);
 }
 
-struct tq_endpoint *endpoint_for_tenant(tq_client *c, const char *tenant)
+void endpoint_order(const tq_client *c, const char *tenant, uint8_t *order)
 {
-    size_t best = 0;
-    uint64_t best_score = 0;
+    uint64_t score[TQ_MAX_ENDPOINTS];
+    /* insertion sort, best score first; ties keep list order */
     for (size_t i = 0; i < c->n_eps; i++) {
-        uint64_t s = rendezvous_score(c->eps[i].url, tenant);
-        if (i == 0 || s > best_score) {
-            best = i;
-            best_score = s;
+        uint64_t s = tenant != NULL ? rendezvous_score(c->eps[i].url, tenant) : 0;
+        size_t j = i;
+        for (; j > 0 && score[j - 1] < s; j--) {
+            score[j] = score[j - 1];
+            order[j] = order[j - 1];
         }
+        score[j] = s;
+        order[j] = (uint8_t)i;
     }
-    return &c->eps[best];
 }
 
 static void endpoint_close(struct tq_endpoint *ep)
@@ -123,6 +133,49 @@ static void endpoint_close(struct tq_endpoint *ep)
         (void)nn_close(ep->sock);
         ep->sock = -1;
     }
+}
+
+bool sock_unconnected(int sock)
+{
+    return nn_get_statistic(sock, NN_STAT_CURRENT_CONNECTIONS) == 0;
+}
+
+/* Down: marked so, and its probe has not connected since. */
+static bool endpoint_down(struct tq_endpoint *ep)
+{
+    if (ep->probe < 0)
+        return false;
+    if (sock_unconnected(ep->probe))
+        return true;
+    (void)nn_close(ep->probe); /* back up */
+    ep->probe = -1;
+    return false;
+}
+
+size_t endpoint_pick(tq_client *c, const uint8_t *order)
+{
+    for (size_t k = 0; k < c->n_eps; k++)
+        if (!endpoint_down(&c->eps[order[k]]))
+            return order[k];
+    return order[0];
+}
+
+void endpoint_mark_down(tq_client *c, size_t i)
+{
+    struct tq_endpoint *ep = &c->eps[i];
+    if (c->n_eps < 2 || ep->probe >= 0)
+        return;
+    /* The probe never sends: nanomsg keeps reconnecting it in the
+     * background, and its first connection says the endpoint is back.  If
+     * it cannot be made the endpoint is simply not marked down. */
+    int s = nn_socket(AF_SP_RAW, NN_REQ);
+    if (s < 0)
+        return;
+    if (nn_connect(s, ep->url) < 0) {
+        (void)nn_close(s);
+        return;
+    }
+    ep->probe = s;
 }
 
 static bool valid_endpoint_syntax(const char *url)
@@ -221,11 +274,12 @@ int raw_recv(int sock, int flags, void **body, uint32_t *id)
 }
 
 /*
- * One request/reply exchange on ep.  On success returns 0 and *reply is a
- * nanomsg message the caller frees with nn_freemsg.  On any failure the
- * socket is closed (to be reopened by the next call) and -1 returned with st
- * set: TQ_E_TIMEOUT if the request may have been delivered, TQ_E_TRANSPORT if
- * the socket could not be opened.
+ * One request/reply exchange.  order lists the endpoints to use, best first
+ * (endpoint_order).  On success returns 0, *reply is a nanomsg message the
+ * caller frees with nn_freemsg and *used the endpoint that answered.  On any
+ * failure the socket is closed (to be reopened by the next call) and -1
+ * returned with st set: TQ_E_TIMEOUT if the request may have been
+ * delivered, TQ_E_TRANSPORT if the socket could not be opened.
  *
  * A raw REQ socket with our own request id (as tq_call_async): it never
  * re-sends on its own, and closing it after a timeout leaves no request
@@ -235,20 +289,33 @@ int raw_recv(int sock, int flags, void **body, uint32_t *id)
  * since the send, and if so sends the same bytes again (a new id) once a
  * connection is back.  The daemon may then see a request twice: edits carry
  * an idempotency key.
+ *
+ * Failover, with several endpoints: a send waits for a connection at most
+ * TQ_FAILOVER_MS at a time.  If its endpoint then has no connection at all,
+ * the endpoint is marked down and the request goes to the next endpoint in
+ * order that is up (when none is, it keeps waiting where it is).  A request
+ * not yet sent cannot be delivered twice; one whose connection broke is sent
+ * again this way too, and its key makes that harmless, since the daemons of
+ * one deployment share the database's idempotency records.
  */
-static int exchange(struct tq_endpoint *ep, const void *req, size_t req_len,
-                    int timeout_ms, void **reply, size_t *reply_len, tq_status *st)
+static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t req_len,
+                    int timeout_ms, void **reply, size_t *reply_len,
+                    const struct tq_endpoint **used, tq_status *st)
 {
-    if (endpoint_open(ep, st) < 0)
-        return -1;
     int64_t deadline = now_ms() + timeout_ms;
     const char *what = "no reply";
     int e = ETIMEDOUT;
+    struct tq_endpoint *ep;
     for (;;) { /* one delivery of the request per turn */
+        size_t i = endpoint_pick(c, order);
+        ep = &c->eps[i];
+        if (endpoint_open(ep, st) < 0)
+            return -1;
         uint64_t broken = nn_get_statistic(ep->sock, NN_STAT_BROKEN_CONNECTIONS);
         uint32_t id = next_request_id(&ep->next_id);
         /* without a connection (yet) the send waits for one */
         int sent;
+        bool moved = false;
         for (;;) {
             int64_t left = deadline - now_ms();
             if (left < 1) {
@@ -256,7 +323,9 @@ static int exchange(struct tq_endpoint *ep, const void *req, size_t req_len,
                 sent = -1;
                 break;
             }
-            if (endpoint_timeout(ep, NN_SNDTIMEO, &ep->snd_ms, (int)left) < 0) {
+            bool slice = c->n_eps > 1 && left > TQ_FAILOVER_MS;
+            if (endpoint_timeout(ep, NN_SNDTIMEO, &ep->snd_ms,
+                                 slice ? TQ_FAILOVER_MS : (int)left) < 0) {
                 e = nn_errno();
                 sent = -1;
                 break;
@@ -265,8 +334,21 @@ static int exchange(struct tq_endpoint *ep, const void *req, size_t req_len,
             if (sent >= 0)
                 break;
             e = nn_errno();
-            if (e != EINTR)
+            if (e == EINTR)
+                continue;
+            if (!slice || (e != EAGAIN && e != ETIMEDOUT))
                 break;
+            if (sock_unconnected(ep->sock)) {
+                endpoint_mark_down(c, i);
+                if (endpoint_pick(c, order) != i) {
+                    moved = true;
+                    break;
+                }
+            }
+        }
+        if (moved) {
+            endpoint_close(ep); /* nothing of this call is on it */
+            continue;
         }
         if (sent < 0) {
             endpoint_close(ep);
@@ -295,6 +377,7 @@ static int exchange(struct tq_endpoint *ep, const void *req, size_t req_len,
                 if (rid == id) {
                     *reply = buf;
                     *reply_len = (size_t)n;
+                    *used = ep;
                     return 0;
                 }
                 nn_freemsg(buf); /* not this request's: an earlier delivery's */
@@ -336,6 +419,12 @@ tq_client *tq_connect(const char *endpoint, tq_status *st)
     size_t cap = 1;
     for (const char *p = endpoint; *p; p++)
         cap += *p == ',';
+    if (cap > TQ_MAX_ENDPOINTS) {
+        status_set(st, TQ_E_USAGE, "%zu endpoints in \"%.100s...\": at most %d", cap, endpoint,
+                   TQ_MAX_ENDPOINTS);
+        tq_close(c);
+        return NULL;
+    }
     c->eps = calloc(cap, sizeof *c->eps);
     if (c->eps == NULL)
         goto oom;
@@ -363,6 +452,7 @@ tq_client *tq_connect(const char *endpoint, tq_status *st)
         }
         c->eps[c->n_eps].url = url;
         c->eps[c->n_eps].sock = -1;
+        c->eps[c->n_eps].probe = -1;
         c->n_eps++;
         if (comma == NULL)
             break;
@@ -383,6 +473,8 @@ void tq_close(tq_client *c)
     async_free(c->async);
     for (size_t i = 0; i < c->n_eps; i++) {
         endpoint_close(&c->eps[i]);
+        if (c->eps[i].probe >= 0)
+            (void)nn_close(c->eps[i].probe);
         free(c->eps[i].url);
     }
     free(c->eps);
@@ -561,7 +653,8 @@ int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_j
     if (encode_call(c, tenant, op, args_json, opts, st) < 0)
         return -1;
     int timeout_ms = call_timeout_ms(c, opts);
-    struct tq_endpoint *ep = endpoint_for_tenant(c, tenant);
+    uint8_t order[TQ_MAX_ENDPOINTS];
+    endpoint_order(c, tenant, order);
     int attempts = call_attempts(c, opts);
     tq_status local;
     tq_status *s = st ? st : &local;
@@ -569,7 +662,9 @@ int tq_call(tq_client *c, const char *tenant, const char *op, const char *args_j
         /* the same bytes, and so the same key, on every attempt */
         void *reply = NULL;
         size_t reply_len = 0;
-        int rc = exchange(ep, c->sb.data, c->sb.size, timeout_ms, &reply, &reply_len, s);
+        const struct tq_endpoint *ep = NULL;
+        int rc = exchange(c, order, c->sb.data, c->sb.size, timeout_ms, &reply, &reply_len,
+                          &ep, s);
         if (rc == 0) {
             rc = reply_result(ep, reply, reply_len, result_json, &c->last_replayed, s);
             nn_freemsg(reply);
@@ -594,11 +689,13 @@ int tq_call_raw(tq_client *c, const void *req, size_t req_len, void **reply,
     if (timeout_ms <= 0)
         timeout_ms = c->timeout_ms;
 
-    /* No tenant to hash: raw calls go to the first endpoint listed. */
-    struct tq_endpoint *ep = &c->eps[0];
+    /* No tenant to hash: raw calls go to the first endpoint listed that is up. */
+    uint8_t order[TQ_MAX_ENDPOINTS];
+    endpoint_order(c, NULL, order);
+    const struct tq_endpoint *ep = NULL;
     void *msg = NULL;
     size_t len = 0;
-    if (exchange(ep, req == NULL ? "" : req, req_len, timeout_ms, &msg, &len, st) < 0)
+    if (exchange(c, order, req == NULL ? "" : req, req_len, timeout_ms, &msg, &len, &ep, st) < 0)
         return -1;
     void *copy = malloc(len > 0 ? len : 1);
     if (copy == NULL) {

@@ -23,12 +23,20 @@
  * carried the request broke (a daemon restart): if so the request is sent
  * again once a connection is back, as cooked REQ would. */
 #define TQ_BROKEN_CHECK_MS 100
+/* Failover (several endpoints): a request that finds no connection to its
+ * endpoint for this long marks the endpoint down, and the call moves on to
+ * the tenant's next endpoint in rendezvous order (client.c). */
+#define TQ_FAILOVER_MS 250
+/* Endpoints one client may list (tq_connect). */
+#define TQ_MAX_ENDPOINTS 64
 
 struct tq_endpoint {
     char *url;      /* owned, NUL-terminated */
     int sock;       /* raw REQ socket of the synchronous calls, or -1 */
     int snd_ms, rcv_ms; /* NN_SNDTIMEO / NN_RCVTIMEO as last set, -1 unknown */
     uint32_t next_id; /* request ids of the synchronous calls */
+    int probe;      /* while the endpoint is down: a raw REQ socket connected
+                       there that never sends, to see it come back; else -1 */
 };
 
 struct tq_async; /* async.c: the asynchronous calls' sockets and slots */
@@ -49,8 +57,21 @@ __attribute__((format(printf, 3, 4)))
 int status_set(tq_status *st, tq_code code, const char *fmt, ...);
 void status_ok(tq_status *st);
 
-/* The endpoint a tenant's calls go to (rendezvous hashing, client.c). */
-struct tq_endpoint *endpoint_for_tenant(tq_client *c, const char *tenant);
+/*
+ * Endpoint choice (client.c).  endpoint_order fills order[0..n_eps) with
+ * the endpoint indexes in the tenant's rendezvous order (best first); a
+ * NULL tenant gives list order (tq_call_raw).  endpoint_pick returns the
+ * first of order that is not down, or order[0] when all are.
+ * endpoint_mark_down is called when a request found no connection to ep for
+ * TQ_FAILOVER_MS; the endpoint counts as down until a connection to it is
+ * seen again (its probe socket).  With one endpoint nothing is ever down.
+ */
+void endpoint_order(const tq_client *c, const char *tenant, uint8_t *order);
+size_t endpoint_pick(tq_client *c, const uint8_t *order);
+void endpoint_mark_down(tq_client *c, size_t ep);
+
+/* Whether a socket has no connection to its peer right now (failover). */
+bool sock_unconnected(int sock);
 
 int setopt_int(int sock, int level, int opt, int value);
 int64_t now_ms(void); /* CLOCK_MONOTONIC */

@@ -47,6 +47,17 @@ typedef struct tq_call_opts {
  * "tcp://127.0.0.1:5555").  The connection itself is made lazily by nanomsg,
  * so an absent daemon shows up as TQ_E_TIMEOUT on the first call.  Returns
  * NULL with st filled on failure.  The caller owns the handle: tq_close.
+ *
+ * endpoint may list up to 64 daemons of one deployment (one database),
+ * comma-separated.  Each tenant then has its own order of preference among
+ * them (rendezvous hashing: every client with the same list agrees) and its
+ * calls go to the first one that is up.  Failover: a call that finds no
+ * connection to its daemon for 250 ms marks that daemon down and goes to
+ * the tenant's next one; it comes back to its first choice as soon as a
+ * connection to it is seen again.  A request that was delivered and whose
+ * connection then broke is sent on the same way, with its idempotency key,
+ * which the daemons share through the database.  A daemon that is connected
+ * but does not answer is not down: the call times out.
  */
 tq_client *tq_connect(const char *endpoint, tq_status *st);
 

@@ -5,6 +5,7 @@ errors, 3 for timeouts/transport."""
 import json
 import os
 import tempfile
+import time
 
 from tqlib import cli
 
@@ -72,3 +73,32 @@ def test_unreachable_exits_3(db):
     finally:
         os.rmdir(d)
     assert db.snapshot() == []
+
+
+def test_failover_to_the_next_endpoint(daemon_factory, db):
+    """Two daemons on one database, both listed: every tenant is served
+    while one of them is down, its tenants by the other (SPEC: a tenant goes
+    to its rendezvous endpoint while that endpoint is up), each call well
+    before its timeout; edits land exactly once."""
+    d1, d2 = daemon_factory(), daemon_factory()
+    eps = "%s,%s" % (d1.endpoint, d2.endpoint)
+    tenants = ["fo-%d" % i for i in range(12)]
+    for t in tenants:
+        p = cli("-e", eps, "-t", "5000", "call", t, "section.upsert", UPSERT)
+        assert p.returncode == 0, (t, p.returncode, p.stderr)
+        assert json.loads(p.stdout)["version"] == 1, p.stdout
+    d1.stop()
+    for t in tenants:
+        start = time.monotonic()
+        p = cli("-e", eps, "-t", "5000", "call", t, "section.upsert",
+                '{"page":"home","section":{"type":"text"}}')
+        took = time.monotonic() - start
+        assert p.returncode == 0, (t, p.returncode, p.stderr)
+        assert json.loads(p.stdout)["version"] == 2, p.stdout
+        assert took < 3.0, (t, took)
+    for t in tenants:
+        assert db.row(t)["version"] == 2, t
+        assert [s["type"] for s in db.sections(t, "home")] == ["hero", "text"], t
+    # a client that lists only the stopped daemon still times out (exit 3)
+    p = cli("-e", d1.endpoint, "-t", "300", "call", "fo-0", "draft.get")
+    assert p.returncode == 3 and p.stderr.startswith("TIMEOUT:"), (p.returncode, p.stderr)

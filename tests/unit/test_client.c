@@ -594,7 +594,7 @@ struct outcome {
     bool replayed;
     char server;          /* echo: which responder answered */
     char tenant[32];      /* echo: the tenant the responder saw */
-    char result[64];      /* start of the result text */
+    char result[256];     /* start of the result text */
     int64_t t_done;
 };
 
@@ -682,6 +682,119 @@ static void test_restart(bool async)
         tq_close(c);
     }
     restart_end(restarter);
+}
+
+/* ---- failover ---------------------------------------------------------- */
+
+/* One call of op "echo" for tenant, synchronous or asynchronous (5 s
+ * timeout, no retries): which responder answered ('A', 'B', 'C'; 0 on
+ * failure), whether the request carried a key, and how long it took. */
+static char failover_call(tq_client *c, bool async, const char *tenant, bool *keyed,
+                          int64_t *took)
+{
+    tq_call_opts opts = {.timeout_ms = 5000};
+    tq_status st;
+    struct outcome o = {0};
+    char *res = NULL;
+    int64_t t0 = mono_ms();
+    if (async) {
+        if (tq_call_async(c, tenant, "echo", "{}", &opts, on_done, &o, &st) == 0)
+            loop(c, 6000);
+        else
+            o.code = st.code;
+        res = strdup(o.result);
+    } else {
+        o.calls = 1;
+        o.code = tq_call(c, tenant, "echo", "{}", &opts, &res, &st) == 0 ? TQ_OK : st.code;
+        json_t *j = res != NULL ? json_loads(res, 0, NULL) : NULL;
+        const char *srv = json_string_value(json_object_get(j, "server"));
+        o.server = srv ? srv[0] : 0;
+        json_decref(j);
+    }
+    *took = mono_ms() - t0;
+    *keyed = res != NULL && strstr(res, "\"key\":\"auto-") != NULL;
+    free(res);
+    return o.calls == 1 && o.code == TQ_OK ? o.server : 0;
+}
+
+/* Two endpoints; a tenant whose first choice is A.  While A is down its
+ * calls go to B, within TQ_FAILOVER_MS (250 ms) plus scheduling, long
+ * before their timeout; once A is back they return to A.  B's own tenants
+ * never move.  Then the harder case: A takes a request and dies without
+ * answering; the request goes to B with the same key. */
+static void test_failover(bool async)
+{
+    const char *mode = async ? "async" : "sync";
+    char url_a[128], url_b[128], list[300];
+    snprintf(url_a, sizeof url_a, "ipc:///tmp/tenantq-test-fo-a-%s-%ld.sock", mode, (long)getpid());
+    snprintf(url_b, sizeof url_b, "ipc:///tmp/tenantq-test-fo-b-%s-%ld.sock", mode, (long)getpid());
+    snprintf(list, sizeof list, "%s,%s", url_a, url_b);
+    static struct responder fa, fb;
+    bool a_up = true;
+    responder_start(&fa, "A", url_a);
+    responder_start(&fb, "B", url_b);
+    tq_status st;
+    tq_client *c = tq_connect(list, &st);
+    CHECK(c != NULL, "connect: %s", st.message);
+    if (c == NULL)
+        goto out;
+    char ta[32] = "", tb[32] = "";
+    bool keyed;
+    int64_t took;
+    for (int i = 0; i < 64 && (!ta[0] || !tb[0]); i++) {
+        char t[32];
+        snprintf(t, sizeof t, "tenant-%d", i);
+        char s = failover_call(c, async, t, &keyed, &took);
+        if (s == 'A' && !ta[0])
+            snprintf(ta, sizeof ta, "%s", t);
+        if (s == 'B' && !tb[0])
+            snprintf(tb, sizeof tb, "%s", t);
+    }
+    CHECK(ta[0] && tb[0], "%s: tenants on A and on B: \"%s\" \"%s\"", mode, ta, tb);
+    if (!ta[0] || !tb[0])
+        goto out;
+
+    responder_stop(&fa); /* A is down */
+    a_up = false;
+    char s = failover_call(c, async, ta, &keyed, &took);
+    CHECK(s == 'B' && keyed, "%s: A's tenant answered by %c while A is down", mode, s ? s : '-');
+    CHECK(took < 2000, "%s: moved to B after %lld ms, not at the 5 s timeout", mode,
+          (long long)took);
+    s = failover_call(c, async, ta, &keyed, &took);
+    CHECK(s == 'B' && took < 200, "%s: the next call goes to B at once: %c after %lld ms", mode,
+          s ? s : '-', (long long)took);
+    s = failover_call(c, async, tb, &keyed, &took);
+    CHECK(s == 'B', "%s: B's tenant stays on B: %c", mode, s ? s : '-');
+
+    responder_start(&fa, "A", url_a); /* A is back */
+    a_up = true;
+    int64_t t0 = mono_ms();
+    do {
+        s = failover_call(c, async, ta, &keyed, &took);
+        if (s != 'A')
+            sleep_ms(20);
+    } while (s != 'A' && mono_ms() - t0 < 3000);
+    CHECK(s == 'A', "%s: A's tenant back on A once A is up (after %lld ms)", mode,
+          (long long)(mono_ms() - t0));
+    responder_stop(&fa);
+    a_up = false;
+
+    /* A takes the request and dies without answering, and stays away. */
+    struct dropper d = {.url = url_a};
+    if (pthread_create(&d.thread, NULL, dropper_main, &d) != 0)
+        exit(99);
+    sleep_ms(300); /* the client's sockets reconnect every 100 ms */
+    s = failover_call(c, async, ta, &keyed, &took);
+    pthread_join(d.thread, NULL);
+    CHECK(atomic_load(&d.got) == 1, "%s: the dying A took the request (%d)", mode,
+          atomic_load(&d.got));
+    CHECK(s == 'B' && keyed && took < 2500, "%s: its request went on to B (%c, key %d) "
+          "after %lld ms", mode, s ? s : '-', keyed, (long long)took);
+out:
+    tq_close(c);
+    if (a_up)
+        responder_stop(&fa);
+    responder_stop(&fb);
 }
 
 /* A callback that starts the next call of a chain from inside tq_dispatch. */
@@ -827,6 +940,8 @@ int main(void)
     test_async();
     test_restart(false);
     test_restart(true);
+    test_failover(false);
+    test_failover(true);
 
     responder_stop(&ra);
     responder_stop(&rb);
