@@ -18,7 +18,10 @@
 
 #include "config.h"
 
-#define PG_MAX_STMTS 128
+/* Statements in one pipeline.  The largest is a one-round-trip transaction
+ * of TQ_MAX_BATCH_TENANTS batches (shard.c: BEGIN, timeouts, COMMIT and
+ * four per batch), asserted there. */
+#define PG_MAX_STMTS (3 + 4 * TQ_MAX_BATCH_TENANTS)
 #define PG_MAX_PARAMS 6
 
 enum pgc_state {

@@ -66,6 +66,11 @@
 
 #define SHARD_TICK_MS 20
 #define GROUP_MAX TQ_MAX_BATCH_TENANTS /* batches (tenants) per transaction */
+/* The pipelines below, at their largest: BEGIN, timeouts, COMMIT, and per
+ * batch lock, select/guard, key records and the draft's write.  pg_send
+ * refuses a longer one outright, which would fail a whole transaction. */
+#define TXN_MAX_STMTS (3 + 4 * GROUP_MAX)
+_Static_assert(TXN_MAX_STMTS <= PG_MAX_STMTS, "a transaction's pipeline must fit in pg.c");
 
 enum msg_kind { MSG_JOB = 1, MSG_DRAIN, MSG_STOP };
 
@@ -730,6 +735,14 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     struct txn *t = arg;
     (void)c;
     if (lost) {
+        /* A statement before COMMIT failed (a lock wait ended by the
+         * server's shutdown, say): the server had aborted the transaction,
+         * so nothing of it happened. */
+        int f = first_failed(res, n);
+        if (f >= 0 && f < n - 1) {
+            fail_lost_before_commit(t);
+            return;
+        }
         /* COMMIT was sent: it may or may not have happened (a batch that
          * only confirmed its validation errors wrote nothing either way) */
         for (int k = 0; k < t->nb; k++) {
@@ -1045,7 +1058,7 @@ static void txn_start(struct shard *s, int i, int lanes)
      * tenant locked elsewhere must not hold the others up, nor can two
      * transactions each wait for a lock the other holds. */
     bool mutating = t->change_deadline_us != UINT64_MAX;
-    struct pg_stmt stmts[3 + 4 * GROUP_MAX];
+    struct pg_stmt stmts[TXN_MAX_STMTS];
     int ns = 0;
     if (mutating) {
         uint64_t min_left_ms = (t->change_deadline_us - now) / 1000;

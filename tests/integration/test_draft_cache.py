@@ -154,6 +154,14 @@ def test_shared_one_round_trip_never_writes_without_the_lock(daemon_factory, db)
     assert metric_value(port, "tenantq_transactions_one_round_trip_total") >= 1
 
 
+def _seeded(d, db, tenant):
+    """Give tenant its first section through d (so d has its state cached);
+    returns the row."""
+    with Client(d.endpoint) as c:
+        assert _upsert(c, tenant, "first")["version"] == 1
+    return db.row(tenant)
+
+
 def test_shutdown_waits_for_a_one_round_trip_transaction(daemon_factory, db):
     """A transaction sent whole (cached state) cannot be withdrawn: when the
     shutdown grace ends while it waits for a lock held elsewhere, the daemon
@@ -162,9 +170,7 @@ def test_shutdown_waits_for_a_one_round_trip_transaction(daemon_factory, db):
     import signal
     d = daemon_factory("--shards", 1, "--lock-timeout-ms", 2000, "--shutdown-grace-ms", 300)
     t = "ort-stop"
-    with Client(d.endpoint) as c:
-        assert _upsert(c, t, "first")["version"] == 1
-    before = db.row(t)
+    before = _seeded(d, db, t)
     with db.connect(autocommit=False) as holder, RawReq(d.endpoint, timeout_ms=8000) as s:
         holder.execute(LOCK_SQL, (t,))
         s.send(_edit(t, "second", "stop-2"))
@@ -180,3 +186,65 @@ def test_shutdown_waits_for_a_one_round_trip_transaction(daemon_factory, db):
     assert 1.2 < took < 4.5, "exit took %.1fs (lock_timeout 2 s, grace 0.3 s)" % took
     time.sleep(0.3)
     assert db.row(t) == before
+
+
+def test_one_round_trip_of_32_tenants_fits_one_pipeline(daemon_factory, db):
+    """max_batch_tenants at its limit (32): 32 cached tenants' keyed edits
+    (lock, guard, key records and write each, 131 statements in all) go out
+    in one round trip and all commit.  The pipeline once had room for only
+    128 statements, and all 32 got a false DB_UNAVAILABLE."""
+    port = free_tcp_port()
+    d = daemon_factory("--shards", 1, "--connections-per-shard", 1, "--max-batch-tenants", 32,
+                       "--metrics-listen", "127.0.0.1:%d" % port)
+    tenants, gate = ["ort32-%02d" % i for i in range(32)], "ort32-gate"
+    with Client(d.endpoint) as c:
+        for t in tenants:
+            assert _upsert(c, t, "first")["version"] == 1
+    one_trip = metric_value(port, "tenantq_transactions_one_round_trip_total")
+    with db.connect(autocommit=False) as hold_gate, RawReq(d.endpoint) as s:
+        hold_gate.execute(LOCK_SQL, (gate,))
+        s.send(_edit(gate, "g", "g1"))       # the only connection waits for this lock
+        time.sleep(0.3)
+        for t in tenants:                    # 32 ready lanes behind it
+            s.send(_edit(t, "second", t + "-2"))
+        time.sleep(0.3)
+        hold_gate.commit()
+        replies = [s.recv() for _ in range(33)]
+    assert [r for r in replies if not r["ok"]] == [], replies
+    for t in tenants:
+        assert [x["id"] for x in db.sections(t, "home")] == ["first", "second"], t
+    assert metric_value(port, "tenantq_transactions_one_round_trip_total") == one_trip + 1
+
+
+@pytest.mark.parametrize("cache_mb", [0, 32])
+def test_lock_wait_ended_by_the_server_is_not_outcome_unknown(daemon_factory, db, cache_mb):
+    """The server ends the daemon's session while its transaction waits for
+    a lock (pg_terminate_backend, as in a fast shutdown): the transaction
+    failed before COMMIT, so the reply is DB_UNAVAILABLE (nothing changed,
+    safe to retry), not OUTCOME_UNKNOWN; with the state cached the lock
+    statement shares a pipeline with COMMIT, and once said the latter."""
+    d = daemon_factory("--shards", 1, "--draft-cache-mb", cache_mb, "--lock-timeout-ms", 10000)
+    t = "ort-terminated"
+    before = _seeded(d, db, t)
+    with db.connect(autocommit=False) as holder, RawReq(d.endpoint, timeout_ms=8000) as s:
+        holder.execute(LOCK_SQL, (t,))
+        s.send(pack(envelope(t, "section.upsert",
+                             {"page": "home", "section": {"id": "second", "type": "x"}})))
+        waiting = []
+        for _ in range(50):
+            time.sleep(0.1)
+            with db.connect() as admin:
+                waiting = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'tenantqd' AND wait_event_type = 'Lock'"
+                ).fetchall()
+            if waiting:
+                break
+        assert waiting, "the daemon's transaction never waited for the lock"
+        r = s.recv()
+        holder.commit()
+    assert r["ok"] is False and r["error"]["code"] == "DB_UNAVAILABLE", r
+    assert r["error"]["retryable"] is True, r
+    assert db.row(t) == before
+    with Client(d.endpoint) as c:  # and the daemon is back in business
+        assert _upsert(c, t, "third")["version"] == 2
