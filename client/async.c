@@ -16,7 +16,9 @@
  *
  * With several endpoints a call goes to its tenant's best endpoint that is
  * up and, like tq_call, moves on to the next when its endpoint has had no
- * connection for TQ_FAILOVER_MS (failover(); client.c explains the rule).
+ * connection for failover_wait_ms() (failover(); client.c explains the
+ * rule).  A slot moved so closes its socket when its call ends: the other
+ * slots keep the client's idle sockets where its calls normally go.
  *
  * Sockets stay open between calls and are reused by the next call to the
  * same endpoint; a socket whose call timed out or failed is closed, so
@@ -70,7 +72,8 @@ struct slot {
     int64_t due;           /* SENDING: next send try; WAITING: next look at the
                               connection; BACKOFF: next attempt */
     int64_t sending_since; /* SENDING: when this delivery began to wait for a
-                              connection (failover after TQ_FAILOVER_MS) */
+                              connection (failover after failover_wait_ms) */
+    bool moved;            /* this call moved the socket to another endpoint */
     uint8_t order[TQ_MAX_ENDPOINTS]; /* the tenant's endpoints, best first */
     uint64_t broken;       /* WAITING: the socket's broken connections at the send */
     int send_pause_ms;     /* SENDING: current pause between tries */
@@ -210,6 +213,10 @@ static void slot_finish(struct tq_async *a, struct slot *s, const tq_status *st,
 {
     tq_callback cb = s->cb;
     void *arg = s->arg;
+    if (s->moved) {
+        slot_close(a, s);
+        s->moved = false;
+    }
     s->state = SLOT_FREE;
     s->cb = NULL;
     s->arg = NULL;
@@ -242,6 +249,7 @@ static void slot_attempt(tq_client *c, struct tq_async *a, int i, int64_t now)
     size_t ep = endpoint_pick(c, s->order);
     if (ep != s->ep) {
         slot_close(a, s);
+        s->moved |= s->attempt > 0; /* a retry going elsewhere */
         s->ep = ep;
     }
     s->attempt++;
@@ -414,20 +422,22 @@ static int slot_receive(tq_client *c, struct tq_async *a, int i)
 }
 
 /* Slot i's request has found no connection since sending_since: after
- * TQ_FAILOVER_MS, if its socket has none at all, mark the endpoint down and
+ * failover_wait_ms, if its socket has none at all, mark the endpoint down and
  * move the slot to the tenant's next endpoint that is up (client.c,
  * exchange: the same rule for tq_call).  0, or -1 with st set if no socket
  * could be opened there. */
 static int failover(tq_client *c, struct tq_async *a, int i, int64_t now, tq_status *st)
 {
     struct slot *s = &a->slots[i];
-    if (c->n_eps < 2 || now - s->sending_since < TQ_FAILOVER_MS || !sock_unconnected(s->sock))
+    if (c->n_eps < 2 || now - s->sending_since < failover_wait_ms(s->timeout_ms) ||
+        !sock_unconnected(s->sock))
         return 0;
     endpoint_mark_down(c, s->ep);
     size_t ep = endpoint_pick(c, s->order);
     if (ep == s->ep)
         return 0; /* every endpoint is down: keep waiting here */
     slot_close(a, s); /* nothing of this call is on it */
+    s->moved = true;
     s->sending_since = now;
     s->send_pause_ms = 0;
     return slot_open(c, a, i, ep, st);
@@ -451,6 +461,8 @@ static int run_timers(tq_client *c, struct tq_async *a, int64_t now)
                            ? "endpoint %s: could not send within %d ms"
                            : "endpoint %s: no reply within %d ms (outcome unknown)",
                            c->eps[s->ep].url, s->timeout_ms);
+                if (s->state == SLOT_SENDING && c->n_eps > 1 && sock_unconnected(s->sock))
+                    endpoint_mark_down(c, s->ep); /* the next call tries the next one */
                 /* a late reply must not arrive on a socket we reuse */
                 slot_close(a, s);
                 slot_failed(a, s, &st, now);

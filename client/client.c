@@ -18,8 +18,9 @@
  * moves only that endpoint's tenants.
  *
  * Failover: the tenant's endpoints in score order are its preference list.
- * A request that finds no connection to its endpoint for TQ_FAILOVER_MS,
- * while the socket confirms it has none at all, marks that endpoint down and
+ * A request that finds no connection to its endpoint for TQ_FAILOVER_MS
+ * (250 ms, or half its timeout if less), while the socket confirms it has
+ * none at all, marks that endpoint down and
  * goes to the next one that is up (exchange(), and async.c's failover()).
  * A down endpoint gets a probe: a socket connected there that never sends,
  * which nanomsg keeps reconnecting; its first connection marks the endpoint
@@ -291,9 +292,10 @@ int raw_recv(int sock, int flags, void **body, uint32_t *id)
  * an idempotency key.
  *
  * Failover, with several endpoints: a send waits for a connection at most
- * TQ_FAILOVER_MS at a time.  If its endpoint then has no connection at all,
- * the endpoint is marked down and the request goes to the next endpoint in
- * order that is up (when none is, it keeps waiting where it is).  A request
+ * failover_wait_ms() at a time.  If its endpoint then has no connection at
+ * all, the endpoint is marked down and the request goes to the next endpoint
+ * in order that is up (when none is, it keeps waiting where it is; a call
+ * that runs out of time so also marks its endpoint down).  A request
  * not yet sent cannot be delivered twice; one whose connection broke is sent
  * again this way too, and its key makes that harmless, since the daemons of
  * one deployment share the database's idempotency records.
@@ -305,6 +307,7 @@ static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t 
     int64_t deadline = now_ms() + timeout_ms;
     const char *what = "no reply";
     int e = ETIMEDOUT;
+    int wait_ms = failover_wait_ms(timeout_ms);
     struct tq_endpoint *ep;
     for (;;) { /* one delivery of the request per turn */
         size_t i = endpoint_pick(c, order);
@@ -323,9 +326,8 @@ static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t 
                 sent = -1;
                 break;
             }
-            bool slice = c->n_eps > 1 && left > TQ_FAILOVER_MS;
-            if (endpoint_timeout(ep, NN_SNDTIMEO, &ep->snd_ms,
-                                 slice ? TQ_FAILOVER_MS : (int)left) < 0) {
+            bool slice = c->n_eps > 1 && left > wait_ms;
+            if (endpoint_timeout(ep, NN_SNDTIMEO, &ep->snd_ms, slice ? wait_ms : (int)left) < 0) {
                 e = nn_errno();
                 sent = -1;
                 break;
@@ -351,8 +353,11 @@ static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t 
             continue;
         }
         if (sent < 0) {
+            bool timed_out = e == EAGAIN || e == ETIMEDOUT || e == EINTR;
+            if (timed_out && sock_unconnected(ep->sock))
+                endpoint_mark_down(c, i); /* the next call tries the next endpoint */
             endpoint_close(ep);
-            if (e == EAGAIN || e == ETIMEDOUT || e == EINTR)
+            if (timed_out)
                 return status_set(st, TQ_E_TIMEOUT, "endpoint %s: could not send within %d ms",
                                   ep->url, timeout_ms);
             return status_set(st, TQ_E_TRANSPORT, "endpoint %s: send failed: %s", ep->url,

@@ -24,8 +24,9 @@
  * again once a connection is back, as cooked REQ would. */
 #define TQ_BROKEN_CHECK_MS 100
 /* Failover (several endpoints): a request that finds no connection to its
- * endpoint for this long marks the endpoint down, and the call moves on to
- * the tenant's next endpoint in rendezvous order (client.c). */
+ * endpoint for this long (or half its timeout, if that is shorter) marks the
+ * endpoint down, and the call moves on to the tenant's next endpoint in
+ * rendezvous order (client.c). */
 #define TQ_FAILOVER_MS 250
 /* Endpoints one client may list (tq_connect). */
 #define TQ_MAX_ENDPOINTS 64
@@ -72,6 +73,15 @@ void endpoint_mark_down(tq_client *c, size_t ep);
 
 /* Whether a socket has no connection to its peer right now (failover). */
 bool sock_unconnected(int sock);
+
+/* How long a call with this timeout waits for a connection before failing
+ * over: TQ_FAILOVER_MS, but at most half the timeout, so that a short call
+ * still has time left for the next endpoint. */
+static inline int failover_wait_ms(int timeout_ms)
+{
+    return timeout_ms / 2 < TQ_FAILOVER_MS ? (timeout_ms / 2 > 0 ? timeout_ms / 2 : 1)
+                                           : TQ_FAILOVER_MS;
+}
 
 int setopt_int(int sock, int level, int opt, int value);
 int64_t now_ms(void); /* CLOCK_MONOTONIC */

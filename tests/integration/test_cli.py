@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 
-from tqlib import cli
+from tqlib import cli, free_tcp_port, metric_value
 
 UPSERT = '{"page":"home","section":{"type":"hero"}}'
 
@@ -80,13 +80,17 @@ def test_failover_to_the_next_endpoint(daemon_factory, db):
     while one of them is down, its tenants by the other (SPEC: a tenant goes
     to its rendezvous endpoint while that endpoint is up), each call well
     before its timeout; edits land exactly once."""
-    d1, d2 = daemon_factory(), daemon_factory()
+    port = free_tcp_port()
+    d1 = daemon_factory("--metrics-listen", "127.0.0.1:%d" % port)
+    d2 = daemon_factory()
     eps = "%s,%s" % (d1.endpoint, d2.endpoint)
     tenants = ["fo-%d" % i for i in range(12)]
     for t in tenants:
         p = cli("-e", eps, "-t", "5000", "call", t, "section.upsert", UPSERT)
         assert p.returncode == 0, (t, p.returncode, p.stderr)
         assert json.loads(p.stdout)["version"] == 1, p.stdout
+    on_d1 = metric_value(port, "tenantq_transactions_total")
+    assert 1 <= on_d1 < len(tenants), "tenants served by the first daemon: %d" % on_d1
     d1.stop()
     for t in tenants:
         start = time.monotonic()

@@ -14,6 +14,7 @@
  * Undecodable requests get the BAD_REQUEST reply the codec reports.  Every
  * request is counted per op so the test can see how often it arrived.
  */
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -537,6 +538,7 @@ struct dropper {
     const char *url;
     pthread_t thread;
     atomic_int got;
+    char key[64]; /* the idempotency key of the request it took */
 };
 
 static void *dropper_main(void *arg)
@@ -548,7 +550,14 @@ static void *dropper_main(void *arg)
         nn_bind(s, d->url) < 0)
         exit(99);
     void *buf = NULL;
-    if (nn_recv(s, &buf, NN_MSG, 0) >= 0) {
+    int n = nn_recv(s, &buf, NN_MSG, 0);
+    if (n >= 0) {
+        tq_request req;
+        tq_error err;
+        if (tq_request_decode(buf, (size_t)n, &req, &err) == 0) {
+            snprintf(d->key, sizeof d->key, "%s", req.key ? req.key : "");
+            tq_request_free(&req);
+        }
         atomic_fetch_add(&d->got, 1);
         nn_freemsg(buf);
     }
@@ -686,46 +695,79 @@ static void test_restart(bool async)
 
 /* ---- failover ---------------------------------------------------------- */
 
-/* One call of op "echo" for tenant, synchronous or asynchronous (5 s
- * timeout, no retries): which responder answered ('A', 'B', 'C'; 0 on
- * failure), whether the request carried a key, and how long it took. */
-static char failover_call(tq_client *c, bool async, const char *tenant, bool *keyed,
-                          int64_t *took)
+struct fo {
+    char server;   /* 'A', 'B', 'C' who answered; 0 if the call failed */
+    tq_code code;
+    char key[64];  /* the key the responder saw */
+    int64_t took;  /* ms */
+};
+
+/* One call of op for tenant, synchronous or asynchronous (no retries). */
+static struct fo fo_call(tq_client *c, bool async, const char *tenant, const char *op,
+                         int timeout_ms)
 {
-    tq_call_opts opts = {.timeout_ms = 5000};
+    tq_call_opts opts = {.timeout_ms = timeout_ms};
     tq_status st;
     struct outcome o = {0};
     char *res = NULL;
     int64_t t0 = mono_ms();
     if (async) {
-        if (tq_call_async(c, tenant, "echo", "{}", &opts, on_done, &o, &st) == 0)
-            loop(c, 6000);
+        if (tq_call_async(c, tenant, op, "{}", &opts, on_done, &o, &st) == 0)
+            loop(c, timeout_ms + 2000);
         else
             o.code = st.code;
-        res = strdup(o.result);
+        CHECK(o.calls == 1, "async %s: %d callbacks", op, o.calls);
+        res = o.code == TQ_OK ? strdup(o.result) : NULL;
     } else {
-        o.calls = 1;
-        o.code = tq_call(c, tenant, "echo", "{}", &opts, &res, &st) == 0 ? TQ_OK : st.code;
-        json_t *j = res != NULL ? json_loads(res, 0, NULL) : NULL;
-        const char *srv = json_string_value(json_object_get(j, "server"));
-        o.server = srv ? srv[0] : 0;
-        json_decref(j);
+        o.code = tq_call(c, tenant, op, "{}", &opts, &res, &st) == 0 ? TQ_OK : st.code;
     }
-    *took = mono_ms() - t0;
-    *keyed = res != NULL && strstr(res, "\"key\":\"auto-") != NULL;
+    struct fo f = {.code = o.code, .took = mono_ms() - t0};
+    json_t *j = res != NULL ? json_loads(res, 0, NULL) : NULL;
+    const char *srv = json_string_value(json_object_get(j, "server"));
+    const char *key = json_string_value(json_object_get(j, "key"));
+    f.server = o.code == TQ_OK && srv ? srv[0] : 0;
+    snprintf(f.key, sizeof f.key, "%s", key ? key : "");
+    json_decref(j);
     free(res);
-    return o.calls == 1 && o.code == TQ_OK ? o.server : 0;
+    return f;
 }
 
-/* Two endpoints; a tenant whose first choice is A.  While A is down its
- * calls go to B, within TQ_FAILOVER_MS (250 ms) plus scheduling, long
- * before their timeout; once A is back they return to A.  B's own tenants
- * never move.  Then the harder case: A takes a request and dies without
- * answering; the request goes to B with the same key. */
+static int open_fds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 4096; fd++)
+        n += fcntl(fd, F_GETFD) != -1;
+    return n;
+}
+
+/* Two endpoints; tenant ta's first choice is A, tb's is B. */
+static void fo_tenants(tq_client *c, bool async, char *ta, char *tb)
+{
+    ta[0] = tb[0] = '\0';
+    for (int i = 0; i < 64 && (!ta[0] || !tb[0]); i++) {
+        char t[32];
+        snprintf(t, sizeof t, "tenant-%d", i);
+        char s = fo_call(c, async, t, "echo", 2000).server;
+        if (s == 'A' && !ta[0])
+            snprintf(ta, 32, "%s", t);
+        if (s == 'B' && !tb[0])
+            snprintf(tb, 32, "%s", t);
+    }
+}
+
+/*
+ * While A is down its tenants' calls go to B, within the failover wait
+ * (250 ms, or half a shorter timeout) plus scheduling, long before their
+ * timeout; once A is back they return to A; B's tenants never move.  A
+ * request A took before dying goes on to B with the same key.  A connected
+ * but hung A is a timeout, not a failover.  With every endpoint down a call
+ * waits out its timeout.  Moving calls back and forth does not pile up
+ * sockets.
+ */
 static void test_failover(bool async)
 {
     const char *mode = async ? "async" : "sync";
-    char url_a[128], url_b[128], list[300];
+    char url_a[128], url_b[128], list[300], ta[32], tb[32];
     snprintf(url_a, sizeof url_a, "ipc:///tmp/tenantq-test-fo-a-%s-%ld.sock", mode, (long)getpid());
     snprintf(url_b, sizeof url_b, "ipc:///tmp/tenantq-test-fo-b-%s-%ld.sock", mode, (long)getpid());
     snprintf(list, sizeof list, "%s,%s", url_a, url_b);
@@ -738,58 +780,85 @@ static void test_failover(bool async)
     CHECK(c != NULL, "connect: %s", st.message);
     if (c == NULL)
         goto out;
-    char ta[32] = "", tb[32] = "";
-    bool keyed;
-    int64_t took;
-    for (int i = 0; i < 64 && (!ta[0] || !tb[0]); i++) {
-        char t[32];
-        snprintf(t, sizeof t, "tenant-%d", i);
-        char s = failover_call(c, async, t, &keyed, &took);
-        if (s == 'A' && !ta[0])
-            snprintf(ta, sizeof ta, "%s", t);
-        if (s == 'B' && !tb[0])
-            snprintf(tb, sizeof tb, "%s", t);
-    }
+    fo_tenants(c, async, ta, tb);
     CHECK(ta[0] && tb[0], "%s: tenants on A and on B: \"%s\" \"%s\"", mode, ta, tb);
     if (!ta[0] || !tb[0])
         goto out;
 
+    /* hung but connected: a timeout, and the tenant stays on A */
+    struct fo f = fo_call(c, async, ta, "hang", 600);
+    CHECK(f.code == TQ_E_TIMEOUT && f.took >= 590, "%s: hang on A: %s after %lld ms", mode,
+          tq_code_name(f.code), (long long)f.took);
+    CHECK(fo_call(c, async, ta, "echo", 2000).server == 'A', "%s: still on A after a hang",
+          mode);
+
     responder_stop(&fa); /* A is down */
     a_up = false;
-    char s = failover_call(c, async, ta, &keyed, &took);
-    CHECK(s == 'B' && keyed, "%s: A's tenant answered by %c while A is down", mode, s ? s : '-');
-    CHECK(took < 2000, "%s: moved to B after %lld ms, not at the 5 s timeout", mode,
-          (long long)took);
-    s = failover_call(c, async, ta, &keyed, &took);
-    CHECK(s == 'B' && took < 200, "%s: the next call goes to B at once: %c after %lld ms", mode,
-          s ? s : '-', (long long)took);
-    s = failover_call(c, async, tb, &keyed, &took);
-    CHECK(s == 'B', "%s: B's tenant stays on B: %c", mode, s ? s : '-');
+    f = fo_call(c, async, ta, "echo", 5000);
+    CHECK(f.server == 'B' && strncmp(f.key, "auto-", 5) == 0,
+          "%s: A's tenant answered by %c while A is down", mode, f.server ? f.server : '-');
+    CHECK(f.took < 2000, "%s: moved to B after %lld ms, not at the 5 s timeout", mode,
+          (long long)f.took);
+    f = fo_call(c, async, ta, "echo", 5000);
+    CHECK(f.server == 'B' && f.took < 200, "%s: the next call goes to B at once: %c after "
+          "%lld ms", mode, f.server ? f.server : '-', (long long)f.took);
+    CHECK(fo_call(c, async, tb, "echo", 2000).server == 'B', "%s: B's tenant stays on B", mode);
 
-    responder_start(&fa, "A", url_a); /* A is back */
+    /* a short timeout fails over too (after half of it), on a fresh client */
+    tq_client *c2 = tq_connect(list, &st);
+    f = fo_call(c2, async, ta, "echo", 200);
+    CHECK(f.server == 'B' && f.took < 200, "%s: 200 ms call moved to B: %c (%s) after %lld ms",
+          mode, f.server ? f.server : '-', tq_code_name(f.code), (long long)f.took);
+    tq_close(c2);
+
+    /* back and forth: A's tenant follows A; sockets do not pile up */
+    int fds = open_fds();
+    for (int cycle = 0; cycle < 4; cycle++) {
+        responder_start(&fa, "A", url_a); /* A is back */
+        a_up = true;
+        int64_t t0 = mono_ms();
+        char s;
+        while ((s = fo_call(c, async, ta, "echo", 2000).server) != 'A' && mono_ms() - t0 < 3000)
+            sleep_ms(20);
+        CHECK(s == 'A', "%s: A's tenant back on A once A is up (cycle %d, %lld ms)", mode, cycle,
+              (long long)(mono_ms() - t0));
+        responder_stop(&fa);
+        a_up = false;
+        s = fo_call(c, async, ta, "echo", 2000).server;
+        CHECK(s == 'B', "%s: and on B once A is down again (cycle %d): %c", mode, cycle,
+              s ? s : '-');
+    }
+    CHECK(open_fds() <= fds + 4, "%s: open fds %d before the cycles, %d after", mode, fds,
+          open_fds());
+
+    /* A takes the request and dies without answering, and stays away */
+    responder_start(&fa, "A", url_a);
     a_up = true;
     int64_t t0 = mono_ms();
-    do {
-        s = failover_call(c, async, ta, &keyed, &took);
-        if (s != 'A')
-            sleep_ms(20);
-    } while (s != 'A' && mono_ms() - t0 < 3000);
-    CHECK(s == 'A', "%s: A's tenant back on A once A is up (after %lld ms)", mode,
-          (long long)(mono_ms() - t0));
+    while (fo_call(c, async, ta, "echo", 2000).server != 'A' && mono_ms() - t0 < 3000)
+        sleep_ms(20);
     responder_stop(&fa);
     a_up = false;
-
-    /* A takes the request and dies without answering, and stays away. */
     struct dropper d = {.url = url_a};
     if (pthread_create(&d.thread, NULL, dropper_main, &d) != 0)
         exit(99);
     sleep_ms(300); /* the client's sockets reconnect every 100 ms */
-    s = failover_call(c, async, ta, &keyed, &took);
+    f = fo_call(c, async, ta, "echo", 5000);
     pthread_join(d.thread, NULL);
     CHECK(atomic_load(&d.got) == 1, "%s: the dying A took the request (%d)", mode,
           atomic_load(&d.got));
-    CHECK(s == 'B' && keyed && took < 2500, "%s: its request went on to B (%c, key %d) "
-          "after %lld ms", mode, s ? s : '-', keyed, (long long)took);
+    CHECK(f.server == 'B' && f.took < 2500, "%s: its request went on to B (%c) after %lld ms",
+          mode, f.server ? f.server : '-', (long long)f.took);
+    CHECK(d.key[0] && strcmp(f.key, d.key) == 0, "%s: with the same key: \"%s\" \"%s\"", mode,
+          d.key, f.key);
+
+    /* every endpoint down: the call waits out its timeout */
+    responder_stop(&fb);
+    f = fo_call(c, async, tb, "echo", 600);
+    CHECK(f.code == TQ_E_TIMEOUT && f.took >= 590 && f.took < 2000,
+          "%s: all down: %s after %lld ms", mode, tq_code_name(f.code), (long long)f.took);
+    tq_close(c);
+    return;
 out:
     tq_close(c);
     if (a_up)
