@@ -213,7 +213,12 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     tq_config fresh;
     tq_action act;
     char err[512];
-    sd_notify(0, "RELOADING=1");
+    /* RELOADING=1 ... READY=1 only while serving: before the first READY=1
+     * (no database yet) systemd would take it as "started", and after
+     * STOPPING=1 as "running again". */
+    bool notify = m->ready && !m->draining;
+    if (notify)
+        sd_notify(0, "RELOADING=1");
     if (config_load(&fresh, m->argc, m->argv, &act, err, sizeof err) < 0) {
         log_err("reload: %s (keeping the running configuration)", err);
     } else {
@@ -221,7 +226,8 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         log_notice("reload: log level %s", fresh.log_level);
     }
     config_free(&fresh);
-    sd_notify(0, "READY=1");
+    if (notify)
+        sd_notify(0, "READY=1");
 }
 
 static int run_daemon(struct main_ctx *m)

@@ -735,11 +735,14 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
     struct txn *t = arg;
     (void)c;
     if (lost) {
-        /* A statement before COMMIT failed (a lock wait ended by the
-         * server's shutdown, say): the server had aborted the transaction,
-         * so nothing of it happened. */
+        /* The server reported an error on a statement before COMMIT (a
+         * lock wait ended by its shutdown, say): it had aborted the
+         * transaction, so nothing of it happened.  Only the server's own
+         * errors (with a SQLSTATE) say where it stopped: the one libpq makes
+         * up for a lost connection goes to the first statement whose result
+         * had not arrived, which may be before a COMMIT that did run. */
         int f = first_failed(res, n);
-        if (f >= 0 && f < n - 1) {
+        if (f >= 0 && f < n - 1 && pg_sqlstate(res[f]) != NULL) {
             fail_lost_before_commit(t);
             return;
         }
