@@ -42,8 +42,20 @@ static void notice_receiver(void *arg, const PGresult *r)
                   (int)len, msg);
 }
 
+int pg_pipeline_limit_ms(const tq_config *cfg)
+{
+    return cfg->lock_timeout_ms + cfg->statement_timeout_ms + 5000;
+}
+
+bool pg_busy(const struct pgconn *c)
+{
+    return c->state == PGC_BUSY || c->state == PGC_PREPARING;
+}
+
 static void free_events(struct pgconn *c)
 {
+    if (c->ev_limit)
+        evtimer_del(c->ev_limit);
     if (c->ev_io) {
         event_free(c->ev_io);
         c->ev_io = NULL;
@@ -90,6 +102,10 @@ static void pg_close(struct pgconn *c, const char *why, bool reconnect)
         c->cb = NULL;
         cb(c, c->cb_arg, res, n, true);
         clear_results(res, n);
+    } else {
+        /* (lost while preparing: nobody waits for those results) */
+        clear_results(c->results, PG_MAX_STMTS);
+        c->cb = NULL;
     }
     if (reconnect)
         pg_schedule_reconnect(c);
@@ -244,6 +260,21 @@ static void pg_timer_cb(evutil_socket_t fd, short what, void *arg)
     pg_start(c);
 }
 
+static void pg_limit_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pgconn *c = arg;
+    if (!pg_busy(c))
+        return;
+    char why[160];
+    snprintf(why, sizeof why,
+             "no answer from the server within %d ms (lock_timeout_ms + statement_timeout_ms "
+             "+ 5 s): dropping the connection",
+             pg_pipeline_limit_ms(c->cfg));
+    pg_drop(c, why);
+}
+
 static uint64_t xorshift(uint64_t *s)
 {
     uint64_t x = *s;
@@ -283,7 +314,8 @@ int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int
     if (getrandom(&c->rng, sizeof c->rng, 0) != sizeof c->rng || c->rng == 0)
         c->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)(shard_id * 64 + idx + 1);
     c->ev_timer = evtimer_new(base, pg_timer_cb, c);
-    return c->ev_timer ? 0 : -1;
+    c->ev_limit = evtimer_new(base, pg_limit_cb, c);
+    return c->ev_timer && c->ev_limit ? 0 : -1;
 }
 
 void pg_destroy(struct pgconn *c)
@@ -292,6 +324,10 @@ void pg_destroy(struct pgconn *c)
     if (c->ev_timer) {
         event_free(c->ev_timer);
         c->ev_timer = NULL;
+    }
+    if (c->ev_limit) {
+        event_free(c->ev_limit);
+        c->ev_limit = NULL;
     }
     if (c->conn) {
         PQfinish(c->conn);
@@ -310,6 +346,7 @@ static void pg_finish_pipeline(struct pgconn *c)
     pg_pipeline_cb cb = c->cb;
     c->cb = NULL;
     c->state = PGC_IDLE;
+    evtimer_del(c->ev_limit);
     cb(c, c->cb_arg, res, n, false);
     clear_results(res, n);
 }
@@ -419,6 +456,9 @@ static int pg_send(struct pgconn *c, const struct pg_stmt *stmts, int n, bool pr
     c->cur_has = false;
     c->cb = cb;
     c->cb_arg = arg;
+    int limit = pg_pipeline_limit_ms(c->cfg);
+    struct timeval tv = {limit / 1000, (limit % 1000) * 1000};
+    evtimer_add(c->ev_limit, &tv);
     pg_flush(c); /* a failure here drops the connection and reports to cb */
     return 0;
 fail: {

@@ -64,6 +64,7 @@ struct pgconn {
     struct event *ev_io;    /* connecting: one-shot read/write; connected: persistent read */
     struct event *ev_write; /* connected: persistent write, added only while PQflush says 1 */
     struct event *ev_timer; /* reconnect backoff */
+    struct event *ev_limit; /* a running pipeline's time limit (pg_send) */
     enum pgc_state state;
     unsigned backoff_ms;
     uint64_t rng;
@@ -97,10 +98,21 @@ void pg_start(struct pgconn *c);
 /*
  * Send n statements and a Sync as one pipeline.  c must be IDLE; it becomes
  * BUSY until cb runs.  Returns 0, or -1 if sending failed at once (then the
- * connection has been dropped and cb is NOT called).
+ * connection has been dropped and cb is NOT called).  A pipeline still
+ * unanswered after pg_pipeline_limit_ms (an unresponsive server, a cut
+ * network path: nothing the server's own timeouts can end) has its
+ * connection dropped, and cb gets lost = true.
  */
 int pg_pipeline(struct pgconn *c, const struct pg_stmt *stmts, int n, pg_pipeline_cb cb,
                 void *arg) __attribute__((warn_unused_result));
+
+/* The longest a pipeline may wait for the server: lock_timeout_ms +
+ * statement_timeout_ms + 5 s, what the server's own timeouts allow a
+ * transaction (the same as its idle_in_transaction_session_timeout). */
+int pg_pipeline_limit_ms(const tq_config *cfg);
+
+/* Whether c has a pipeline out (a transaction, a cleanup, a ROLLBACK). */
+bool pg_busy(const struct pgconn *c);
 
 /* Close the connection now, without reconnecting (shutdown).  A running
  * pipeline's callback gets lost = true; the server rolls back whatever

@@ -168,6 +168,7 @@ struct shard {
     uint64_t min_deadline_us;  /* lower bound of the queued jobs' deadlines */
     uint64_t next_cleanup_us;  /* shard 0 expires idempotency records */
     char cleanup_ttl[16];
+    char cleanup_lock_ms[16], cleanup_stmt_ms[16], cleanup_idle_ms[16]; /* its timeouts */
     bool cleanup_behind;       /* the last pass deleted a whole batch */
     msgpack_sbuffer sb;
     struct reply *outbox;      /* cfg->max_batch answers, nout of them waiting */
@@ -233,10 +234,13 @@ static const char SQL_IDEM_UPSERT[] =
 static const char SQL_IDEM_LOOKUP[] =
     "SELECT key, fingerprint, response FROM tenantq_idempotency WHERE tenant = $1"
     " AND key = ANY ($2::text[]) AND created_at > now() - make_interval(secs => $3::int)";
-/* small batches, so expiry never holds long locks or competes with edits */
+/* small batches, so expiry never holds long locks or competes with edits;
+ * records locked by someone else are left for a later pass rather than
+ * waited for (the pass runs under the transactions' timeouts as well) */
 static const char SQL_IDEM_CLEANUP[] =
     "DELETE FROM tenantq_idempotency WHERE ctid IN (SELECT ctid FROM tenantq_idempotency"
-    " WHERE created_at < now() - make_interval(secs => $1::int) LIMIT 500)";
+    " WHERE created_at < now() - make_interval(secs => $1::int) LIMIT 500"
+    " FOR UPDATE SKIP LOCKED)";
 #define CLEANUP_BATCH 500
 #define CLEANUP_IDLE_S 10        /* rest after a pass that deleted less than a batch */
 #define CLEANUP_BEHIND_MS 20     /* next pass after a full batch: more are due */
@@ -1070,8 +1074,7 @@ static void txn_start(struct shard *s, int i, int lanes)
             lock_ms = min_left_ms ? min_left_ms : 1;
         snprintf(t->tout_lock, sizeof t->tout_lock, "%" PRIu64, lock_ms);
         snprintf(t->tout_stmt, sizeof t->tout_stmt, "%d", s->cfg->statement_timeout_ms);
-        snprintf(t->tout_idle, sizeof t->tout_idle, "%d",
-                 s->cfg->statement_timeout_ms + s->cfg->lock_timeout_ms + 5000);
+        snprintf(t->tout_idle, sizeof t->tout_idle, "%d", pg_pipeline_limit_ms(s->cfg));
         stmts[ns++] = (struct pg_stmt){.sql = SQL_BEGIN};
         stmts[ns++] = stmt(s, ST_TIMEOUTS, t->tout_lock, t->tout_stmt, t->tout_idle, NULL);
     }
@@ -1297,10 +1300,12 @@ static void on_pull(evutil_socket_t fd, short what, void *arg)
             sweep(s, true);
             /* The grace is over: a batch still waiting for its lock or its
              * read has committed nothing, so closing its connection fails it
-             * cleanly.  A batch whose COMMIT is out finishes (bounded by
-             * statement_timeout). */
+             * cleanly; so does a cleanup pass or a ROLLBACK.  A batch whose
+             * COMMIT is out finishes (bounded by the server's timeouts, and
+             * by pg_pipeline_limit_ms if the server stops answering). */
             for (int i = 0; i < s->nconns; i++)
-                if (s->txns[i].nb > 0 && !s->txns[i].committing)
+                if (pg_busy(&s->conns[i]) &&
+                    (s->txns[i].nb == 0 || !s->txns[i].committing))
                     pg_abort(&s->conns[i], "shutdown grace is over");
             break;
         }
@@ -1313,10 +1318,11 @@ static void cleanup_done(struct pgconn *c, void *arg, PGresult *const *res, int 
     (void)c;
     struct shard *s = arg;
     s->inflight--;
-    long deleted = (!lost && n == 1 && result_ok(res[0])) ? atol(PQcmdTuples(res[0])) : 0;
-    if (!lost && n == 1 && !result_ok(res[0]))
+    int f = lost ? -1 : first_failed(res, n);
+    long deleted = (!lost && f < 0 && n == 2) ? atol(PQcmdTuples(res[1])) : 0;
+    if (f >= 0)
         log_warn("shard %d: idempotency cleanup failed: %s", s->id,
-                 res[0] ? PQresultErrorMessage(res[0]) : "no result");
+                 PQresultErrorMessage(res[f]));
     if (deleted > 0)
         log_debug("shard %d: expired %ld idempotency records", s->id, deleted);
     /* a full batch means more are due: come back soon, else rest a while */
@@ -1347,8 +1353,12 @@ static void maybe_cleanup(struct shard *s)
     int i;
     if (idle_conns(s, &i) == 0)
         return;
-    struct pg_stmt del = stmt(s, ST_CLEANUP, s->cleanup_ttl, NULL, NULL, NULL);
-    if (pg_pipeline(&s->conns[i], &del, 1, cleanup_done, s) == 0)
+    /* one implicit transaction: the timeouts apply to the DELETE */
+    struct pg_stmt del[2] = {
+        stmt(s, ST_TIMEOUTS, s->cleanup_lock_ms, s->cleanup_stmt_ms, s->cleanup_idle_ms, NULL),
+        stmt(s, ST_CLEANUP, s->cleanup_ttl, NULL, NULL, NULL),
+    };
+    if (pg_pipeline(&s->conns[i], del, 2, cleanup_done, s) == 0)
         s->inflight++;
     s->next_cleanup_us = now + CLEANUP_IDLE_S * 1000000u;
 }
@@ -1404,6 +1414,9 @@ struct shard *shard_create(struct daemon *d, int id)
     s->min_deadline_us = UINT64_MAX;
     s->next_cleanup_us = now_us() + 5000000u; /* let startup settle first */
     snprintf(s->cleanup_ttl, sizeof s->cleanup_ttl, "%d", cfg->idempotency_ttl_s);
+    snprintf(s->cleanup_lock_ms, sizeof s->cleanup_lock_ms, "%d", cfg->lock_timeout_ms);
+    snprintf(s->cleanup_stmt_ms, sizeof s->cleanup_stmt_ms, "%d", cfg->statement_timeout_ms);
+    snprintf(s->cleanup_idle_ms, sizeof s->cleanup_idle_ms, "%d", pg_pipeline_limit_ms(cfg));
     msgpack_sbuffer_init(&s->sb);
     s->outbox = calloc((size_t)cfg->max_batch, sizeof *s->outbox);
     if (!s->outbox || lane_table_init(&s->lanes) < 0 ||

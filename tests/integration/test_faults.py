@@ -6,6 +6,7 @@ no key), and SIGTERM under load.  Tests named test_slow_* take over 20 s.
 Every edit carries an idempotency key and a field "k" naming it, so the
 database shows which edits ran and how often."""
 
+import os
 import signal
 import threading
 import time
@@ -434,3 +435,79 @@ def test_sigterm_under_load(daemon_factory, db):
     for t in tenants:
         _check_tenant(db.row(t), acked[t], t)
     _check_tenant(db.row(held), held_keys, held)
+
+
+ACTIVITY_SQL = ("SELECT pid, wait_event_type, left(query, 80) FROM pg_stat_activity "
+                "WHERE application_name = 'tenantqd'")
+
+
+def test_cleanup_never_waits_for_locked_records(daemon_factory, db):
+    """Expired idempotency records that another session holds locked are
+    skipped, not waited for: the others are deleted, no daemon session waits
+    on a lock, and SIGTERM still ends the daemon within its grace.  (The
+    cleanup's DELETE once waited, without any timeout, on such a lock; a
+    stop then never finished, whatever the grace or a second signal.)"""
+    expired = ("INSERT INTO tenantq_idempotency (tenant, key, fingerprint, response, created_at) "
+               "SELECT %s, 'k' || g, 'f', '{}', now() - interval '2 days' "
+               "FROM generate_series(1, %s) g")
+    with db.connect() as c:
+        c.execute(expired, ("held", 10))
+        c.execute(expired, ("free", 5))
+    with db.connect(autocommit=False) as holder:
+        holder.execute("SELECT * FROM tenantq_idempotency WHERE tenant = 'held' FOR UPDATE")
+        d = daemon_factory("--shards", 1, "--shutdown-grace-ms", 1000)
+        deadline = time.monotonic() + 15  # the first pass is due 5 s after start
+        with db.connect() as a:
+            while a.execute("SELECT count(*) FROM tenantq_idempotency "
+                            "WHERE tenant = 'free'").fetchone()[0] > 0:
+                assert time.monotonic() < deadline, a.execute(ACTIVITY_SQL).fetchall()
+                time.sleep(0.2)
+            assert a.execute("SELECT count(*) FROM tenantq_idempotency "
+                             "WHERE tenant = 'held'").fetchone()[0] == 10
+            waiting = [r for r in a.execute(ACTIVITY_SQL).fetchall() if r[1] == "Lock"]
+            assert waiting == [], waiting
+        t0 = time.monotonic()
+        d.stop(timeout=5)
+        assert time.monotonic() - t0 < 4, "stop took %.1f s" % (time.monotonic() - t0)
+
+
+def test_commit_on_a_server_that_stopped_answering_is_bounded(daemon_factory, db):
+    """The server stops answering while a COMMIT is out (its backend is
+    frozen: as if the network were cut, so none of its own timeouts can
+    fire).  The daemon gives up after lock_timeout_ms + statement_timeout_ms
+    + 5 s, answers OUTCOME_UNKNOWN (the commit may or may not have happened),
+    and a SIGTERM during that wait still ends it then, exit 0."""
+    d = daemon_factory("--shards", 1, "--shutdown-grace-ms", 500, "--lock-timeout-ms", 1000,
+                       "--statement-timeout-ms", 1000)
+    t = "frozen"
+    with Client(d.endpoint) as c:
+        ok(c.call(t, "section.upsert", {"page": "home", "section": {"id": "a", "type": "x"}}))
+    frozen = None
+    try:
+        with db.connect(autocommit=False) as holder, RawReq(d.endpoint, timeout_ms=20000) as s:
+            # a plain row lock (not the advisory one): the daemon's write waits for it
+            holder.execute("SELECT 1 FROM tenantq_storefront WHERE tenant = %s FOR UPDATE", (t,))
+            s.send(pack(envelope(t, "section.upsert",
+                                 {"page": "home", "section": {"id": "b", "type": "x"}}, key="b")))
+            with db.connect() as a:
+                for _ in range(50):
+                    waiting = [r[0] for r in a.execute(ACTIVITY_SQL).fetchall() if r[1] == "Lock"]
+                    if waiting:
+                        break
+                    time.sleep(0.1)
+            assert len(waiting) == 1, waiting
+            frozen = waiting[0]
+            os.kill(frozen, signal.SIGSTOP)
+            holder.rollback()
+            t0 = time.monotonic()
+            d.proc.send_signal(signal.SIGTERM)
+            r = s.recv()
+            rc = d.proc.wait(15)
+            took = time.monotonic() - t0
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+    assert r["ok"] is False and r["error"]["code"] == "OUTCOME_UNKNOWN", r
+    assert rc == 0, d.tail()
+    assert took < 7 + 3, "exit took %.1f s (limit 1 + 1 + 5 s, grace 0.5 s)" % took
+    assert "no answer from the server within 7000 ms" in d.log(), d.tail()
