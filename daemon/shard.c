@@ -97,6 +97,7 @@ struct batch {
     int n;
     bool mutating;             /* some job changes state: lock, read, write */
     bool has_keys;             /* some mutating job carries a key */
+    bool keyed_reads;          /* some draft.get carries a key: checked, never bound */
     bool lookup;               /* this batch read the stored records of its keys */
     bool oom;                  /* recording keys ran out of memory: fail the batch */
     bool writes;               /* its row (and key records) are written before COMMIT */
@@ -292,6 +293,14 @@ static void fail_batch(struct batch *b, tq_code code, const char *fmt, ...)
 static bool key_recorded(const struct job *j)
 {
     return j->req.key && sf_op_mutates(j->op);
+}
+
+/* Whether j reads with a key: a key bound by an edit is refused
+ * (IDEMPOTENCY_KEY_REUSED: another op), else ignored, since a read has no
+ * effect to record.  ping never reaches a transaction. */
+static bool key_checked_read(const struct job *j)
+{
+    return j->req.key && !sf_op_mutates(j->op) && j->op != SF_OP_PING;
 }
 
 static bool batch_answered(const struct batch *b)
@@ -585,6 +594,12 @@ static bool apply_batch(struct batch *b)
         b->results[i] = NULL;
         bool keyed = key_recorded(j) && b->records;
         char fp[IDEM_FINGERPRINT_HEX];
+        if (key_checked_read(j) && json_object_get(b->records, j->req.key)) {
+            tq_error_set(&b->errs[i], TQ_E_IDEMPOTENCY_KEY_REUSED,
+                         "key \"%s\" was used before for tenant \"%s\" with a different op "
+                         "or args", j->req.key, j->req.tenant);
+            continue;
+        }
         if (keyed) {
             if (idem_fingerprint(j->req.op, j->req.args, fp) < 0) {
                 tq_error_set(&b->errs[i], TQ_E_INTERNAL,
@@ -1005,6 +1020,7 @@ static struct batch *batch_take(struct txn *t, struct lane *lane, uint64_t now)
         b->jobs[b->n] = j;
         b->results[b->n] = NULL;
         b->n++;
+        b->keyed_reads |= key_checked_read(j);
         if (sf_op_mutates(j->op)) {
             b->mutating = true;
             b->has_keys |= key_recorded(j);
@@ -1088,7 +1104,7 @@ static void txn_start(struct shard *s, int i, int lanes)
         snprintf(b->cached_version, sizeof b->cached_version, "%" PRId64,
                  b->cached ? b->st.version : -1);
         snprintf(b->cached_xmin, sizeof b->cached_xmin, "%" PRIu32, b->cached ? b->xmin : 0);
-        one_trip &= b->mutating && b->cached && !b->lane->recheck_keys;
+        one_trip &= b->mutating && b->cached && !b->lane->recheck_keys && !b->keyed_reads;
     }
     if (one_trip) {
         txn_start_cached(t, stmts, ns);
@@ -1104,15 +1120,15 @@ static void txn_start(struct shard *s, int i, int lanes)
         }
         b->r_select = ns;
         stmts[ns++] = stmt(s, ST_SELECT, tenant, b->cached_version, b->cached_xmin, NULL);
-        if (!b->mutating || !b->has_keys)
+        if (!(b->mutating && b->has_keys) && !b->keyed_reads)
             continue;
         /* records of this batch, so a key repeated inside it replays */
         b->records = json_object();
         bool ok = b->records != NULL;
-        b->lookup = b->lane->recheck_keys;
+        b->lookup = b->lane->recheck_keys || b->keyed_reads;
         b->lane->recheck_keys = false;
         for (int q = 0; ok && b->lookup && q < b->n; q++)
-            if (key_recorded(b->jobs[q]))
+            if (key_recorded(b->jobs[q]) || key_checked_read(b->jobs[q]))
                 ok = pg_text_array_add(&b->keys, b->jobs[q]->req.key) == 0;
         const char *keys = ok && b->lookup ? pg_text_array_get(&b->keys) : NULL;
         if (!ok || (b->lookup && !keys)) {

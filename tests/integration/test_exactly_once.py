@@ -17,7 +17,7 @@ import pytest
 
 from tqlib import (NN_REQ, NN_REQ_RESEND_IVL, Client, NNSocket, build_dir, cli, daemon_at,
                    envelope, free_tcp_port, idempotency_records, join_threads, metrics_counters,
-                   ok, pack, send_until_ok, sigkill, start_threads, unpack)
+                   ok, pack, send_until_ok, sigkill, start_threads, unpack, err, RawReq)
 
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || %s::text, 0))"
 
@@ -295,3 +295,29 @@ def test_expired_records_are_deleted_under_load(daemon_factory, db):
     assert ok(first) and not first.get("replayed"), first
     assert again.get("replayed") and again["result"] == first["result"], again
     assert not later.get("replayed") and ok(later)["version"] > first["result"]["version"], later
+
+
+def test_a_read_with_an_edits_key_is_refused(daemon, db):
+    """SPEC: the same key with a different op is IDEMPOTENCY_KEY_REUSED.  A
+    draft.get carrying a key that an edit bound is refused, also when both
+    arrive together (one batch) and when the tenant's state is cached; a
+    read's own key binds nothing (a read has no effect to record)."""
+    t = "keyed-read"
+    up = {"page": "home", "section": {"type": "hero"}}
+    with Client(daemon.endpoint) as c:
+        assert ok(c.call(t, "section.upsert", up, key="k1"))["version"] == 1
+        err(c.call(t, "draft.get", key="k1"), "IDEMPOTENCY_KEY_REUSED")
+        r = ok(c.call(t, "draft.get", key="k2"))
+        assert r["version"] == 1, r
+        r2 = c.call(t, "section.upsert", {"page": "home", "section": {"type": "text"}}, key="k2")
+        assert ok(r2)["version"] == 2 and not r2.get("replayed"), r2
+    with RawReq(daemon.endpoint) as s:
+        s.send(pack(envelope(t, "section.upsert",
+                             {"page": "home", "section": {"type": "faq"}}, key="k3")))
+        s.send(pack(envelope(t, "draft.get", key="k3")))
+        replies = [s.recv() for _ in range(2)]
+    edits = [r for r in replies if r["ok"]]
+    assert len(edits) == 1 and edits[0]["result"]["version"] == 3, replies
+    refused = [r for r in replies if not r["ok"]]
+    assert len(refused) == 1 and refused[0]["error"]["code"] == "IDEMPOTENCY_KEY_REUSED", replies
+    assert db.row(t)["version"] == 3
