@@ -73,6 +73,10 @@ void job_finish_ok(struct daemon *d, msgpack_sbuffer *sb, struct job *job, const
             job_release(d, job);
             return;
         }
+        daemon_send_reply(d, job->hdr, job->hdr_len, sb->data, sb->size);
+        stats_request((int)job->op, TQ_E_INTERNAL);
+        job_release(d, job);
+        return;
     }
     daemon_send_reply(d, job->hdr, job->hdr_len, sb->data, sb->size);
     stats_request((int)job->op, TQ_OK);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -230,6 +231,49 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         sd_notify(0, "READY=1");
 }
 
+/* libevent's own messages (an accept() failing, say) go through our log,
+ * with its priority prefixes, instead of bare lines on stderr. */
+static void on_libevent_log(int severity, const char *msg)
+{
+    int prio = severity == EVENT_LOG_ERR    ? LOG_ERR
+               : severity == EVENT_LOG_WARN ? LOG_WARNING
+               : severity == EVENT_LOG_MSG  ? LOG_INFO
+                                            : LOG_DEBUG;
+    log_at(prio, "libevent: %s", msg);
+}
+
+/* Every client connection, database connection and metrics connection is a
+ * descriptor: use the hard limit, not the soft default of 1024. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            log_warn("cannot raise the descriptor limit to %llu: %s", (unsigned long long)want,
+                     strerror(errno));
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        log_info("descriptor limit %llu", (unsigned long long)rl.rlim_cur);
+}
+
+/* What the config parser cannot check alone: the endpoints' syntax, the
+ * metrics address and the connection string (libpq's own parser), so that
+ * --check-config catches them and the daemon refuses them at start (exit 2)
+ * instead of failing to bind or retrying a connection that cannot work. */
+static int check_values(const tq_config *cfg, char *err, size_t errlen)
+{
+    if (front_check_endpoints(cfg->listen, err, errlen) < 0)
+        return -1;
+    char host[256];
+    uint16_t port;
+    if (cfg->metrics_listen[0] &&
+        metrics_parse_listen(cfg->metrics_listen, host, sizeof host, &port, err, errlen) < 0)
+        return -1;
+    return pg_check_conninfo(cfg->conninfo, err, errlen);
+}
+
 static int run_daemon(struct main_ctx *m)
 {
     struct daemon *d = &m->d;
@@ -238,6 +282,8 @@ static int run_daemon(struct main_ctx *m)
 
     signal(SIGPIPE, SIG_IGN);
     umask(007); /* the ipc socket file gets no permissions for others */
+    event_set_log_callback(on_libevent_log);
+    raise_fd_limit();
     if (evthread_use_pthreads() < 0) {
         log_err("libevent thread support is unavailable");
         return 1;
@@ -381,7 +427,7 @@ int main(int argc, char **argv)
         printf("tenantqd %s (allocator: %s)\n", TQ_VERSION, allocator_name());
         break;
     case TQ_ACTION_CHECK_CONFIG:
-        if (front_check_endpoints(m.cfg.listen, err, sizeof err) < 0) {
+        if (check_values(&m.cfg, err, sizeof err) < 0) {
             fprintf(stderr, "tenantqd: %s\n", err);
             rc = 2;
         } else {
@@ -398,7 +444,7 @@ int main(int argc, char **argv)
         }
         break;
     case TQ_ACTION_RUN:
-        if (front_check_endpoints(m.cfg.listen, err, sizeof err) < 0) {
+        if (check_values(&m.cfg, err, sizeof err) < 0) {
             fprintf(stderr, "tenantqd: %s\n", err);
             rc = 2;
             break;

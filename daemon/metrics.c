@@ -11,10 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
+
 #include <event2/buffer.h>
 #include <event2/http.h>
+#include <event2/listener.h>
 
 #include "daemon.h"
+#include "log.h"
 #include "shard.h"
 
 _Thread_local struct tq_stats *tls_stats;
@@ -77,9 +81,17 @@ void stats_txn(int tenants)
     atomic_fetch_add_explicit(&s->txn_tenants, (unsigned long)tenants, memory_order_relaxed);
 }
 
+/* A failing accept() (out of descriptors: EMFILE, ENFILE) leaves the
+ * listening socket readable; without a pause libevent would retry it at
+ * once, for ever, on the main thread that also reads the requests. */
+#define ACCEPT_PAUSE_MS 1000
+
 struct metrics {
     struct daemon *d;
     struct evhttp *http;
+    struct evconnlistener *listener; /* owned by http */
+    struct event *resume;            /* re-enables the listener after a pause */
+    unsigned long paused;            /* pauses so far (logged, not each one) */
 };
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
@@ -268,17 +280,16 @@ static void on_other(struct evhttp_request *req, void *arg)
     evhttp_send_error(req, HTTP_NOTFOUND, NULL);
 }
 
-struct metrics *metrics_start(struct daemon *d, struct event_base *base, const char *listen,
-                              char *err, size_t errlen)
+int metrics_parse_listen(const char *listen, char *host, size_t hostlen, uint16_t *port,
+                         char *err, size_t errlen)
 {
     const char *colon = strrchr(listen, ':');
-    char host[256];
-    char *end;
-    long port = colon ? strtol(colon + 1, &end, 10) : -1;
-    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host || *end != '\0' ||
-        port < 0 || port > 65535) {
+    char *end = NULL;
+    long p = colon ? strtol(colon + 1, &end, 10) : -1;
+    if (!colon || colon == listen || (size_t)(colon - listen) >= hostlen || end == colon + 1 ||
+        *end != '\0' || p < 0 || p > 65535) {
         snprintf(err, errlen, "[metrics] listen: expected HOST:PORT, got \"%.100s\"", listen);
-        return NULL;
+        return -1;
     }
     memcpy(host, listen, (size_t)(colon - listen));
     host[colon - listen] = '\0';
@@ -286,6 +297,45 @@ struct metrics *metrics_start(struct daemon *d, struct event_base *base, const c
         memmove(host, host + 1, strlen(host));
         host[strlen(host) - 1] = '\0';
     }
+    *port = (uint16_t)p;
+    return 0;
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct metrics *m = arg;
+    evconnlistener_enable(m->listener);
+}
+
+/* The one metrics server (main thread): the listener's callback argument
+ * belongs to evhttp, so the error callback finds its state here. */
+static struct metrics *active;
+
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    (void)arg; /* evhttp's */
+    struct metrics *m = active;
+    int e = EVUTIL_SOCKET_ERROR();
+    evconnlistener_disable(lev);
+    struct timeval tv = {ACCEPT_PAUSE_MS / 1000, (ACCEPT_PAUSE_MS % 1000) * 1000};
+    evtimer_add(m->resume, &tv);
+    m->paused++;
+    /* the 1st, 2nd, 4th, 8th ... pause is logged */
+    if ((m->paused & (m->paused - 1)) == 0)
+        log_warn("metrics: cannot accept a connection (%s); not accepting for %d ms "
+                 "(%lu pauses so far)", evutil_socket_error_to_string(e), ACCEPT_PAUSE_MS,
+                 m->paused);
+}
+
+struct metrics *metrics_start(struct daemon *d, struct event_base *base, const char *listen,
+                              char *err, size_t errlen)
+{
+    char host[256];
+    uint16_t port;
+    if (metrics_parse_listen(listen, host, sizeof host, &port, err, errlen) < 0)
+        return NULL;
     struct metrics *m = calloc(1, sizeof *m);
     if (!m) {
         snprintf(err, errlen, "out of memory");
@@ -305,11 +355,16 @@ struct metrics *metrics_start(struct daemon *d, struct event_base *base, const c
     evhttp_set_cb(m->http, "/metrics", on_metrics, m);
     evhttp_set_cb(m->http, "/healthz", on_healthz, m);
     evhttp_set_gencb(m->http, on_other, m);
-    if (evhttp_bind_socket(m->http, host, (uint16_t)port) < 0) {
+    struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(m->http, host, port);
+    m->listener = bound ? evhttp_bound_socket_get_listener(bound) : NULL;
+    m->resume = evtimer_new(base, on_resume, m);
+    if (!m->listener || !m->resume) {
         snprintf(err, errlen, "[metrics] listen: cannot bind %.100s", listen);
         metrics_stop(m);
         return NULL;
     }
+    active = m;
+    evconnlistener_set_error_cb(m->listener, on_accept_error);
     return m;
 }
 
@@ -317,6 +372,10 @@ void metrics_stop(struct metrics *m)
 {
     if (!m)
         return;
+    if (active == m)
+        active = NULL;
+    if (m->resume)
+        event_free(m->resume);
     evhttp_free(m->http);
     free(m);
 }

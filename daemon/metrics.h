@@ -44,6 +44,11 @@ void stats_txn(int tenants);
 struct daemon;
 struct metrics;
 
+/* Split a [metrics] listen value HOST:PORT ("[::1]:9464" too) into host
+ * and port.  0, or -1 with a message naming the key (also --check-config). */
+int metrics_parse_listen(const char *listen, char *host, size_t hostlen, uint16_t *port,
+                         char *err, size_t errlen);
+
 /*
  * Serve /metrics and /healthz on listen ("HOST:PORT") from base (the main
  * thread's).  Returns NULL with err naming [metrics] listen on failure.

@@ -42,6 +42,20 @@ static void notice_receiver(void *arg, const PGresult *r)
                   (int)len, msg);
 }
 
+int pg_check_conninfo(const char *conninfo, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
+    if (opts) {
+        PQconninfoFree(opts);
+        return 0;
+    }
+    snprintf(err, errlen, "[database] conninfo: %.*s", msg ? (int)strcspn(msg, "\n") : 13,
+             msg ? msg : "out of memory");
+    PQfreemem(msg);
+    return -1;
+}
+
 int pg_pipeline_limit_ms(const tq_config *cfg)
 {
     return cfg->lock_timeout_ms + cfg->statement_timeout_ms + 5000;
@@ -477,7 +491,11 @@ fail: {
 static void admin_notice(void *arg, const char *message)
 {
     (void)arg;
-    log_debug("init-db: %.*s", (int)strcspn(message, "\n"), message);
+    int len = (int)strcspn(message, "\n");
+    if (strstr(message, "already exists, skipping"))
+        log_debug("init-db: %.*s", len, message);
+    else /* e.g. the schema's note that the server has no lz4 */
+        log_info("init-db: %.*s", len, message);
 }
 
 static int wait_fd(int fd, short events, int timeout_ms)

@@ -106,6 +106,10 @@ void pg_start(struct pgconn *c);
 int pg_pipeline(struct pgconn *c, const struct pg_stmt *stmts, int n, pg_pipeline_cb cb,
                 void *arg) __attribute__((warn_unused_result));
 
+/* Whether conninfo parses as a libpq connection string (or URI).  0, or -1
+ * with a message naming [database] conninfo. */
+int pg_check_conninfo(const char *conninfo, char *err, size_t errlen);
+
 /* The longest a pipeline may wait for the server: lock_timeout_ms +
  * statement_timeout_ms + 5 s, what the server's own timeouts allow a
  * transaction (the same as its idle_in_transaction_session_timeout). */

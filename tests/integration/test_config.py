@@ -91,6 +91,12 @@ def test_check_config_bad_file(confdir, section, line, key):
     (["--shards=abc"], "shards"),
     (["--lock-timeout-ms", "x"], "lock"),
     (["--no-such-flag", "1"], "no-such-flag"),
+    # values only a parser of their own can judge: refused here, not at
+    # start (a bind failure, or a connection retried for ever)
+    (["--metrics-listen", "nonsense"], "[metrics] listen"),
+    (["--metrics-listen", "127.0.0.1:"], "[metrics] listen"),
+    (["--database", "host=/tmp bogus_option=1"], "[database] conninfo"),
+    (["--database", "postgresql://[broken"], "[database] conninfo"),
 ])
 def test_check_config_bad_flag(confdir, flags, key):
     p = run_tenantqd("-c", _write(confdir, GOOD), *flags, "--check-config")
@@ -145,3 +151,12 @@ def test_allocator_named_and_used(daemon):
     assert want in daemon.log(), daemon.tail()
     with open("/proc/%d/maps" % daemon.pid) as f:
         assert ("/libjemalloc.so" in f.read()) == jemalloc
+
+
+def test_start_refuses_a_bad_connection_string(confdir):
+    """The daemon itself refuses, with exit 2 naming the key, what
+    --check-config refuses: no endless reconnects to an impossible server."""
+    p = run_tenantqd("-c", _write(confdir, GOOD), "--database", "host=/tmp bogus_option=1",
+                     timeout=10)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "[database] conninfo" in p.stderr and "bogus_option" in p.stderr, p.stderr

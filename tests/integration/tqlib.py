@@ -364,7 +364,7 @@ class DB:
 # daemons
 
 class Daemon:
-    def __init__(self, conninfo, extra, sock_timeout_ms=10000):
+    def __init__(self, conninfo, extra, sock_timeout_ms=10000, preexec_fn=None):
         self.dir = tempfile.mkdtemp(prefix="tq-it-")
         self.endpoint = "ipc://%s/tq.sock" % self.dir
         self.conf = os.path.join(self.dir, "tenantqd.conf")
@@ -378,7 +378,8 @@ class Daemon:
                      *extra]
         self._log = open(self.stderr, "wb")
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=preexec_fn)
         self.stopped = False
 
     @property
