@@ -67,12 +67,23 @@ struct ep_ctx {
     size_t errlen;
 };
 
+/* The port of a tcp:// endpoint: digits only, 1..65535. */
+static bool valid_port(const char *p)
+{
+    if (*p == '\0' || strlen(p) > 5 || strspn(p, "0123456789") != strlen(p))
+        return false;
+    long v = strtol(p, NULL, 10);
+    return v >= 1 && v <= 65535;
+}
+
 static int check_one(const char *ep, void *arg)
 {
     struct ep_ctx *c = arg;
-    if (strncmp(ep, "ipc://", 6) == 0 && ep[6] != '\0')
+    /* (an ipc path must fit in sockaddr_un's 108 bytes with its NUL) */
+    if (strncmp(ep, "ipc://", 6) == 0 && ep[6] != '\0' && strlen(ep + 6) < 108)
         return 0;
-    if (strncmp(ep, "tcp://", 6) == 0 && strrchr(ep + 6, ':'))
+    const char *colon = strncmp(ep, "tcp://", 6) == 0 ? strrchr(ep + 6, ':') : NULL;
+    if (colon && colon > ep + 6 && valid_port(colon + 1))
         return 0;
     snprintf(c->err, c->errlen,
              "[daemon] listen: endpoint \"%.200s\" must be ipc://PATH or tcp://HOST:PORT", ep);

@@ -97,6 +97,9 @@ def test_check_config_bad_file(confdir, section, line, key):
     (["--metrics-listen", "127.0.0.1:"], "[metrics] listen"),
     (["--database", "host=/tmp bogus_option=1"], "[database] conninfo"),
     (["--database", "postgresql://[broken"], "[database] conninfo"),
+    (["--listen", "tcp://127.0.0.1:abc"], "listen"),
+    (["--listen", "tcp://127.0.0.1:70000"], "listen"),
+    (["--listen", "ipc:///tmp/" + "x" * 120], "listen"),
 ])
 def test_check_config_bad_flag(confdir, flags, key):
     p = run_tenantqd("-c", _write(confdir, GOOD), *flags, "--check-config")
