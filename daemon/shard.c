@@ -495,14 +495,7 @@ static int load_state(struct batch *b, const PGresult *r, char *why, size_t whyl
                  b->st.draft ? "another JSON value" : jerr);
         return -1;
     }
-    /* An upper bound of the compact size for the max_draft_bytes check,
-     * without serialising: jsonb's text has ", " and ": " where compact JSON
-     * has none and the same escapes, but prints a real more briefly than
-     * jansson's %.17g (at most 24 bytes); every such real has a '.'. */
-    size_t dots = 0;
-    for (const char *p = text; (p = memchr(p, '.', len - (size_t)(p - text))) != NULL; p++)
-        dots++;
-    b->st.size_ub = len + 24 * dots;
+    b->st.size_ub = sf_stored_size_ub(text, len);
     if (!PQgetisnull(r, 0, 1)) {
         b->st.published =
             jparse(PQgetvalue(r, 0, 1), (size_t)PQgetlength(r, 0, 1), &pub_big, jerr, sizeof jerr);

@@ -35,6 +35,14 @@ static const char *const op_names[SF_OP__COUNT] = {
     [SF_OP_DRAFT_DISCARD] = "draft.discard",
 };
 
+size_t sf_stored_size_ub(const char *text, size_t len)
+{
+    size_t dots = 0;
+    for (const char *p = text; (p = memchr(p, '.', len - (size_t)(p - text))) != NULL; p++)
+        dots++;
+    return len + 24 * dots;
+}
+
 bool sf_op_lookup(const char *name, size_t len, sf_op *out)
 {
     if (name == NULL)

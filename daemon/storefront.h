@@ -48,6 +48,12 @@ typedef struct sf_state {
     size_t size_ub;
 } sf_state;
 
+/* sf_state.size_ub for a draft parsed from PostgreSQL's jsonb text (len
+ * bytes), without serialising it: that text has ", " and ": " where compact
+ * JSON has none and the same escapes, but prints a real more briefly than
+ * our %.17g (at most 24 bytes more), and every such real has a '.'. */
+size_t sf_stored_size_ub(const char *text, size_t len);
+
 /* Look an op up by wire name (not NUL-terminated).  Returns false if unknown. */
 bool sf_op_lookup(const char *name, size_t len, sf_op *out);
 /* The op's wire name, e.g. "section.upsert". */

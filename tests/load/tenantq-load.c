@@ -327,6 +327,8 @@ static int load_state(const PGresult *r, sf_state *st)
                                           : jparse(PQgetvalue(r, 0, 1),
                                                    (size_t)PQgetlength(r, 0, 1), NULL, NULL, 0);
     st->version = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    /* the bound the daemon keeps too, so sf_apply's size check is as cheap */
+    st->size_ub = sf_stored_size_ub(PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0));
     return st->draft != NULL && (PQgetisnull(r, 0, 1) || st->published != NULL) ? 0 : -1;
 }
 
@@ -403,8 +405,9 @@ static unsigned direct_exec(struct worker *w, const char *tenant, sf_op op, cons
         sf_state_clear(&st);
         return TQ_OK;
     }
-    char *draft = json_dumps(st.draft, JSON_COMPACT);
-    char *published = st.published != NULL ? json_dumps(st.published, JSON_COMPACT) : NULL;
+    /* the daemon's serialiser (batch_writes), so both sides do the same work */
+    char *draft = jdump(st.draft, st.size_ub, NULL);
+    char *published = st.published != NULL ? jdump(st.published, 0, NULL) : NULL;
     char version[24];
     snprintf(version, sizeof version, "%" PRId64, st.version);
     const char *p4[4] = {tenant, draft, published, version};
