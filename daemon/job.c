@@ -65,21 +65,19 @@ static void job_release(struct daemon *d, struct job *job)
 void job_finish_ok(struct daemon *d, msgpack_sbuffer *sb, struct job *job, const json_t *result,
                    bool replayed, const tq_timing *timing)
 {
+    tq_code code = TQ_OK;
     msgpack_sbuffer_clear(sb);
     if (tq_response_encode_ok(sb, result, replayed, timing) < 0) {
         log_err("tenant \"%s\": cannot encode the result of %s", job->req.tenant, job->req.op);
+        code = TQ_E_INTERNAL;
         msgpack_sbuffer_clear(sb);
-        if (tq_response_encode_error(sb, TQ_E_INTERNAL, "result could not be encoded", false) < 0) {
+        if (tq_response_encode_error(sb, code, "result could not be encoded", false) < 0) {
             job_release(d, job);
             return;
         }
-        daemon_send_reply(d, job->hdr, job->hdr_len, sb->data, sb->size);
-        stats_request((int)job->op, TQ_E_INTERNAL);
-        job_release(d, job);
-        return;
     }
     daemon_send_reply(d, job->hdr, job->hdr_len, sb->data, sb->size);
-    stats_request((int)job->op, TQ_OK);
+    stats_request((int)job->op, code);
     job_release(d, job);
 }
 

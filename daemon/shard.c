@@ -135,7 +135,7 @@ struct txn {
     bool committing;           /* COMMIT sent: the transaction must not be aborted */
     bool one_trip;             /* sent whole from cached states (txn_start_cached) */
     uint64_t start_us;
-    char tout_lock[24], tout_stmt[16], tout_idle[16], ttl[16];
+    char tout_lock[24], ttl[16];
 };
 
 /* An answer waiting in a shard's outbox (reply_all). */
@@ -169,7 +169,10 @@ struct shard {
     uint64_t min_deadline_us;  /* lower bound of the queued jobs' deadlines */
     uint64_t next_cleanup_us;  /* shard 0 expires idempotency records */
     char cleanup_ttl[16];
-    char cleanup_lock_ms[16], cleanup_stmt_ms[16], cleanup_idle_ms[16]; /* its timeouts */
+    char cleanup_lock_ms[16];  /* the cleanup's lock timeout (lock_timeout_ms) */
+    /* statement and idle-in-transaction timeouts of every transaction and
+     * cleanup pass (fixed by the config) */
+    char tout_stmt[16], tout_idle[16];
     bool cleanup_behind;       /* the last pass deleted a whole batch */
     msgpack_sbuffer sb;
     struct reply *outbox;      /* cfg->max_batch answers, nout of them waiting */
@@ -574,6 +577,14 @@ static int load_records(struct batch *b, const PGresult *r)
     return 0;
 }
 
+/* j's key is bound to another op or other args. */
+static void key_reused(tq_error *err, const struct job *j)
+{
+    tq_error_set(err, TQ_E_IDEMPOTENCY_KEY_REUSED,
+                 "key \"%s\" was used before for tenant \"%s\" with a different op or args",
+                 j->req.key, j->req.tenant);
+}
+
 /* Apply the batch in memory, in arrival order: each edit sees the state the
  * ones before it left.  Returns whether anything changed. */
 static bool apply_batch(struct batch *b)
@@ -588,9 +599,7 @@ static bool apply_batch(struct batch *b)
         bool keyed = key_recorded(j) && b->records;
         char fp[IDEM_FINGERPRINT_HEX];
         if (key_checked_read(j) && json_object_get(b->records, j->req.key)) {
-            tq_error_set(&b->errs[i], TQ_E_IDEMPOTENCY_KEY_REUSED,
-                         "key \"%s\" was used before for tenant \"%s\" with a different op "
-                         "or args", j->req.key, j->req.tenant);
+            key_reused(&b->errs[i], j);
             continue;
         }
         if (keyed) {
@@ -607,10 +616,7 @@ static bool apply_batch(struct batch *b)
                     b->results[i] = json_incref(json_object_get(rec, "r"));
                     b->replayed[i] = true;
                 } else {
-                    tq_error_set(&b->errs[i], TQ_E_IDEMPOTENCY_KEY_REUSED,
-                                 "key \"%s\" was used before for tenant \"%s\" with a different "
-                                 "op or args",
-                                 j->req.key, j->req.tenant);
+                    key_reused(&b->errs[i], j);
                 }
                 continue;
             }
@@ -1082,10 +1088,8 @@ static void txn_start(struct shard *s, int i, int lanes)
         if (min_left_ms < lock_ms)
             lock_ms = min_left_ms ? min_left_ms : 1;
         snprintf(t->tout_lock, sizeof t->tout_lock, "%" PRIu64, lock_ms);
-        snprintf(t->tout_stmt, sizeof t->tout_stmt, "%d", s->cfg->statement_timeout_ms);
-        snprintf(t->tout_idle, sizeof t->tout_idle, "%d", pg_pipeline_limit_ms(s->cfg));
         stmts[ns++] = (struct pg_stmt){.sql = SQL_BEGIN};
-        stmts[ns++] = stmt(s, ST_TIMEOUTS, t->tout_lock, t->tout_stmt, t->tout_idle, NULL);
+        stmts[ns++] = stmt(s, ST_TIMEOUTS, t->tout_lock, s->tout_stmt, s->tout_idle, NULL);
     }
     /* Every batch a change whose state is cached: one round trip.  Not while
      * draining: such a transaction cannot be withdrawn once sent. */
@@ -1364,7 +1368,7 @@ static void maybe_cleanup(struct shard *s)
         return;
     /* one implicit transaction: the timeouts apply to the DELETE */
     struct pg_stmt del[2] = {
-        stmt(s, ST_TIMEOUTS, s->cleanup_lock_ms, s->cleanup_stmt_ms, s->cleanup_idle_ms, NULL),
+        stmt(s, ST_TIMEOUTS, s->cleanup_lock_ms, s->tout_stmt, s->tout_idle, NULL),
         stmt(s, ST_CLEANUP, s->cleanup_ttl, NULL, NULL, NULL),
     };
     if (pg_pipeline(&s->conns[i], del, 2, cleanup_done, s) == 0)
@@ -1424,8 +1428,8 @@ struct shard *shard_create(struct daemon *d, int id)
     s->next_cleanup_us = now_us() + 5000000u; /* let startup settle first */
     snprintf(s->cleanup_ttl, sizeof s->cleanup_ttl, "%d", cfg->idempotency_ttl_s);
     snprintf(s->cleanup_lock_ms, sizeof s->cleanup_lock_ms, "%d", cfg->lock_timeout_ms);
-    snprintf(s->cleanup_stmt_ms, sizeof s->cleanup_stmt_ms, "%d", cfg->statement_timeout_ms);
-    snprintf(s->cleanup_idle_ms, sizeof s->cleanup_idle_ms, "%d", pg_pipeline_limit_ms(cfg));
+    snprintf(s->tout_stmt, sizeof s->tout_stmt, "%d", cfg->statement_timeout_ms);
+    snprintf(s->tout_idle, sizeof s->tout_idle, "%d", pg_pipeline_limit_ms(cfg));
     msgpack_sbuffer_init(&s->sb);
     s->outbox = calloc((size_t)cfg->max_batch, sizeof *s->outbox);
     if (!s->outbox || lane_table_init(&s->lanes) < 0 ||
