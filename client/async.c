@@ -429,10 +429,9 @@ static int slot_receive(tq_client *c, struct tq_async *a, int i)
 static int failover(tq_client *c, struct tq_async *a, int i, int64_t now, tq_status *st)
 {
     struct slot *s = &a->slots[i];
-    if (c->n_eps < 2 || now - s->sending_since < failover_wait_ms(s->timeout_ms) ||
-        !sock_unconnected(s->sock))
+    if (now - s->sending_since < failover_wait_ms(s->timeout_ms) ||
+        !endpoint_mark_down(c, s->ep, s->sock))
         return 0;
-    endpoint_mark_down(c, s->ep);
     size_t ep = endpoint_pick(c, s->order);
     if (ep == s->ep)
         return 0; /* every endpoint is down: keep waiting here */
@@ -461,8 +460,8 @@ static int run_timers(tq_client *c, struct tq_async *a, int64_t now)
                            ? "endpoint %s: could not send within %d ms"
                            : "endpoint %s: no reply within %d ms (outcome unknown)",
                            c->eps[s->ep].url, s->timeout_ms);
-                if (s->state == SLOT_SENDING && c->n_eps > 1 && sock_unconnected(s->sock))
-                    endpoint_mark_down(c, s->ep); /* the next call tries the next one */
+                if (s->state == SLOT_SENDING) /* the next call goes elsewhere */
+                    (void)endpoint_mark_down(c, s->ep, s->sock);
                 /* a late reply must not arrive on a socket we reuse */
                 slot_close(a, s);
                 slot_failed(a, s, &st, now);

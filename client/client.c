@@ -136,7 +136,7 @@ static void endpoint_close(struct tq_endpoint *ep)
     }
 }
 
-bool sock_unconnected(int sock)
+static bool sock_unconnected(int sock)
 {
     return nn_get_statistic(sock, NN_STAT_CURRENT_CONNECTIONS) == 0;
 }
@@ -161,22 +161,25 @@ size_t endpoint_pick(tq_client *c, const uint8_t *order)
     return order[0];
 }
 
-void endpoint_mark_down(tq_client *c, size_t i)
+bool endpoint_mark_down(tq_client *c, size_t i, int sock)
 {
     struct tq_endpoint *ep = &c->eps[i];
-    if (c->n_eps < 2 || ep->probe >= 0)
-        return;
+    if (c->n_eps < 2 || !sock_unconnected(sock))
+        return false;
+    if (ep->probe >= 0)
+        return true; /* already down */
     /* The probe never sends: nanomsg keeps reconnecting it in the
      * background, and its first connection says the endpoint is back.  If
      * it cannot be made the endpoint is simply not marked down. */
     int s = nn_socket(AF_SP_RAW, NN_REQ);
     if (s < 0)
-        return;
+        return false;
     if (nn_connect(s, ep->url) < 0) {
         (void)nn_close(s);
-        return;
+        return false;
     }
     ep->probe = s;
+    return true;
 }
 
 static bool valid_endpoint_syntax(const char *url)
@@ -340,12 +343,9 @@ static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t 
                 continue;
             if (!slice || (e != EAGAIN && e != ETIMEDOUT))
                 break;
-            if (sock_unconnected(ep->sock)) {
-                endpoint_mark_down(c, i);
-                if (endpoint_pick(c, order) != i) {
-                    moved = true;
-                    break;
-                }
+            if (endpoint_mark_down(c, i, ep->sock) && endpoint_pick(c, order) != i) {
+                moved = true;
+                break;
             }
         }
         if (moved) {
@@ -354,8 +354,8 @@ static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t 
         }
         if (sent < 0) {
             bool timed_out = e == EAGAIN || e == ETIMEDOUT || e == EINTR;
-            if (timed_out && sock_unconnected(ep->sock))
-                endpoint_mark_down(c, i); /* the next call tries the next endpoint */
+            if (timed_out)
+                (void)endpoint_mark_down(c, i, ep->sock); /* the next call goes elsewhere */
             endpoint_close(ep);
             if (timed_out)
                 return status_set(st, TQ_E_TIMEOUT, "endpoint %s: could not send within %d ms",

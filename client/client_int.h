@@ -64,15 +64,15 @@ void status_ok(tq_status *st);
  * NULL tenant gives list order (tq_call_raw).  endpoint_pick returns the
  * first of order that is not down, or order[0] when all are.
  * endpoint_mark_down is called when a request found no connection to ep for
- * TQ_FAILOVER_MS; the endpoint counts as down until a connection to it is
+ * failover_wait_ms; the endpoint counts as down until a connection to it is
  * seen again (its probe socket).  With one endpoint nothing is ever down.
  */
 void endpoint_order(const tq_client *c, const char *tenant, uint8_t *order);
 size_t endpoint_pick(tq_client *c, const uint8_t *order);
-void endpoint_mark_down(tq_client *c, size_t ep);
-
-/* Whether a socket has no connection to its peer right now (failover). */
-bool sock_unconnected(int sock);
+/* sock, connected to ep, found no connection: if it has none at all right
+ * now, mark ep down (nothing with one endpoint).  Returns whether ep is
+ * down now. */
+bool endpoint_mark_down(tq_client *c, size_t ep, int sock);
 
 /* How long a call with this timeout waits for a connection before failing
  * over: TQ_FAILOVER_MS, but at most half the timeout, so that a short call
