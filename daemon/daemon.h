@@ -4,9 +4,7 @@
  * Threads: the main thread runs the front (nanomsg intake, signals, timers);
  * each shard is a thread with its own event base.  The only state shared
  * between them is in struct daemon: read-only after startup, except the
- * atomics.  A job is owned by exactly one thread at a time: the front creates
- * it, hands it to a shard over inproc (ownership moves only if the send
- * succeeded), and the shard finishes it (reply + free).
+ * atomics.  Requests travel as jobs (job.h).
  */
 #ifndef TQ_DAEMON_H
 #define TQ_DAEMON_H
@@ -16,12 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <msgpack.h>
-
 #include "config.h"
-#include "storefront.h"
-#include "tq_proto.h"
-#include "tq_sp.h"
 
 
 struct shard;
@@ -37,47 +30,5 @@ struct daemon {
     atomic_bool draining;          /* SIGTERM seen: admit nothing new */
     struct tq_stats *front_stats;  /* the main thread's counters */
 };
-
-/* One admitted request. */
-struct job {
-    struct job *next;              /* lane FIFO link, owned by the lane */
-    tq_request req;
-    sf_op op;
-    uint64_t hash;                 /* siphash of the tenant */
-    uint64_t recv_us;              /* monotonic arrival time */
-    uint64_t deadline_us;          /* monotonic: must start executing before */
-    size_t hdr_len;
-    uint8_t hdr[TQ_SP_HDR_MAX];    /* SP routing header of the request */
-};
-
-/* Monotonic clock in microseconds. */
-uint64_t now_us(void);
-
-/*
- * Send body as the reply to the request whose SP header is hdr.  Any thread.
- * A raw REP send never reports a lost peer (TECHNOTES), so this returns
- * nothing: "sent" is not "delivered".
- */
-void daemon_send_reply(struct daemon *d, const uint8_t *hdr, size_t hdr_len, const void *body,
-                       size_t len);
-
-/* Reply to a request that was never admitted as a job (no pending slot
- * held).  sb is the calling thread's scratch buffer. */
-void reply_error_raw(struct daemon *d, msgpack_sbuffer *sb, const uint8_t *hdr, size_t hdr_len,
-                     tq_code code, const char *message);
-
-/*
- * Finish an admitted job: encode and send the reply, release its pending
- * slot, free it.  Takes ownership of job (and of nothing else: result is
- * borrowed).  replayed marks an answer from the idempotency record.
- * timing may be NULL.  Called by the thread owning the job.
- */
-void job_finish_ok(struct daemon *d, msgpack_sbuffer *sb, struct job *job, const json_t *result,
-                   bool replayed, const tq_timing *timing);
-void job_finish_error(struct daemon *d, msgpack_sbuffer *sb, struct job *job, tq_code code,
-                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-/* Free a job without replying (shutdown paths that cannot reply). */
-void job_free(struct job *job);
 
 #endif

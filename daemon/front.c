@@ -20,6 +20,8 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "family.h"
+#include "job.h"
 #include "shard.h"
 #include "siphash.h"
 
@@ -182,7 +184,8 @@ static void handle(struct front *f, const void *body, size_t len, const uint8_t 
         goto drop;
     }
     job->req = req; /* the job owns the request from here */
-    job->op = op;
+    job->fam = &storefront_family;
+    job->op = (int)op;
     job->hash = siphash24(d->hash_key, req.tenant, req.tenant_len);
     job->recv_us = now_us();
     uint64_t dl_ms = req.has_deadline ? req.deadline_ms : (uint64_t)d->cfg->default_deadline_ms;

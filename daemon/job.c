@@ -11,7 +11,7 @@
 
 #include <nanomsg/nn.h>
 
-#include "daemon.h"
+#include "job.h"
 #include "log.h"
 #include "metrics.h"
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon.h"
+#include "job.h"
 
 int lane_table_init(struct lane_table *t)
 {
@@ -146,4 +146,50 @@ struct lane *ready_pop(struct ready_list *r)
     l->ready = false;
     r->count--;
     return l;
+}
+
+void ready_unlink(struct ready_list *r, struct lane *prev, struct lane *lane)
+{
+    if (prev)
+        prev->rnext = lane->rnext;
+    else
+        r->head = lane->rnext;
+    if (r->tail == lane)
+        r->tail = prev;
+    lane->rnext = NULL;
+    lane->ready = false;
+    r->count--;
+}
+
+void lane_mark_rerun(struct lane *lane, bool solo, bool lookup)
+{
+    lane->solo |= solo;
+    lane->recheck_keys |= lookup;
+}
+
+struct job *lane_expire(struct lane *lane, uint64_t now, bool all, uint64_t *min_deadline,
+                        size_t *n)
+{
+    struct job *out = NULL, **out_tail = &out;
+    struct job **pp = &lane->head, *prev = NULL;
+    *n = 0;
+    while (*pp) {
+        struct job *j = *pp;
+        if (all || now >= j->deadline_us) {
+            *pp = j->next;
+            if (lane->tail == j)
+                lane->tail = prev;
+            lane->depth--;
+            j->next = NULL;
+            *out_tail = j;
+            out_tail = &j->next;
+            (*n)++;
+        } else {
+            if (j->deadline_us < *min_deadline)
+                *min_deadline = j->deadline_us;
+            prev = j;
+            pp = &j->next;
+        }
+    }
+    return out;
 }

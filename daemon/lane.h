@@ -22,8 +22,8 @@ struct lane {
     uint32_t depth;            /* number of queued jobs */
     bool ready;                /* linked into the ready list */
     bool busy;                 /* a batch of this lane is executing */
-    bool recheck_keys;         /* next batch looks its keys up first (see shard.c) */
-    bool solo;                 /* next batch runs alone and waits for its lock (see shard.c) */
+    bool recheck_keys;         /* next batch looks its keys up first (lane_mark_rerun) */
+    bool solo;                 /* next batch runs alone and waits for its lock (lane_mark_rerun) */
     uint64_t hash;
     size_t tenant_len;
     char tenant[];             /* NUL-terminated */
@@ -60,9 +60,26 @@ struct job *lane_pop(struct lane *lane);
  * returns its jobs last to first, so the lane keeps arrival order. */
 void lane_push_front(struct lane *lane, struct job *job);
 
+/* The lane's next batch reruns requests put back: solo, alone and waiting
+ * for its lock (a shared transaction could not take it, or failed); lookup,
+ * with its idempotency keys looked up first.  Flags only add up. */
+void lane_mark_rerun(struct lane *lane, bool solo, bool lookup);
+
+/*
+ * Unlink every queued job of lane whose deadline is at or before now (all:
+ * every job) and return them as a list through job->next, in arrival
+ * order; the caller owns them.  *min_deadline is lowered to the earliest
+ * deadline of the jobs left.  *n is set to the number unlinked.
+ */
+struct job *lane_expire(struct lane *lane, uint64_t now, bool all, uint64_t *min_deadline,
+                        size_t *n);
+
 /* Append lane to the tail of the ready list (no-op if already there). */
 void ready_push(struct ready_list *r, struct lane *lane);
 /* Unlink the head of the ready list; NULL if empty. */
 struct lane *ready_pop(struct ready_list *r);
+/* Unlink lane, which follows prev in the ready list (prev NULL: lane is
+ * the head). */
+void ready_unlink(struct ready_list *r, struct lane *prev, struct lane *lane);
 
 #endif

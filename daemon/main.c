@@ -28,52 +28,16 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "job.h"
 #include "front.h"
 #include "log.h"
 #include "metrics.h"
 #include "pg.h"
 #include "shard.h"
+#include "sql.h"
 
 #define MAIN_TICK_MS 20
 #define SHUTDOWN_LINGER_MS 200
-
-/* Keys are compared bytewise (COLLATE "C"): cheaper than the database's
- * default collation in the primary-key indexes, and what an id means. */
-static const char SCHEMA_SQL[] =
-    "BEGIN;"
-    "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:init-db', 0));"
-    "CREATE TABLE IF NOT EXISTS tenantq_storefront ("
-    "  tenant     text COLLATE \"C\" PRIMARY KEY,"
-    "  draft      jsonb NOT NULL DEFAULT '{\"pages\":{}}',"
-    "  published  jsonb,"
-    "  version    bigint NOT NULL DEFAULT 0,"
-    "  updated_at timestamptz NOT NULL DEFAULT now());"
-    "COMMENT ON TABLE tenantq_storefront IS 'tenantq: per-tenant storefront draft and published config';"
-    /* Drafts are TOAST-compressed on every write: lz4 costs the server a
-     * fraction of pglz's CPU (pglz_compress was its largest single cost).
-     * Kept pglz where the server has no lz4; existing rows convert as they
-     * are rewritten. */
-    "DO $tq$ BEGIN"
-    "  IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'tenantq_storefront'::regclass"
-    "             AND attname IN ('draft', 'published') AND attcompression <> 'l') THEN"
-    "    ALTER TABLE tenantq_storefront ALTER COLUMN draft SET COMPRESSION lz4,"
-    "      ALTER COLUMN published SET COMPRESSION lz4;"
-    "  END IF;"
-    "EXCEPTION WHEN feature_not_supported THEN"
-    "  RAISE NOTICE 'tenantq: this server has no lz4; drafts stay pglz-compressed';"
-    "END $tq$;"
-    "CREATE TABLE IF NOT EXISTS tenantq_idempotency ("
-    "  tenant      text COLLATE \"C\" NOT NULL,"
-    "  key         text COLLATE \"C\" NOT NULL,"
-    "  fingerprint text NOT NULL,"
-    "  response    text NOT NULL,"
-    "  created_at  timestamptz NOT NULL DEFAULT now(),"
-    "  PRIMARY KEY (tenant, key));"
-    /* BRIN: records arrive in created_at order, and a BRIN insert is nearly free */
-    "CREATE INDEX IF NOT EXISTS tenantq_idempotency_created ON tenantq_idempotency"
-    "  USING brin (created_at);"
-    "COMMENT ON TABLE tenantq_idempotency IS 'tenantq: idempotency keys, kept idempotency_ttl_s';"
-    "COMMIT;";
 
 /* The allocator this binary runs on, as --version and the ready line name it:
  * jemalloc when the build linked it (README, "Libraries"). */
@@ -435,7 +399,7 @@ int main(int argc, char **argv)
         }
         break;
     case TQ_ACTION_INIT_DB:
-        if (pg_admin_exec(m.cfg.conninfo, SCHEMA_SQL, m.cfg.statement_timeout_ms, err,
+        if (pg_admin_exec(m.cfg.conninfo, SQL_SCHEMA, m.cfg.statement_timeout_ms, err,
                           sizeof err) < 0) {
             fprintf(stderr, "tenantqd: --init-db failed: %s\n", err);
             rc = 1;

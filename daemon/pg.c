@@ -29,6 +29,34 @@ const char *pg_sqlstate(const PGresult *r)
     return r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
 }
 
+enum pg_err pg_classify(const PGresult *r)
+{
+    if (!r)
+        return PG_ERR_CONNECTION;
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_FATAL_ERROR && st != PGRES_NONFATAL_ERROR && st != PGRES_BAD_RESPONSE)
+        return PG_ERR_NONE;
+    const char *s = pg_sqlstate(r);
+    if (!s || strlen(s) != 5)
+        return PG_ERR_CONNECTION;
+    if (strcmp(s, "55P03") == 0)
+        return PG_ERR_LOCK;
+    if (strcmp(s, "23505") == 0)
+        return PG_ERR_UNIQUE;
+    if (strncmp(s, "23", 2) == 0)
+        return PG_ERR_CONSTRAINT;
+    if (strcmp(s, "P0001") == 0)
+        return PG_ERR_RAISED;
+    if (strcmp(s, "22012") == 0)
+        return PG_ERR_GUARD;
+    if (strcmp(s, "40001") == 0)
+        return PG_ERR_SERIALIZATION;
+    if (strcmp(s, "57014") == 0 || strncmp(s, "40", 2) == 0 || strncmp(s, "08", 2) == 0 ||
+        strncmp(s, "57P", 3) == 0 || strcmp(s, "53300") == 0)
+        return PG_ERR_TRANSIENT;
+    return PG_ERR_OTHER;
+}
+
 static void notice_receiver(void *arg, const PGresult *r)
 {
     struct pgconn *c = arg;

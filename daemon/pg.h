@@ -129,6 +129,25 @@ void pg_destroy(struct pgconn *c);
 /* "55P03" etc. of an error result, or NULL (connection-level failure). */
 const char *pg_sqlstate(const PGresult *r);
 
+/* What a failed statement's error means to tenantqd, from its SQLSTATE. */
+enum pg_err {
+    PG_ERR_NONE,          /* not an error (or no result at all: PG_ERR_CONNECTION) */
+    PG_ERR_CONNECTION,    /* no SQLSTATE: libpq's own error, the connection is gone */
+    PG_ERR_LOCK,          /* 55P03 lock_not_available: lock_timeout ran out */
+    PG_ERR_UNIQUE,        /* 23505 unique_violation */
+    PG_ERR_CONSTRAINT,    /* any other integrity violation (class 23) */
+    PG_ERR_RAISED,        /* P0001 raise_exception */
+    PG_ERR_GUARD,         /* 22012 division by zero: our guards' way to fail */
+    PG_ERR_SERIALIZATION, /* 40001 serialization_failure */
+    PG_ERR_TRANSIENT,     /* the server could not run it now: statement timeout
+                           * (57014), deadlock (40P01), other class 40, class 08,
+                           * shutdown (57P0x), too many connections (53300) */
+    PG_ERR_OTHER,         /* anything else: a bug, or a problem of the schema */
+};
+/* Classify r (NULL: PG_ERR_CONNECTION).  PIPELINE_ABORTED and OK results
+ * are PG_ERR_NONE. */
+enum pg_err pg_classify(const PGresult *r);
+
 /*
  * One-shot administrative execution for --init-db: connect to conninfo and run
  * sql (may hold several statements), waiting with poll(2) - this runs before

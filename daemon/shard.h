@@ -13,6 +13,7 @@
 #include <stdbool.h>
 
 #include "daemon.h"
+#include "job.h"
 
 /* Create shard id (sockets, base, connections) without starting its thread.
  * Returns NULL on failure (logged). */

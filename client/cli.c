@@ -1,5 +1,5 @@
 /*
- * tenantq.c - the tenantq command-line tool: one call to tenantqd per run.
+ * cli.c - the tenantq command-line tool: one call to tenantqd per run.
  *
  * Uses only the public libtenantq API (tenantq.h) plus jansson to check the
  * ping result.  Exit status: 0 success, 1 the daemon answered with an error,

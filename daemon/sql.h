@@ -1,0 +1,67 @@
+/*
+ * sql.h - every SQL statement tenantqd sends, and the schema of its tables.
+ *
+ * One home for the SQL text, so that a statement and the schema it depends
+ * on are read together.  The transaction engine and the op families refer
+ * to statements by index (enum sql_stmt); sql_prepare_table builds the
+ * statements every connection prepares after it connects.  Pure: no I/O.
+ */
+#ifndef TQ_SQL_H
+#define TQ_SQL_H
+
+#include "config.h"
+#include "pg.h"
+
+/* Statements prepared on every connection (pg_init), by index. */
+enum sql_stmt {
+    ST_TIMEOUTS,      /* $1 lock_timeout, $2 statement_timeout, $3 idle-in-transaction (ms) */
+    ST_LOCK,          /* $1 tenant: wait for the tenant's advisory lock */
+    ST_TRYLOCK,       /* $1 tenant: try it, returns whether it was taken */
+    ST_TRYLOCK_GUARD, /* $1 tenant: try it, division by zero when it is held */
+    ST_SF_SELECT,     /* $1 tenant, $2 cached version, $3 cached xmin: the storefront row */
+    ST_SF_GUARD,      /* same parameters: division by zero unless the row is that version */
+    ST_SF_UPSERT,     /* $1 tenant, $2 draft, $3 published, $4 version: RETURNING xmin */
+    ST_IDEM_INSERT,   /* $1 tenant, $2 keys, $3 fingerprints, $4 responses (text[]) */
+    ST_IDEM_UPSERT,   /* the same, replacing a record past its TTL */
+    ST_IDEM_CLEANUP,  /* $1 TTL (s): deletes up to SQL_CLEANUP_BATCH expired records */
+    ST__COUNT
+};
+
+/* Statements sent unprepared. */
+extern const char SQL_BEGIN[];     /* READ COMMITTED, whatever the role's default */
+extern const char SQL_COMMIT[];
+extern const char SQL_ROLLBACK[];
+/* $1 tenant, $2 keys (text[]), $3 TTL (s): key, fingerprint, response of the
+ * live records.  Planned with the actual keys each time (a generic plan once
+ * scanned all of a hot tenant's records). */
+extern const char SQL_IDEM_LOOKUP[];
+
+/* The constraint a repeated key violates (the fast path of idempotency
+ * records counts on it). */
+extern const char SQL_IDEM_PKEY[];
+
+/* Records one cleanup pass deletes at most. */
+#define SQL_CLEANUP_BATCH 500
+
+/* The schema --init-db creates (idempotent: safe to run again). */
+extern const char SQL_SCHEMA[];
+
+/*
+ * The prepared statements of a connection, over cfg (the advisory-lock
+ * statements embed cfg->lock_key_sql).  Fills prep[ST__COUNT]; the lock
+ * statements' text is allocated in *owned (free it with sql_table_free once
+ * no connection uses prep).  Returns 0 or -1 (out of memory).
+ */
+struct sql_table {
+    struct pg_stmt prep[ST__COUNT];
+    char *owned[3];
+};
+int sql_table_init(struct sql_table *t, const tq_config *cfg) __attribute__((warn_unused_result));
+void sql_table_free(struct sql_table *t);
+
+/* Prepared statement which of t, with up to four parameters (NULL = SQL NULL
+ * or unused). */
+struct pg_stmt sql_stmt(const struct sql_table *t, enum sql_stmt which, const char *p0,
+                        const char *p1, const char *p2, const char *p3);
+
+#endif
