@@ -20,7 +20,7 @@
 
 #include "tq_proto.h"
 
-#define SHOW_MAX 32 /* bytes of a word quoted in a message */
+#define SHOW_MAX OPFILE_SHOW_MAX
 
 struct scan {
     const char *s;
@@ -122,10 +122,7 @@ static void advance_to(struct scan *sc, size_t to)
             sc->line++;
 }
 
-/* A copy of a word of the text for a message: at most SHOW_MAX bytes, cut
- * before a UTF-8 continuation byte so the message stays valid text, control
- * characters shown as '?' so it stays one line. */
-static void show_word(const char *s, size_t n, char *buf, size_t size)
+void opfile_show(const char *s, size_t n, char *buf, size_t size)
 {
     bool cut = n > SHOW_MAX;
     if (cut) {
@@ -209,8 +206,8 @@ static int skip_span(struct scan *sc, bool escapes)
                 return 1;
             }
         }
-        char tag[SHOW_MAX + 8];
-        show_word(s + i, taglen, tag, sizeof tag);
+        char tag[OPFILE_SHOW_SIZE];
+        opfile_show(s + i, taglen, tag, sizeof tag);
         return fail_at(sc, line, "unterminated dollar-quoted string %s (opened here)", tag);
     }
     return 0;
@@ -335,8 +332,8 @@ static int scan_code(struct scan *sc, opfile_def *def, struct out *o, bool *uses
             while (j < sc->n && is_param_cont((unsigned char)s[j]))
                 j++;
             size_t len = j - start - 1;
-            char shown[SHOW_MAX + 8];
-            show_word(s + start + 1, len, shown, sizeof shown);
+            char shown[OPFILE_SHOW_SIZE];
+            opfile_show(s + start + 1, len, shown, sizeof shown);
             if (!o)
                 return fail_at(sc, sc->line,
                                "lock_key: no :%s parameter here, the tenant id is $1", shown);
@@ -370,8 +367,8 @@ static int scan_code(struct scan *sc, opfile_def *def, struct out *o, bool *uses
                 sc->i = j;
                 continue;
             }
-            char shown[SHOW_MAX + 8];
-            show_word(s + start, j - start, shown, sizeof shown);
+            char shown[OPFILE_SHOW_SIZE];
+            opfile_show(s + start, j - start, shown, sizeof shown);
             return fail_at(sc, sc->line,
                            o ? "positional parameter %s: name the parameters instead (:name)"
                              : "lock_key: %s: the expression may use only $1 (the tenant id)",
@@ -400,8 +397,8 @@ static int scan_statement(struct scan *sc, opfile_def *def)
         if (wl == strlen(verbs[k]) && strncasecmp(w, verbs[k], wl) == 0)
             ok = true;
     if (!ok) {
-        char shown[SHOW_MAX + 8];
-        show_word(w, wl ? wl : 1, shown, sizeof shown);
+        char shown[OPFILE_SHOW_SIZE];
+        opfile_show(w, wl ? wl : 1, shown, sizeof shown);
         return fail_at(sc, sc->line,
                        "the statement must start with SELECT, INSERT, UPDATE, DELETE or WITH, "
                        "not '%s'",
@@ -468,8 +465,8 @@ static int parse_option_line(struct scan *sc, opfile_def *def, size_t eol)
     for (size_t j = k0; j < k0 + klen; j++)
         if (s[j] >= 'A' && s[j] <= 'Z')
             lower = false;
-    char key[SHOW_MAX + 8];
-    show_word(s + k0, klen, key, sizeof key);
+    char key[OPFILE_SHOW_SIZE];
+    opfile_show(s + k0, klen, key, sizeof key);
     char **slot = option_slot(def, s + k0, klen);
     if (!lower) {
         /* prose ("-- Note: ..."), unless it is a known option in the wrong case */

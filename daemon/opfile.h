@@ -103,6 +103,14 @@ opfile_def *opfile_parse(const char *where, const char *text, size_t len, char *
 /* Free def and everything it owns; NULL is fine. */
 void opfile_free(opfile_def *def);
 
+/* A word of untrusted text for a message, into buf (size >= OPFILE_SHOW_SIZE
+ * bytes): at most OPFILE_SHOW_MAX bytes of s (n bytes), cut on a UTF-8
+ * character boundary and followed by "..." when cut, control characters
+ * shown as '?', so that the message stays one line of valid text. */
+#define OPFILE_SHOW_MAX 32
+#define OPFILE_SHOW_SIZE (OPFILE_SHOW_MAX + 8)
+void opfile_show(const char *s, size_t n, char *buf, size_t size);
+
 /* Whether s (n bytes) is a valid parameter name: [A-Za-z_][A-Za-z0-9_]*,
  * 1..OPFILE_NAME_MAX bytes. */
 bool opfile_valid_param(const char *s, size_t n);
