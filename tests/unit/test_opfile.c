@@ -112,6 +112,8 @@ static void test_not_parameters(void)
     OK("SELECT E'\\' :no', :yes", "SELECT E'\\' :no', $1", "yes");
     OK("SELECT e'\\\\', :yes", "SELECT e'\\\\', $1", "yes");
     OK("SELECT E'a''b :no \\\\', :yes", "SELECT E'a''b :no \\\\', $1", "yes");
+    /* '' is a quote inside E'...', so the \' after it is escaped too */
+    OK("SELECT E'a''\\' :no', :yes", "SELECT E'a''\\' :no', $1", "yes");
     /* an identifier ending in e is no E prefix: 'x\' is a whole string */
     OK("SELECT somee'\\', :yes", "SELECT somee'\\', $1", "yes");
     /* other prefixes follow the standard rules */

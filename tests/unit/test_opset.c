@@ -3,8 +3,8 @@
  * which entries are ignored and which fail the load (bad names, built-in and
  * reserved names, parse errors with file and line, non-regular files, a FIFO
  * that must not hang the load), lookup, order, and references taken and
- * dropped on several threads at once (run under ASan/TSan-free builds: a
- * double free or a leak shows there).
+ * dropped on several threads at once (a double free or a leak shows under
+ * ASan).
  */
 #include <errno.h>
 #include <pthread.h>
