@@ -28,7 +28,7 @@
  *
  * Options are "-- KEY: VALUE" comment lines before the statement's first
  * word.  Such a line whose KEY is a lower-case word ([a-z][a-z0-9_]*) directly
- * followed by ':' is an option and KEY must be one of the known ones, so that
+ * followed by ':' (but not by "::" or "://") is an option and KEY must be one of the known ones, so that
  * a misspelt option fails the load instead of silently doing nothing.  Other
  * leading comments (and every comment inside the statement) are ignored.
  *   reject_if_empty: MESSAGE   an execution that returns or affects no row is
