@@ -458,8 +458,9 @@ static int parse_option_line(struct scan *sc, opfile_def *def, size_t eol)
                        s[i] == '_'))
         i++;
     size_t klen = i - k0;
+    /* "::" and "://" (a URL in a comment) make no option */
     if (klen == 0 || !is_ascii_alpha((unsigned char)s[k0]) || i == eol || s[i] != ':' ||
-        at(sc, i + 1, ':'))
+        at(sc, i + 1, ':') || at(sc, i + 1, '/'))
         return 0;
     bool lower = true;
     for (size_t j = k0; j < k0 + klen; j++)

@@ -21,14 +21,16 @@
  * ('...' with '' inside; E'...' also with backslash escapes), quoted
  * identifiers ("..." with "" inside), comments (-- to the end of the line,
  * and block comments, which nest) and dollar-quoted bodies ($$...$$,
- * $tag$...$tag$).  "::"
- * is a cast, never a parameter; a ':' followed by anything else (a space, a
- * digit) stays as it is.  Positional parameters ($1) are refused, since the
- * parser numbers the placeholders itself.
+ * $tag$...$tag$).  "::" is a cast, never a parameter; a ':' followed by
+ * anything else (a space, a digit, '=') stays as it is, except a non-ASCII
+ * character, which is refused (a name cannot hold one).  So is a name that
+ * runs straight into a non-ASCII character or '$'.  Positional parameters
+ * ($1) are refused, since the parser numbers the placeholders itself.  In an
+ * array slice a[1:n] the :n is a parameter; write a[1 : n] for a column.
  *
  * Options are "-- KEY: VALUE" comment lines before the statement's first
  * word.  Such a line whose KEY is a lower-case word ([a-z][a-z0-9_]*) directly
- * followed by ':' is an option and KEY must be one of the known ones, so that
+ * followed by ':' (but not by "::" or "://") is an option and KEY must be one of the known ones, so that
  * a misspelt option fails the load instead of silently doing nothing.  Other
  * leading comments (and every comment inside the statement) are ignored.
  *   reject_if_empty: MESSAGE   an execution that returns or affects no row is

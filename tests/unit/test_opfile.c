@@ -263,6 +263,7 @@ static void test_options(void)
     OK("-- Note: a prose comment\n-- and this: too, the word has a space before ':'\nSELECT 1",
        "SELECT 1");
     BAD("-- url: no, this is one\nSELECT 1", "t.sql:1: unknown option 'url'");
+    OK("-- https://example.com/booking is a URL, not an option\nSELECT 1", "SELECT 1");
     BAD("\n-- rejet_if_empty: typo\nSELECT 1", "t.sql:2: unknown option 'rejet_if_empty'");
     BAD("-- Reject_If_Empty: x\nSELECT 1", "option Reject_If_Empty: options are written in lower");
     BAD("-- reject_if_empty: a\n-- reject_if_empty: b\nSELECT 1",
