@@ -76,6 +76,9 @@ static const struct setting settings[] = {
                 1, 3600000, "10000", "server-side statement timeout"),
     INT_SETTING("storefront", "max_draft_bytes", "max-draft-bytes", max_draft_bytes, 1024,
                 256 * 1024 * 1024, "1048576", "largest draft (compact JSON) an edit may leave"),
+    STR_SETTING("ops", "dir", "ops-dir", ops_dir, "",
+                "directory of SQL operations: every NAME.sql file defines the op NAME "
+                "(empty: none); SIGHUP reloads it"),
     STR_SETTING("metrics", "listen", "metrics-listen", metrics_listen, "127.0.0.1:9464",
                 "HOST:PORT of the HTTP /metrics and /healthz endpoint; empty disables"),
 };

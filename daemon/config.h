@@ -34,6 +34,8 @@ typedef struct tq_config {
     int statement_timeout_ms;
     /* [storefront] */
     int max_draft_bytes;
+    /* [ops] */
+    char *ops_dir;              /* SQL operations: every NAME.sql here; "" = none */
     /* [metrics] */
     char *metrics_listen;       /* "" disables */
 } tq_config;

@@ -19,6 +19,7 @@
 
 struct shard;
 struct tq_stats;
+struct opset;
 
 struct daemon {
     const tq_config *cfg;
@@ -29,6 +30,8 @@ struct daemon {
     atomic_int pending;            /* admitted, not yet answered (max_pending) */
     atomic_bool draining;          /* SIGTERM seen: admit nothing new */
     struct tq_stats *front_stats;  /* the main thread's counters */
+    struct opset *ops;             /* main thread only: the SQL operations of [ops] dir
+                                    * (the front admits against it, SIGHUP swaps it) */
 };
 
 #endif

@@ -61,10 +61,25 @@ struct fam_ctx {
 /* Statements a family adds to one pipeline at most (read, guard, write). */
 #define FAM_MAX_STMTS 1
 
-enum fam_id { FAM_STOREFRONT, FAM__COUNT };
+enum fam_id { FAM_STOREFRONT, FAM_SQL, FAM__COUNT };
+
+/*
+ * How the engine runs a family's batches:
+ *   FAM_STATE       as above: read, apply in memory, write (the storefront);
+ *   FAM_STATEMENTS  each request is one statement the database runs, in
+ *                   arrival order, inside the batch's transaction (SQL
+ *                   operations).  Only the hooks marked STATEMENTS below are
+ *                   used: bind() makes a request's statement, outcome() reads
+ *                   its result.  A request that fails (or must be undone)
+ *                   ends the transaction: it is answered, and its companions
+ *                   run again without it in a new one, so a failed request
+ *                   changes nothing and the others are unaffected.
+ */
+enum fam_kind { FAM_STATE, FAM_STATEMENTS };
 
 struct op_family {
     enum fam_id id;
+    enum fam_kind kind;
     const char *name;
     /* Whether op changes state (lock, key record, write, commit), and
      * whether it needs the database at all (it may pass through the lane
@@ -109,9 +124,30 @@ struct op_family {
      * tenant's next batch.  Not kept: the transaction failed or the batch
      * runs again; the state is dropped.  fs is ready for a new begin(). */
     void (*end)(void *fs, const struct fam_ctx *ctx, bool kept, PGresult *const *wres);
+
+    /* STATEMENTS: the advisory-lock key expression (over $1 = tenant) of j's
+     * op, or NULL for [database] lock_key_sql.  A batch holds requests of
+     * one lock key only. */
+    const char *(*lock_key)(const struct job *j);
+    /* STATEMENTS: j's statement, as the i-th of its batch, into *out; the
+     * texts it points at are owned by fs until end().  0, or -1 with err. */
+    int (*bind)(void *fs, const struct fam_ctx *ctx, const struct job *j, int i,
+                struct pg_stmt *out, tq_error *err);
+    /* STATEMENTS: the outcome of j's statement (res: its result, NULL if
+     * none arrived).  0 with *result a new reference, or -1 with err.  On
+     * either, *undo says whether the request must not commit: it failed,
+     * or it was refused after its statement ran and may have changed rows. */
+    int (*outcome)(const struct fam_ctx *ctx, const struct job *j, const PGresult *res,
+                   json_t **result, tq_error *err, bool *undo);
+    /* STATEMENTS: whether j's outcome can never need undoing once its
+     * statement succeeded, so its batch may send COMMIT in the same
+     * pipeline (one round trip). */
+    bool (*commits_blind)(const struct job *j);
 };
 
-/* The storefront ops (storefront_family.c). */
+/* The storefront ops (storefront_family.c) and SQL operations
+ * (sql_family.c). */
 extern const struct op_family storefront_family;
+extern const struct op_family sql_family;
 
 #endif

@@ -22,6 +22,8 @@
 #include "metrics.h"
 #include "family.h"
 #include "job.h"
+#include "opset.h"
+#include "sqlargs.h"
 #include "shard.h"
 #include "siphash.h"
 
@@ -148,15 +150,17 @@ static void handle(struct front *f, const void *body, size_t len, const uint8_t 
         stats_request(-1, err.code);
         return;
     }
-    sf_op op;
-    if (!sf_op_lookup(req.op, req.op_len, &op)) {
+    sf_op op = SF_OP__COUNT;
+    const opfile_def *def = NULL;
+    if (!sf_op_lookup(req.op, req.op_len, &op) &&
+        !(d->ops && (def = opset_find(d->ops, req.op, req.op_len)) != NULL)) {
         char msg[TQ_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "op: unknown operation \"%s\"", req.op);
         reply_error_raw(d, &f->sb, hdr, hdr_len, TQ_E_UNKNOWN_OP, msg);
         stats_request(-1, TQ_E_UNKNOWN_OP);
         goto drop;
     }
-    if (sf_validate_args(op, req.args, &err) < 0) {
+    if (def ? sqlargs_check(def, req.args, &err) < 0 : sf_validate_args(op, req.args, &err) < 0) {
         reply_error_raw(d, &f->sb, hdr, hdr_len, err.code, err.message);
         stats_request((int)op, err.code);
         goto drop;
@@ -184,7 +188,14 @@ static void handle(struct front *f, const void *body, size_t len, const uint8_t 
         goto drop;
     }
     job->req = req; /* the job owns the request from here */
-    job->fam = &storefront_family;
+    if (def) {
+        /* the job keeps the set its op came from until it is freed */
+        job->fam = &sql_family;
+        job->def = def;
+        job->set = opset_ref(d->ops);
+    } else {
+        job->fam = &storefront_family;
+    }
     job->op = (int)op;
     job->hash = siphash24(d->hash_key, req.tenant, req.tenant_len);
     job->recv_us = now_us();

@@ -13,6 +13,7 @@
 
 #include "job.h"
 #include "log.h"
+#include "opset.h"
 #include "metrics.h"
 
 uint64_t now_us(void)
@@ -53,6 +54,8 @@ void job_free(struct job *job)
     if (!job)
         return;
     tq_request_free(&job->req);
+    if (job->set)
+        opset_unref(job->set);
     free(job);
 }
 

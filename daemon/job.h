@@ -22,6 +22,8 @@
 #include "tq_sp.h"
 
 struct op_family;
+struct opfile_def;
+struct opset;
 
 /* One admitted request. */
 struct job {
@@ -29,6 +31,11 @@ struct job {
     tq_request req;
     const struct op_family *fam;   /* the family of req.op (family.h) */
     int op;                        /* the op within its family */
+    /* SQL operations: the op's definition, and a reference to the set it
+     * belongs to, held until the job is freed (a reload never frees a
+     * definition in use) */
+    const struct opfile_def *def;
+    struct opset *set;
     uint64_t hash;                 /* siphash of the tenant */
     uint64_t recv_us;              /* monotonic arrival time */
     uint64_t deadline_us;          /* monotonic: must start executing before */

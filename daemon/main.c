@@ -32,6 +32,7 @@
 #include "front.h"
 #include "log.h"
 #include "metrics.h"
+#include "opset.h"
 #include "pg.h"
 #include "shard.h"
 #include "sql.h"
@@ -168,6 +169,34 @@ static void on_shutdown_signal(evutil_socket_t sig, short what, void *arg)
     m->drain_deadline_us = now_us() + (uint64_t)m->cfg.shutdown_grace_ms * 1000u;
 }
 
+/* Load the SQL operations of dir ("" = none: an empty set).  NULL with a
+ * message naming [ops] dir, the file and the line. */
+static struct opset *load_ops(const char *dir, char *err, size_t errlen)
+{
+    char why[OPSET_ERR_MAX];
+    struct opset *set = dir[0] ? opset_load(dir, why, sizeof why) : opset_empty();
+    if (!set)
+        snprintf(err, errlen, "[ops] dir: %s", dir[0] ? why : "out of memory");
+    return set;
+}
+
+/* SIGHUP: a good directory replaces the running set (requests already
+ * admitted keep the definitions they came with); a bad one changes
+ * nothing. */
+static void reload_ops(struct main_ctx *m, const char *dir)
+{
+    char err[OPSET_ERR_MAX + 64];
+    struct opset *set = load_ops(dir, err, sizeof err);
+    if (!set) {
+        log_err("reload: %s (keeping the %zu operations loaded before)", err,
+                opset_count(m->d.ops));
+        return;
+    }
+    opset_unref(m->d.ops);
+    m->d.ops = set;
+    log_notice("reload: %zu SQL operations from [ops] dir", opset_count(set));
+}
+
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
@@ -189,6 +218,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     } else {
         atomic_store(&log_level, log_parse_level(fresh.log_level));
         log_notice("reload: log level %s", fresh.log_level);
+        reload_ops(m, fresh.ops_dir);
     }
     config_free(&fresh);
     if (notify)
@@ -235,7 +265,13 @@ static int check_values(const tq_config *cfg, char *err, size_t errlen)
     if (cfg->metrics_listen[0] &&
         metrics_parse_listen(cfg->metrics_listen, host, sizeof host, &port, err, errlen) < 0)
         return -1;
-    return pg_check_conninfo(cfg->conninfo, err, errlen);
+    if (pg_check_conninfo(cfg->conninfo, err, errlen) < 0)
+        return -1;
+    struct opset *ops = load_ops(cfg->ops_dir, err, errlen);
+    if (!ops)
+        return -1;
+    opset_unref(ops);
+    return 0;
 }
 
 static int run_daemon(struct main_ctx *m)
@@ -375,7 +411,7 @@ int main(int argc, char **argv)
     m.argc = argc;
     m.argv = argv;
     tq_action action;
-    char err[512];
+    char err[OPSET_ERR_MAX + 64];
     if (config_load(&m.cfg, argc, argv, &action, err, sizeof err) < 0) {
         fprintf(stderr, "tenantqd: %s\n", err);
         config_free(&m.cfg);
@@ -413,7 +449,14 @@ int main(int argc, char **argv)
             rc = 2;
             break;
         }
+        if (!(m.d.ops = load_ops(m.cfg.ops_dir, err, sizeof err))) {
+            fprintf(stderr, "tenantqd: %s\n", err);
+            rc = 2;
+            break;
+        }
+        log_info("%zu SQL operations from [ops] dir", opset_count(m.d.ops));
         rc = run_daemon(&m);
+        opset_unref(m.d.ops);
         break;
     }
     config_free(&m.cfg);

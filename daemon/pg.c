@@ -482,11 +482,11 @@ static int pg_send(struct pgconn *c, const struct pg_stmt *stmts, int n, bool pr
         return -1;
     for (int i = 0; i < n; i++) {
         const struct pg_stmt *s = &stmts[i];
+        const char *const *pv = s->paramv ? s->paramv : s->params;
         int ok = prepare ? PQsendPrepare(c->conn, s->name, s->sql, s->nparams, NULL)
-                 : s->name
-                     ? PQsendQueryPrepared(c->conn, s->name, s->nparams, s->params, NULL, NULL, 0)
-                     : PQsendQueryParams(c->conn, s->sql, s->nparams, NULL, s->params, NULL, NULL,
-                                         0);
+                 : s->name ? PQsendQueryPrepared(c->conn, s->name, s->nparams, pv, NULL, NULL, 0)
+                           : PQsendQueryParams(c->conn, s->sql, s->nparams, NULL, pv, NULL, NULL,
+                                               0);
         if (!ok)
             goto fail;
     }

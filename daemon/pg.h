@@ -37,6 +37,7 @@ struct pg_stmt {
     const char *sql;  /* used when name is NULL */
     int nparams;
     const char *params[PG_MAX_PARAMS]; /* text values, NULL = SQL NULL */
+    const char *const *paramv; /* if set, the nparams values instead of params (borrowed) */
 };
 
 struct pgconn;

@@ -23,6 +23,7 @@
 #include "job.h"
 #include "lane.h"
 #include "metrics.h"
+#include "opfile.h"
 #include "pg.h"
 #include "shard.h"
 #include "sql.h"
@@ -68,6 +69,10 @@ struct batch {
      * (key records, the family's write) of the last one */
     int r_lock, r_read, r_lookup, r_idem, r_write;
     json_t *records;           /* key -> {"f": fingerprint, "r": result}, stored + this batch */
+    int *rpos;                 /* statement batches: each request's result in the pipeline
+                                * that ran it, -1 none (a slice of the txn's array) */
+    int *dup;                  /* statement batches: the earlier request of this batch
+                                * with the same key, -1 none */
     struct pg_text_array keys; /* the batch's keys, for the lookup */
     struct pg_text_array new_keys, new_fps, new_resps; /* records to insert with the edit */
 };
@@ -81,6 +86,8 @@ struct txn {
     json_t **results;
     tq_error *errs;
     bool *replayed;
+    int *rpos, *dup;           /* max_batch slots each (statement batches) */
+    char lock_sql[OPFILE_LOCK_KEY_MAX + 64]; /* a statement batch's own lock statement */
     struct batch b[GROUP_MAX];
     int nb;                    /* batches in this transaction; 0: the slot is free */
     int njobs;

@@ -199,6 +199,7 @@ static void sf_fam_end(void *fs, const struct fam_ctx *ctx, bool kept, PGresult 
 
 const struct op_family storefront_family = {
     .id = FAM_STOREFRONT,
+    .kind = FAM_STATE,
     .name = "storefront",
     .mutates = sf_fam_mutates,
     .needs_db = sf_fam_needs_db,

@@ -513,36 +513,42 @@ static void one_trip_failed(struct txn *t, PGresult *const *res, int n)
     }
 }
 
+/* The connection was lost while a pipeline ending in COMMIT was out. */
+static void txn_lost_at_commit(struct txn *t, PGresult *const *res, int n)
+{
+    /* The server reported an error on a statement before COMMIT (a
+     * lock wait ended by its shutdown, say): it had aborted the
+     * transaction, so nothing of it happened.  Only the server's own
+     * errors (with a SQLSTATE) say where it stopped: the one libpq makes
+     * up for a lost connection goes to the first statement whose result
+     * had not arrived, which may be before a COMMIT that did run. */
+    int f = first_failed(res, n);
+    if (f >= 0 && f < n - 1 && pg_sqlstate(res[f]) != NULL) {
+        fail_lost_before_commit(t);
+        return;
+    }
+    /* COMMIT was sent: it may or may not have happened (a batch that
+     * only confirmed its validation errors wrote nothing either way) */
+    for (int k = 0; k < t->nb; k++) {
+        if (t->b[k].role == BATCH_CONFIRMS)
+            fail_batch(&t->b[k], TQ_E_DB_UNAVAILABLE,
+                       "tenant \"%s\": database connection lost; not executed",
+                       t->b[k].lane->tenant);
+        else
+            fail_batch(&t->b[k], TQ_E_OUTCOME_UNKNOWN,
+                       "tenant \"%s\": database connection lost during COMMIT; the outcome "
+                       "is unknown (retry with the same key to learn it)",
+                       t->b[k].lane->tenant);
+    }
+    txn_end(t, true);
+}
+
 static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
 {
     struct txn *t = arg;
     (void)c;
     if (lost) {
-        /* The server reported an error on a statement before COMMIT (a
-         * lock wait ended by its shutdown, say): it had aborted the
-         * transaction, so nothing of it happened.  Only the server's own
-         * errors (with a SQLSTATE) say where it stopped: the one libpq makes
-         * up for a lost connection goes to the first statement whose result
-         * had not arrived, which may be before a COMMIT that did run. */
-        int f = first_failed(res, n);
-        if (f >= 0 && f < n - 1 && pg_sqlstate(res[f]) != NULL) {
-            fail_lost_before_commit(t);
-            return;
-        }
-        /* COMMIT was sent: it may or may not have happened (a batch that
-         * only confirmed its validation errors wrote nothing either way) */
-        for (int k = 0; k < t->nb; k++) {
-            if (t->b[k].role == BATCH_CONFIRMS)
-                fail_batch(&t->b[k], TQ_E_DB_UNAVAILABLE,
-                           "tenant \"%s\": database connection lost; not executed",
-                           t->b[k].lane->tenant);
-            else
-                fail_batch(&t->b[k], TQ_E_OUTCOME_UNKNOWN,
-                           "tenant \"%s\": database connection lost during COMMIT; the outcome "
-                           "is unknown (retry with the same key to learn it)",
-                           t->b[k].lane->tenant);
-        }
-        txn_end(t, true);
+        txn_lost_at_commit(t, res, n);
         return;
     }
     bool ok = n >= 2;
@@ -560,7 +566,7 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
                 batch_keep(b, NULL);
             } else if (b->role == BATCH_WRITES) {
                 reply_all(b);
-                batch_keep(b, &res[b->r_write]);
+                batch_keep(b, b->r_write >= 0 ? &res[b->r_write] : NULL);
             }
         }
         txn_end(t, true); /* may send the lanes' next transaction */
@@ -752,6 +758,323 @@ static void txn_start_precomputed(struct txn *t, struct pg_stmt *stmts, int ns)
         fail_lost_before_commit(t); /* nothing was sent */
 }
 
+/* --- statement batches (FAM_STATEMENTS) ---------------------------------- */
+
+/* Requests of a statement batch at most: one statement each, besides
+ * BEGIN, the timeouts, the lock, a key lookup and COMMIT. */
+#define STMT_BATCH_MAX (PG_MAX_STMTS - 6)
+
+static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost);
+static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res, int n,
+                               bool lost);
+
+/* Answer b's request i now with its error, put every other unanswered
+ * request back to run again in a new transaction (this one is rolled back,
+ * so whatever they did is undone), and end the transaction. */
+static void stmt_fail_one(struct batch *b, int i)
+{
+    struct txn *t = b->t;
+    struct job *j = b->jobs[i];
+    b->jobs[i] = NULL;
+    shard_fail_job(t->s, j, b->errs[i].code, b->errs[i].message);
+    batch_put_back(b, false, b->has_keys);
+    txn_end_with_rollback(t);
+}
+
+/* Add the statements of b's requests that still need to run (rpos >= 0
+ * afterwards) to stmts.  Returns 0, or -1 when one could not be bound (it
+ * has been answered and the transaction ended). */
+static int stmt_bind_all(struct batch *b, struct pg_stmt *stmts, int *ns)
+{
+    struct fam_ctx ctx = batch_ctx(b);
+    for (int i = 0; i < b->n; i++) {
+        b->rpos[i] = -1;
+        if (!b->jobs[i] || b->results[i] || b->errs[i].code != TQ_OK || b->dup[i] >= 0)
+            continue;
+        if (b->fam->bind(b->fs, &ctx, b->jobs[i], i, &stmts[*ns], &b->errs[i]) < 0) {
+            stmt_fail_one(b, i);
+            return -1;
+        }
+        b->rpos[i] = (*ns)++;
+    }
+    return 0;
+}
+
+/* The keys of b were looked up (with the lock): answer repeats from their
+ * records, note repeats inside the batch, and run the others. */
+static void stmt_keys_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
+{
+    struct txn *t = arg;
+    struct batch *b = &t->b[0];
+    if (lost) {
+        fail_lost_before_commit(t);
+        return;
+    }
+    bool ok = n == t->nres;
+    for (int i = 0; ok && i < n; i++)
+        ok = result_ok(res[i]);
+    if (!ok) {
+        fail_batch_from_results(b, res, n);
+        txn_end_with_rollback(t);
+        return;
+    }
+    if (load_records(b, res[b->r_lookup]) < 0) {
+        fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": unreadable idempotency record",
+                   b->lane->tenant);
+        txn_end_with_rollback(t);
+        return;
+    }
+    for (int i = 0; i < b->n; i++) {
+        struct job *j = b->jobs[i];
+        b->errs[i].code = TQ_OK;
+        b->dup[i] = -1;
+        if (!j->req.key)
+            continue;
+        char fp[IDEM_FINGERPRINT_HEX];
+        if (idem_fingerprint(j->req.op, j->req.args, fp) < 0) {
+            tq_error_set(&b->errs[i], TQ_E_INTERNAL, "out of memory fingerprinting the request");
+            continue;
+        }
+        json_t *rec = json_object_get(b->records, j->req.key);
+        if (rec) {
+            /* a repeat: the first execution's answer, never a second effect */
+            const char *seen = json_string_value(json_object_get(rec, "f"));
+            if (seen && strcmp(seen, fp) == 0) {
+                b->results[i] = json_incref(json_object_get(rec, "r"));
+                b->replayed[i] = true;
+            } else {
+                key_reused(&b->errs[i], j);
+            }
+            continue;
+        }
+        for (int q = 0; q < i; q++)
+            if (b->jobs[q]->req.key && strcmp(b->jobs[q]->req.key, j->req.key) == 0) {
+                b->dup[i] = q; /* runs once: the first one's answer, after COMMIT */
+                break;
+            }
+    }
+    struct pg_stmt stmts[TXN_MAX_STMTS];
+    int ns = 0;
+    if (stmt_bind_all(b, stmts, &ns) < 0)
+        return;
+    if (ns == 0) {
+        /* everything answered from the records: nothing to run or commit */
+        reply_all(b);
+        txn_end_with_rollback(t);
+        txn_outbox_flush(t->s);
+        return;
+    }
+    t->nres = ns;
+    if (pg_pipeline(c, stmts, ns, stmt_ran, t) < 0)
+        fail_lost_before_commit(t);
+}
+
+/* Read the outcome of every request that ran (their results at rpos in
+ * res).  Returns the first request that must not commit (answered with its
+ * error in errs), or -1 when the transaction may commit. */
+static int stmt_outcomes(struct batch *b, PGresult *const *res, int n)
+{
+    struct fam_ctx ctx = batch_ctx(b);
+    for (int i = 0; i < b->n; i++) {
+        if (b->rpos[i] < 0)
+            continue;
+        const PGresult *r = b->rpos[i] < n ? res[b->rpos[i]] : NULL;
+        bool undo = true;
+        if (b->fam->outcome(&ctx, b->jobs[i], r, &b->results[i], &b->errs[i], &undo) < 0) {
+            b->results[i] = NULL;
+            if (undo)
+                return i;
+        }
+    }
+    return -1;
+}
+
+/* Bind the keys of b's successful requests to their answers (records to
+ * write with COMMIT), and give repeats inside the batch the first one's. */
+static void stmt_record_keys(struct batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        struct job *j = b->jobs[i];
+        if (!j || !j->req.key)
+            continue;
+        if (b->dup[i] >= 0) {
+            struct job *first = b->jobs[b->dup[i]];
+            char fa[IDEM_FINGERPRINT_HEX], fb[IDEM_FINGERPRINT_HEX];
+            bool same = idem_fingerprint(first->req.op, first->req.args, fa) == 0 &&
+                        idem_fingerprint(j->req.op, j->req.args, fb) == 0 &&
+                        strcmp(fa, fb) == 0;
+            if (same && b->results[b->dup[i]]) {
+                b->results[i] = json_incref(b->results[b->dup[i]]);
+                b->replayed[i] = true;
+            } else if (same) {
+                b->errs[i] = b->errs[b->dup[i]];
+            } else {
+                key_reused(&b->errs[i], j);
+            }
+            continue;
+        }
+        if (b->rpos[i] < 0 || !b->results[i])
+            continue; /* answered from a record, or failed: nothing to bind */
+        char fp[IDEM_FINGERPRINT_HEX];
+        char *resp = jdump(b->results[i], 0, NULL);
+        if (idem_fingerprint(j->req.op, j->req.args, fp) < 0 || !resp ||
+            pg_text_array_add(&b->new_keys, j->req.key) < 0 ||
+            pg_text_array_add(&b->new_fps, fp) < 0 || pg_text_array_add(&b->new_resps, resp) < 0)
+            b->oom = true;
+        free(resp);
+    }
+}
+
+/* The requests ran (keyed batches, or ones whose outcome may need undoing):
+ * one that failed ends the transaction; else the keys are recorded and the
+ * transaction commits (commit_done answers). */
+static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
+{
+    struct txn *t = arg;
+    struct batch *b = &t->b[0];
+    if (lost) {
+        fail_lost_before_commit(t);
+        return;
+    }
+    int bad = stmt_outcomes(b, res, n);
+    if (bad >= 0) {
+        stmt_fail_one(b, bad);
+        return;
+    }
+    stmt_record_keys(b);
+    struct pg_stmt stmts[2];
+    int ns = 0;
+    if (b->new_keys.n > 0) {
+        const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
+                   *r = pg_text_array_get(&b->new_resps);
+        if (b->oom || !k || !f || !r) {
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys",
+                       b->lane->tenant);
+            txn_end_with_rollback(t);
+            return;
+        }
+        b->r_idem = ns;
+        stmts[ns++] = stmt(t->s, ST_IDEM_UPSERT, b->lane->tenant, k, f, r);
+    }
+    stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
+    b->role = BATCH_WRITES;
+    b->lookup = true; /* (the keys were looked up: a record conflict is not a retry) */
+    t->committing = true;
+    if (pg_pipeline(c, stmts, ns, commit_done, t) < 0)
+        fail_lost_before_commit(t);
+}
+
+/* An unkeyed batch sent whole with COMMIT (every outcome final once its
+ * statement succeeded). */
+static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res, int n,
+                               bool lost)
+{
+    (void)c;
+    struct txn *t = arg;
+    struct batch *b = &t->b[0];
+    if (lost) {
+        txn_lost_at_commit(t, res, n);
+        return;
+    }
+    bool committed = n >= 1 && result_ok(res[n - 1]) &&
+                     strcmp(PQcmdStatus(res[n - 1]), "COMMIT") == 0;
+    if (!committed) {
+        /* a request failed (the rest of the pipeline was skipped), or the
+         * lock did: nothing was committed */
+        int f = first_failed(res, n);
+        for (int i = 0; i < b->n && f >= 0; i++)
+            if (b->rpos[i] == f) {
+                struct fam_ctx ctx = batch_ctx(b);
+                bool undo;
+                json_t *r = NULL;
+                (void)b->fam->outcome(&ctx, b->jobs[i], res[f], &r, &b->errs[i], &undo);
+                json_decref(r);
+                stmt_fail_one(b, i);
+                return;
+            }
+        fail_batch_from_results(b, res, n);
+        txn_end_with_rollback(t);
+        return;
+    }
+    (void)stmt_outcomes(b, res, n); /* every one is final: rejections stand alone */
+    reply_all(b);
+    txn_end(t, true);
+    txn_outbox_flush(t->s);
+}
+
+/* Start statement batch b (alone in t): BEGIN, the timeouts (in stmts,
+ * ns of them), its lock, then either its keys' lookup, or its statements
+ * (and COMMIT, when no outcome can need undoing). */
+static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stmts, int ns)
+{
+    struct shard *s = t->s;
+    const char *tenant = b->lane->tenant;
+    const char *key_sql = b->fam->lock_key(b->jobs[0]);
+    b->r_lock = ns;
+    if (key_sql) {
+        snprintf(t->lock_sql, sizeof t->lock_sql, "SELECT pg_advisory_xact_lock((%s)::bigint)",
+                 key_sql);
+        stmts[ns++] = (struct pg_stmt){.sql = t->lock_sql, .nparams = 1, .params = {tenant}};
+    } else {
+        stmts[ns++] = stmt(s, ST_LOCK, tenant, NULL, NULL, NULL);
+    }
+    for (int i = 0; i < b->n; i++) {
+        b->dup[i] = -1;
+        b->errs[i].code = TQ_OK;
+        b->replayed[i] = false;
+    }
+    if (b->has_keys) {
+        b->records = json_object();
+        for (int i = 0; b->records && i < b->n; i++)
+            if (b->jobs[i]->req.key && pg_text_array_add(&b->keys, b->jobs[i]->req.key) < 0)
+                break;
+        const char *keys = b->records ? pg_text_array_get(&b->keys) : NULL;
+        if (!keys) {
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
+            txn_end(t, true);
+            return;
+        }
+        snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
+        b->lookup = true;
+        b->r_lookup = ns;
+        stmts[ns++] =
+            (struct pg_stmt){.sql = SQL_IDEM_LOOKUP, .nparams = 3, .params = {tenant, keys, t->ttl}};
+        t->nres = ns;
+        if (pg_pipeline(t->pc, stmts, ns, stmt_keys_done, t) < 0)
+            fail_lost_before_commit(t);
+        return;
+    }
+    if (stmt_bind_all(b, stmts, &ns) < 0)
+        return;
+    bool blind = !s->draining;
+    for (int i = 0; blind && i < b->n; i++)
+        blind = b->fam->commits_blind(b->jobs[i]);
+    pg_pipeline_cb cb = stmt_ran;
+    if (blind) {
+        stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
+        t->committing = true;
+        cb = stmt_one_trip_done;
+    }
+    t->nres = ns;
+    if (pg_pipeline(t->pc, stmts, ns, cb, t) < 0)
+        fail_lost_before_commit(t);
+}
+
+/* Whether j may join batch b (of the family of its first request): one
+ * family, and for statement batches one lock key and the room of one
+ * pipeline. */
+static bool batch_fits(const struct batch *b, const struct job *j)
+{
+    if (!b->fam)
+        return true;
+    if (j->fam != b->fam)
+        return false;
+    if (b->fam->kind != FAM_STATEMENTS)
+        return true;
+    const char *k0 = b->fam->lock_key(b->jobs[0]), *k = b->fam->lock_key(j);
+    return b->n < STMT_BATCH_MAX && (k0 == k || (k0 && k && strcmp(k0, k) == 0));
+}
+
 /* Take up to max_batch - t->njobs requests of lane, all of the family of
  * its first one, into a new batch of t.  Returns the batch, or NULL (lane
  * released) if every one had expired. */
@@ -765,10 +1088,12 @@ static struct batch *batch_take(struct txn *t, struct lane *lane, uint64_t now)
     b->results = t->results + t->njobs;
     b->errs = t->errs + t->njobs;
     b->replayed = t->replayed + t->njobs;
+    b->rpos = t->rpos + t->njobs;
+    b->dup = t->dup + t->njobs;
     lane->busy = true;
     struct job *j;
-    while (t->njobs + b->n < s->cfg->max_batch && lane->head &&
-           (!b->fam || lane->head->fam == b->fam) && (j = lane_pop(lane)) != NULL) {
+    while (t->njobs + b->n < s->cfg->max_batch && lane->head && batch_fits(b, lane->head) &&
+           (j = lane_pop(lane)) != NULL) {
         s->queued--;
         if (now >= j->deadline_us) {
             shard_fail_job(s, j, TQ_E_DEADLINE_EXCEEDED,
@@ -807,7 +1132,8 @@ static bool lane_joins(const struct txn *t, const struct lane *lane)
 {
     uint32_t max = (uint32_t)t->s->cfg->max_batch;
     uint32_t want = lane->depth < max ? lane->depth : max;
-    return !lane->solo && t->njobs + (int)want <= t->s->cfg->max_batch;
+    return !lane->solo && t->njobs + (int)want <= t->s->cfg->max_batch &&
+           lane->head->fam->kind == FAM_STATE && t->b[0].fam->kind == FAM_STATE;
 }
 
 void txn_start(struct txn *t, int lanes)
@@ -853,6 +1179,14 @@ void txn_start(struct txn *t, int lanes)
     }
     /* Every batch a change whose state its family holds: one round trip.
      * Not while draining: such a transaction cannot be withdrawn once sent. */
+    if (t->b[0].fam->kind == FAM_STATEMENTS) {
+        struct batch *b = &t->b[0];
+        struct fam_ctx ctx = batch_ctx(b);
+        (void)b->fam->begin(b->fs, &ctx, true);
+        b->begun = true;
+        stmt_batch_start(t, b, stmts, ns);
+        return;
+    }
     bool one_trip = mutating && !s->draining;
     for (int k = 0; k < t->nb; k++) {
         struct batch *b = &t->b[k];
@@ -910,6 +1244,7 @@ void txn_start(struct txn *t, int lanes)
 
 static const struct op_family *const families[FAM__COUNT] = {
     [FAM_STOREFRONT] = &storefront_family,
+    [FAM_SQL] = &sql_family,
 };
 
 int txn_init(struct txn *t, struct shard *s, struct pgconn *pc)
@@ -929,7 +1264,9 @@ int txn_init(struct txn *t, struct shard *s, struct pgconn *pc)
     t->results = calloc(n, sizeof *t->results);
     t->errs = calloc(n, sizeof *t->errs);
     t->replayed = calloc(n, sizeof *t->replayed);
-    return t->jobs && t->results && t->errs && t->replayed ? 0 : -1;
+    t->rpos = calloc(n, sizeof *t->rpos);
+    t->dup = calloc(n, sizeof *t->dup);
+    return t->jobs && t->results && t->errs && t->replayed && t->rpos && t->dup ? 0 : -1;
 }
 
 void txn_destroy(struct txn *t)
@@ -955,4 +1292,6 @@ void txn_destroy(struct txn *t)
     free(t->results);
     free(t->errs);
     free(t->replayed);
+    free(t->rpos);
+    free(t->dup);
 }

@@ -26,6 +26,7 @@ static const char *const code_names[TQ_CODE__COUNT] = {
     [TQ_E_OUTCOME_UNKNOWN] = "OUTCOME_UNKNOWN",
     [TQ_E_SHUTTING_DOWN] = "SHUTTING_DOWN",
     [TQ_E_INTERNAL] = "INTERNAL",
+    [TQ_E_REJECTED] = "REJECTED",
     [TQ_E_TIMEOUT] = "TIMEOUT",
     [TQ_E_TRANSPORT] = "TRANSPORT",
     [TQ_E_PROTOCOL] = "PROTOCOL",

@@ -38,6 +38,8 @@ typedef enum tq_code {
     TQ_E_TRANSPORT, /* endpoint could not be opened / socket error */
     TQ_E_PROTOCOL,  /* the reply was not a valid v1 response */
     TQ_E_USAGE,     /* the caller passed invalid arguments to the library */
+    /* wire codes added after the first release (appended: values never change) */
+    TQ_E_REJECTED,  /* an SQL operation's own rule refused the request; nothing changed */
     TQ_CODE__COUNT
 } tq_code;
 

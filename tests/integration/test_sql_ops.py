@@ -1,0 +1,249 @@
+"""SQL operations ([ops] dir): op files run in the tenant's lane under the
+advisory lock, with REJECTED for their own rules, exact value mapping,
+idempotency keys, reload, and refusal of bad files at start."""
+
+import os
+import pathlib
+import signal
+import threading
+import time
+
+import pytest
+
+from tqlib import Client, err, ok, run_tenantqd
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BOOKING = ROOT / "systemd" / "ops" / "booking"
+
+SEAT_SQL = """-- a seat is held once (unique constraint)
+INSERT INTO tq_seat (tenant_id, seat, holder) VALUES (:tenant, :seat, :holder)
+RETURNING seat, holder
+"""
+ECHO_SQL = """SELECT :s::text AS s, :i::bigint AS i, :f::float8 AS f, :b::boolean AS b,
+       :n::text IS NULL AS n_is_null, :m::jsonb AS m, :a::jsonb AS a,
+       ':not_a_param' AS lit, $q$ :nor_this $q$ AS dollar /* :nor :this */
+"""
+RAISE_SQL = """SELECT tq_refuse(:why)"""
+DIV0_SQL = """SELECT 1 / :zero::int AS boom"""
+NOTE_SQL = """INSERT INTO tq_note (tenant_id, body) VALUES (:tenant, :body)
+RETURNING id, body
+"""
+
+
+@pytest.fixture
+def schema(db):
+    with db.connect() as c:
+        c.execute(BOOKING.joinpath("schema.sql").read_text())
+        c.execute("CREATE TABLE IF NOT EXISTS tq_seat (tenant_id text, seat text, holder text,"
+                  " CONSTRAINT tq_seat_once UNIQUE (tenant_id, seat))")
+        c.execute("CREATE TABLE IF NOT EXISTS tq_note (id bigserial PRIMARY KEY,"
+                  " tenant_id text NOT NULL, body text NOT NULL)")
+        c.execute("CREATE OR REPLACE FUNCTION tq_refuse(why text) RETURNS int LANGUAGE plpgsql"
+                  " AS $$ BEGIN RAISE EXCEPTION 'refused: %', why; END $$")
+    yield db
+    with db.connect() as c:
+        c.execute("DROP TABLE IF EXISTS booking, tq_seat, tq_note")
+        c.execute("DROP FUNCTION IF EXISTS tq_refuse(text)")
+
+
+@pytest.fixture
+def ops_dir(tmp_path):
+    d = tmp_path / "ops"
+    d.mkdir()
+    for f in (BOOKING / "ops").glob("*.sql"):
+        (d / f.name).write_text(f.read_text())
+    (d / "seat.take.sql").write_text(SEAT_SQL)
+    (d / "echo.sql").write_text(ECHO_SQL)
+    (d / "refuse.sql").write_text(RAISE_SQL)
+    (d / "div.zero.sql").write_text(DIV0_SQL)
+    (d / "note.add.sql").write_text(NOTE_SQL)
+    return d
+
+
+def _concurrently(n, fn):
+    out = [None] * n
+    go = threading.Barrier(n)
+
+    def run(i):
+        go.wait()
+        out[i] = fn(i)
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    return out
+
+
+def test_booking_race_over_two_daemons(daemon_factory, schema, ops_dir):
+    """50 concurrent creates of one slot through two daemons, no unique
+    constraint (check-then-insert): exactly one booking."""
+    ds = [daemon_factory("--ops-dir", ops_dir) for _ in range(2)]
+    slot = "2026-03-01T10:00:00Z"
+
+    def create(i):
+        with Client(ds[i % 2].endpoint, timeout_ms=30000) as c:
+            return c.call("clinic", "booking.create", {"slot": slot, "customer": f"c{i}"})
+    rs = _concurrently(50, create)
+    oks = [r for r in rs if r["ok"]]
+    rejected = [r for r in rs if not r["ok"] and r["error"]["code"] == "REJECTED"]
+    assert len(oks) == 1, rs
+    assert len(rejected) == 49, rs
+    assert all("that slot is already booked" in r["error"]["message"] and
+               r["error"]["retryable"] is False for r in rejected)
+    row = oks[0]["result"]["rows"][0]
+    assert oks[0]["result"]["count"] == 1 and isinstance(row["id"], int)
+    with schema.connect() as c:
+        assert c.execute("SELECT count(*) FROM booking WHERE tenant_id = 'clinic'").fetchone()[0] == 1
+    # list and cancel through the other ops of the example
+    with Client(ds[0].endpoint) as c:
+        lst = ok(c.call("clinic", "booking.list", {"from": "2026-01-01T00:00:00Z",
+                                                    "until": "2027-01-01T00:00:00Z"}))
+        assert lst["count"] == 1 and lst["rows"][0]["id"] == row["id"]
+        ok(c.call("clinic", "booking.cancel", {"id": row["id"]}))
+        e = err(c.call("clinic", "booking.cancel", {"id": row["id"]}), "REJECTED")
+        assert "no such booking" in e["message"]
+
+
+def test_burst_under_a_unique_constraint(daemon_factory, schema, ops_dir):
+    """60 requests of one tenant, 20 seats 3 times each: the first holder of
+    each seat gets it, the 40 others are REJECTED naming the constraint, and
+    nothing else is stored (a rejected request does not take its batch
+    companions with it)."""
+    d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--connections-per-shard", 1)
+    res = {}
+    lock = threading.Lock()
+
+    def take(i):
+        with Client(d.endpoint, timeout_ms=30000) as c:
+            r = c.call("theatre", "seat.take", {"seat": f"s{i % 20}", "holder": f"h{i}"})
+        with lock:
+            res[i] = r
+        return r
+    _concurrently(60, take)
+    oks = {i: r for i, r in res.items() if r["ok"]}
+    rej = [r for r in res.values() if not r["ok"]]
+    assert len(oks) == 20, res
+    assert len(rej) == 40 and all(r["error"]["code"] == "REJECTED" and
+                                   "tq_seat_once" in r["error"]["message"] for r in rej), rej
+    with schema.connect() as c:
+        stored = dict(c.execute("SELECT seat, holder FROM tq_seat WHERE tenant_id = 'theatre'")
+                      .fetchall())
+    assert len(stored) == 20
+    for i, r in oks.items():
+        assert stored[f"s{i % 20}"] == f"h{i}" == r["result"]["rows"][0]["holder"]
+
+
+def test_parameters_and_value_mapping(daemon_factory, schema, ops_dir):
+    d = daemon_factory("--ops-dir", ops_dir)
+    hostile = "'); DROP TABLE tq_note; -- :body $1 \\ \" \u00e9\u4e16"
+    args = {"s": hostile, "i": 2**63 - 1, "f": 0.1, "b": True, "n": None,
+            "m": {"k": [1, 2, {"x": None}]}, "a": [1, "two"]}
+    with Client(d.endpoint) as c:
+        r = ok(c.call("t1", "echo", args))
+        row = r["rows"][0]
+        assert row["s"] == hostile
+        assert row["i"] == 2**63 - 1 and isinstance(row["i"], int)
+        assert row["f"] == 0.1 and row["b"] is True and row["n_is_null"] is True
+        assert row["m"] == {"k": [1, 2, {"x": None}]} and row["a"] == [1, "two"]
+        assert row["lit"] == ":not_a_param" and row["dollar"] == " :nor_this "
+        assert r["count"] == 1
+        # missing and extra arguments, before anything is queued
+        e = err(c.call("t1", "echo", {k: v for k, v in args.items() if k != "f"}),
+                "INVALID_ARGUMENT")
+        assert "args.f" in e["message"]
+        e = err(c.call("t1", "echo", dict(args, extra=1)), "INVALID_ARGUMENT")
+        assert "args.extra" in e["message"]
+        e = err(c.call("t1", "note.add", {"body": "x", "tenant": "other"}), "INVALID_ARGUMENT")
+        assert "args.tenant" in e["message"]
+        # stored verbatim
+        r = ok(c.call("t1", "note.add", {"body": hostile}))
+        assert r["rows"][0]["body"] == hostile
+        assert err(c.call("t1", "no.such.op", {}), "UNKNOWN_OP")
+    with schema.connect() as c:
+        assert c.execute("SELECT body FROM tq_note").fetchall() == [(hostile,)]
+
+
+def test_raise_and_sql_errors(daemon_factory, schema, ops_dir):
+    d = daemon_factory("--ops-dir", ops_dir)
+    with Client(d.endpoint) as c:
+        e = err(c.call("t2", "refuse", {"why": "closed on sundays"}), "REJECTED",
+                retryable=False)
+        assert "refused: closed on sundays" in e["message"]
+        e = err(c.call("t2", "div.zero", {"zero": 0}), "INTERNAL")
+        assert "22012" in e["message"]
+        # the tenant is served next
+        ok(c.call("t2", "note.add", {"body": "after"}))
+        assert ok(c.call("t2", "div.zero", {"zero": 1}))["rows"] == [{"boom": 1}]
+    assert "22012" in d.log()
+
+
+def test_keys_replay_rows_and_refuse_other_args(daemon_factory, schema, ops_dir):
+    d = daemon_factory("--ops-dir", ops_dir)
+    with Client(d.endpoint) as c:
+        first = c.call("t3", "note.add", {"body": "once"}, key="k-1")
+        ok(first)
+        again = c.call("t3", "note.add", {"body": "once"}, key="k-1")
+        assert again["ok"] and again.get("replayed") is True
+        assert again["result"] == first["result"]
+        err(c.call("t3", "note.add", {"body": "other"}, key="k-1"), "IDEMPOTENCY_KEY_REUSED")
+    # the same key sent concurrently many times: one effect
+    rs = _concurrently(20, lambda i: Client(d.endpoint).call("t3", "note.add", {"body": "dup"},
+                                                              key="k-2"))
+    assert all(r["ok"] for r in rs), rs
+    assert len({r["result"]["rows"][0]["id"] for r in rs}) == 1
+    with schema.connect() as c:
+        assert c.execute("SELECT count(*) FROM tq_note WHERE body = 'once'").fetchone()[0] == 1
+        assert c.execute("SELECT count(*) FROM tq_note WHERE body = 'dup'").fetchone()[0] == 1
+
+
+def test_row_lock_held_by_sql_is_a_lock_timeout(daemon_factory, schema, ops_dir):
+    d = daemon_factory("--ops-dir", ops_dir, "--lock-timeout-ms", 500)
+    (ops_dir / "note.touch.sql").write_text(
+        "UPDATE tq_note SET body = body || '!' WHERE tenant_id = :tenant RETURNING id")
+    os.kill(d.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    with Client(d.endpoint) as c:
+        ok(c.call("t4", "note.add", {"body": "b"}))
+        with schema.connect(autocommit=False) as holder:
+            holder.execute("SELECT * FROM tq_note WHERE tenant_id = 't4' FOR UPDATE")
+            e = err(c.call("t4", "note.touch", {}), "LOCK_TIMEOUT", retryable=True)
+            assert "row lock" in e["message"]
+            # other tenants are not held up
+            ok(c.call("t5", "note.add", {"body": "free"}))
+            holder.rollback()
+        ok(c.call("t4", "note.touch", {}))
+
+
+def test_reload_good_and_bad(daemon_factory, schema, ops_dir):
+    d = daemon_factory("--ops-dir", ops_dir)
+    with Client(d.endpoint) as c:
+        err(c.call("t6", "note.count", {}), "UNKNOWN_OP")
+        (ops_dir / "note.count.sql").write_text(
+            "SELECT count(*) AS n FROM tq_note WHERE tenant_id = :tenant")
+        os.kill(d.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert ok(c.call("t6", "note.count", {}))["rows"] == [{"n": 0}]
+        (ops_dir / "broken.sql").write_text("SELECT 'unterminated")
+        os.kill(d.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert "broken.sql:1" in d.log()
+        # the old set stays
+        assert ok(c.call("t6", "note.count", {}))["rows"] == [{"n": 0}]
+
+
+@pytest.mark.parametrize("name,text,expect", [
+    ("bad.sql", "SELECT 1;\nSELECT 2", "bad.sql:2"),
+    ("ping.sql", "SELECT 1", "ping"),
+    ("two.sql", "-- reject_if_emtpy: typo\nSELECT 1", "two.sql:1"),
+])
+def test_start_refused_for_a_bad_file(tmp_path, db, name, text, expect):
+    d = tmp_path / "ops"
+    d.mkdir()
+    (d / name).write_text(text)
+    r = run_tenantqd("--ops-dir", str(d), "--check-config", "--database", db.conninfo)
+    assert r.returncode == 2, r
+    assert expect in r.stderr and "[ops] dir" in r.stderr, r.stderr
+    r = run_tenantqd("--ops-dir", str(d), "--database", db.conninfo, "--listen",
+                     f"ipc://{tmp_path}/x.sock", "--metrics-listen", "")
+    assert r.returncode == 2 and expect in r.stderr, r.stderr
