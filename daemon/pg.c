@@ -181,6 +181,7 @@ static void pg_drop_with_libpq_error(struct pgconn *c)
 }
 
 static void prepared_cb(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost);
+static void dyn_clear(struct pgconn *c);
 static int pg_send(struct pgconn *c, const struct pg_stmt *stmts, int n, bool prepare,
                    pg_pipeline_cb cb, void *arg);
 
@@ -219,6 +220,7 @@ static void prepared_cb(struct pgconn *c, void *arg, PGresult *const *res, int n
 static void pg_connected(struct pgconn *c)
 {
     free_events(c);
+    dyn_clear(c); /* a new session has prepared nothing */
     int fd = PQsocket(c->conn);
     if (PQsetnonblocking(c->conn, 1) != 0 || PQenterPipelineMode(c->conn) != 1 || fd < 0) {
         pg_drop_with_libpq_error(c);
@@ -363,6 +365,7 @@ int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int
 void pg_destroy(struct pgconn *c)
 {
     free_events(c);
+    dyn_clear(c);
     if (c->ev_timer) {
         event_free(c->ev_timer);
         c->ev_timer = NULL;
@@ -379,6 +382,62 @@ void pg_destroy(struct pgconn *c)
     c->state = PGC_DOWN;
 }
 
+/* Forget the session's statements prepared on first use. */
+static void dyn_clear(struct pgconn *c)
+{
+    for (int i = 0; i < c->ndyn; i++)
+        free(c->dyn[i].sql);
+    c->ndyn = 0;
+}
+
+/* A pipeline ended: a Prepare of it that did not succeed prepared nothing. */
+static void dyn_settle(struct pgconn *c, PGresult *const *res, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (c->dyn_at[i] >= 0 && c->dyn_at[i] < c->ndyn &&
+            (!res[i] || PQresultStatus(res[i]) != PGRES_COMMAND_OK))
+            c->dyn[c->dyn_at[i]].ready = false;
+}
+
+static uint64_t text_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211u;
+    return h;
+}
+
+int pg_prepared(struct pgconn *c, const struct pg_stmt *st, struct pg_stmt *out)
+{
+    uint64_t h = text_hash(st->sql);
+    int e = -1;
+    for (int i = 0; i < c->ndyn && e < 0; i++)
+        if (c->dyn[i].hash == h && c->dyn[i].nparams == st->nparams &&
+            strcmp(c->dyn[i].sql, st->sql) == 0)
+            e = i;
+    if (e < 0 && c->ndyn < PG_DYN_MAX) {
+        char *copy = strdup(st->sql);
+        if (copy) {
+            e = c->ndyn++;
+            c->dyn[e] = (struct pg_dyn){.hash = h, .sql = copy, .nparams = st->nparams};
+            snprintf(c->dyn[e].name, sizeof c->dyn[e].name, "tq_op_%u", c->dyn_serial++);
+        }
+    }
+    if (e < 0) {
+        out[0] = *st;
+        return 1;
+    }
+    int n = 0;
+    if (!c->dyn[e].ready) {
+        out[n++] = (struct pg_stmt){.name = c->dyn[e].name, .sql = c->dyn[e].sql,
+                                    .nparams = st->nparams, .prepare = true, .dyn = e};
+        c->dyn[e].ready = true;
+    }
+    out[n] = *st;
+    out[n].name = c->dyn[e].name;
+    return n + 1;
+}
+
 static void pg_finish_pipeline(struct pgconn *c)
 {
     PGresult *res[PG_MAX_STMTS];
@@ -389,6 +448,7 @@ static void pg_finish_pipeline(struct pgconn *c)
     c->cb = NULL;
     c->state = PGC_IDLE;
     evtimer_del(c->ev_limit);
+    dyn_settle(c, res, n);
     cb(c, c->cb_arg, res, n, false);
     clear_results(res, n);
 }
@@ -483,7 +543,8 @@ static int pg_send(struct pgconn *c, const struct pg_stmt *stmts, int n, bool pr
     for (int i = 0; i < n; i++) {
         const struct pg_stmt *s = &stmts[i];
         const char *const *pv = s->paramv ? s->paramv : s->params;
-        int ok = prepare ? PQsendPrepare(c->conn, s->name, s->sql, s->nparams, NULL)
+        c->dyn_at[i] = (short)(s->prepare && !prepare ? s->dyn : -1);
+        int ok = prepare || s->prepare ? PQsendPrepare(c->conn, s->name, s->sql, s->nparams, NULL)
                  : s->name ? PQsendQueryPrepared(c->conn, s->name, s->nparams, pv, NULL, NULL, 0)
                            : PQsendQueryParams(c->conn, s->sql, s->nparams, NULL, pv, NULL, NULL,
                                                0);

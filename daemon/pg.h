@@ -38,6 +38,19 @@ struct pg_stmt {
     int nparams;
     const char *params[PG_MAX_PARAMS]; /* text values, NULL = SQL NULL */
     const char *const *paramv; /* if set, the nparams values instead of params (borrowed) */
+    bool prepare;     /* prepare name as sql (nparams) instead of running it (pg_prepared) */
+    int dyn;          /* with prepare: the connection's registry entry it fills */
+};
+
+/* Statements a connection prepares on first use (pg_prepared), at most. */
+#define PG_DYN_MAX 128
+
+struct pg_dyn {
+    uint64_t hash;    /* of sql */
+    char *sql;        /* owned */
+    int nparams;
+    bool ready;       /* prepared (or its Prepare is out) on this session */
+    char name[24];
 };
 
 struct pgconn;
@@ -82,6 +95,11 @@ struct pgconn {
     void *owner;
     const struct pg_stmt *prepare; /* prepared (name, sql, nparams) after each connect */
     int nprepare;
+    /* statements prepared on first use, for this session only */
+    struct pg_dyn dyn[PG_DYN_MAX];
+    int ndyn;
+    unsigned dyn_serial;
+    short dyn_at[PG_MAX_STMTS];    /* the running pipeline: registry entry its Prepare fills, -1 */
 };
 
 /* Prepare c (no connection yet).  After every (re)connect the nprepare
@@ -115,6 +133,18 @@ int pg_check_conninfo(const char *conninfo, char *err, size_t errlen);
  * statement_timeout_ms + 5 s, what the server's own timeouts allow a
  * transaction (the same as its idle_in_transaction_session_timeout). */
 int pg_pipeline_limit_ms(const tq_config *cfg);
+
+/*
+ * Run st (an unnamed statement: sql, nparams, parameters) as a statement
+ * prepared on c's session: writes to out either one statement executing it
+ * by name, or two, a Prepare first when this session has not prepared that
+ * text yet.  A Prepare that fails (its pipeline aborted before it, say) is
+ * forgotten, so the next use prepares again; a session ends with its
+ * statements.  Past PG_DYN_MAX texts, st runs unprepared.  Returns how many
+ * statements were written (1 or 2).  out stays valid while c's registry
+ * does: until the pipeline it is sent in has finished.
+ */
+int pg_prepared(struct pgconn *c, const struct pg_stmt *st, struct pg_stmt *out);
 
 /* Whether c has a pipeline out (a transaction, a cleanup, a ROLLBACK). */
 bool pg_busy(const struct pgconn *c);

@@ -762,7 +762,7 @@ static void txn_start_precomputed(struct txn *t, struct pg_stmt *stmts, int ns)
 
 /* Requests of a statement batch at most: one statement each, besides
  * BEGIN, the timeouts, the lock, a key lookup and COMMIT. */
-#define STMT_BATCH_MAX (PG_MAX_STMTS - 6)
+#define STMT_BATCH_MAX ((PG_MAX_STMTS - 6) / 2) /* (a Prepare may come before each) */
 
 static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost);
 static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res, int n,
@@ -791,11 +791,15 @@ static int stmt_bind_all(struct batch *b, struct pg_stmt *stmts, int *ns)
         b->rpos[i] = -1;
         if (!b->jobs[i] || b->results[i] || b->errs[i].code != TQ_OK || b->dup[i] >= 0)
             continue;
-        if (b->fam->bind(b->fs, &ctx, b->jobs[i], i, &stmts[*ns], &b->errs[i]) < 0) {
+        struct pg_stmt st;
+        if (b->fam->bind(b->fs, &ctx, b->jobs[i], i, &st, &b->errs[i]) < 0) {
             stmt_fail_one(b, i);
             return -1;
         }
-        b->rpos[i] = (*ns)++;
+        /* prepared once per connection: a Prepare before the first use */
+        int k = pg_prepared(b->t->pc, &st, &stmts[*ns]);
+        *ns += k;
+        b->rpos[i] = *ns - 1;
     }
     return 0;
 }
@@ -875,10 +879,13 @@ static void stmt_keys_done(struct pgconn *c, void *arg, PGresult *const *res, in
 static int stmt_outcomes(struct batch *b, PGresult *const *res, int n)
 {
     struct fam_ctx ctx = batch_ctx(b);
+    int f = first_failed(res, n);
     for (int i = 0; i < b->n; i++) {
         if (b->rpos[i] < 0)
             continue;
         const PGresult *r = b->rpos[i] < n ? res[b->rpos[i]] : NULL;
+        if (f >= 0 && f < b->rpos[i] && r && PQresultStatus(r) == PGRES_PIPELINE_ABORTED)
+            r = res[f]; /* its Prepare failed: that is its outcome */
         bool undo = true;
         if (b->fam->outcome(&ctx, b->jobs[i], r, &b->results[i], &b->errs[i], &undo) < 0) {
             b->results[i] = NULL;
@@ -983,7 +990,7 @@ static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res
          * lock did: nothing was committed */
         int f = first_failed(res, n);
         for (int i = 0; i < b->n && f >= 0; i++)
-            if (b->rpos[i] == f) {
+            if (b->rpos[i] == f || (b->rpos[i] == f + 1 && t->pc->dyn_at[f] >= 0)) {
                 struct fam_ctx ctx = batch_ctx(b);
                 bool undo;
                 json_t *r = NULL;

@@ -247,3 +247,29 @@ def test_start_refused_for_a_bad_file(tmp_path, db, name, text, expect):
     r = run_tenantqd("--ops-dir", str(d), "--database", db.conninfo, "--listen",
                      f"ipc://{tmp_path}/x.sock", "--metrics-listen", "")
     assert r.returncode == 2 and expect in r.stderr, r.stderr
+
+
+def test_prepared_statements_follow_the_text(daemon_factory, schema, ops_dir):
+    """Statements are prepared on first use per connection: a Prepare that
+    fails (the table does not exist yet) is forgotten, so the op works once
+    the table exists; a reload that changes an op's text runs the new text."""
+    d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--connections-per-shard", 1)
+    (ops_dir / "late.add.sql").write_text(
+        "INSERT INTO tq_late (tenant_id, v) VALUES (:tenant, :v) RETURNING v")
+    os.kill(d.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    with Client(d.endpoint) as c:
+        e = err(c.call("t7", "late.add", {"v": "1"}), "INTERNAL")
+        assert "42P01" in e["message"]
+        with schema.connect() as db:
+            db.execute("CREATE TABLE tq_late (tenant_id text, v text)")
+        try:
+            assert ok(c.call("t7", "late.add", {"v": "2"}))["rows"] == [{"v": "2"}]
+            (ops_dir / "late.add.sql").write_text(
+                "INSERT INTO tq_late (tenant_id, v) VALUES (:tenant, :v || '!') RETURNING v")
+            os.kill(d.pid, signal.SIGHUP)
+            time.sleep(0.5)
+            assert ok(c.call("t7", "late.add", {"v": "3"}))["rows"] == [{"v": "3!"}]
+        finally:
+            with schema.connect() as db:
+                db.execute("DROP TABLE tq_late")

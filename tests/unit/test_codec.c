@@ -207,7 +207,7 @@ static void test_codes(void)
         {TQ_E_LOCK_TIMEOUT, "LOCK_TIMEOUT"}, {TQ_E_DB_UNAVAILABLE, "DB_UNAVAILABLE"},
         {TQ_E_OUTCOME_UNKNOWN, "OUTCOME_UNKNOWN"}, {TQ_E_SHUTTING_DOWN, "SHUTTING_DOWN"},
         {TQ_E_INTERNAL, "INTERNAL"}, {TQ_E_TIMEOUT, "TIMEOUT"}, {TQ_E_TRANSPORT, "TRANSPORT"},
-        {TQ_E_PROTOCOL, "PROTOCOL"}, {TQ_E_USAGE, "USAGE"},
+        {TQ_E_PROTOCOL, "PROTOCOL"}, {TQ_E_USAGE, "USAGE"}, {TQ_E_REJECTED, "REJECTED"},
     };
     CHECK(sizeof names / sizeof names[0] == TQ_CODE__COUNT, "codes: name table covers all");
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
