@@ -115,9 +115,8 @@ static int sql_outcome(const struct fam_ctx *ctx, const struct job *j, const PGr
     case PG_ERR_NONE: {
         int64_t count = sqlresult_count(res);
         if (count == 0 && j->def->reject_if_empty) {
-            /* (a plain statement that touched no row changed nothing; one
-             * with a WITH clause may have, so it is undone) */
-            *undo = !j->fam->commits_blind(j);
+            /* undone: a statement that returned no row may still have
+             * changed some (a function it called, a trigger) */
             return tq_error_set(err, TQ_E_REJECTED, "%s: %s", op, j->def->reject_if_empty);
         }
         *result = sqlresult_to_json(res, err);
@@ -162,13 +161,8 @@ static int sql_outcome(const struct fam_ctx *ctx, const struct job *j, const PGr
                         pg_sqlstate(res) ? pg_sqlstate(res) : "-", msg);
 }
 
-/* A statement that does not start with WITH is one INSERT, UPDATE, DELETE
- * or SELECT: when it returned and affected no row, it changed none. */
-static bool sql_commits_blind(const struct job *j)
-{
-    const char *s = j->def->sql;
-    return !j->def->reject_if_empty || strncasecmp(s, "with", 4) != 0;
-}
+/* Without reject_if_empty, a statement that succeeded stands as it is. */
+static bool sql_commits_blind(const struct job *j) { return !j->def->reject_if_empty; }
 
 const struct op_family sql_family = {
     .id = FAM_SQL,

@@ -551,7 +551,7 @@ static void commit_done(struct pgconn *c, void *arg, PGresult *const *res, int n
         txn_lost_at_commit(t, res, n);
         return;
     }
-    bool ok = n >= 2;
+    bool ok = n >= 1;
     for (int i = 0; ok && i < n; i++)
         ok = result_ok(res[i]);
     if (ok && strcmp(PQcmdStatus(res[n - 1]), "COMMIT") == 0) {

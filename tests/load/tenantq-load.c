@@ -59,9 +59,10 @@ static const char *const MODE_NAMES[] = {
 
 /* The ops of the mix (a workload's verbs, not wire ops: a remove also
  * re-adds, see README.md). */
-enum lop { LOP_UPSERT, LOP_GET, LOP_REMOVE, LOP_PING, LOP__COUNT };
+enum lop { LOP_UPSERT, LOP_GET, LOP_REMOVE, LOP_PING, LOP_BOOK, LOP_BOOK_LIST, LOP__COUNT };
 static const char *const LOP_NAMES[] = {
-    [LOP_UPSERT] = "upsert", [LOP_GET] = "get", [LOP_REMOVE] = "remove", [LOP_PING] = "ping"};
+    [LOP_UPSERT] = "upsert", [LOP_GET] = "get", [LOP_REMOVE] = "remove", [LOP_PING] = "ping",
+    [LOP_BOOK] = "booking.create", [LOP_BOOK_LIST] = "booking.list"};
 
 enum dist { DIST_UNIFORM, DIST_ZIPF, DIST_HOT };
 
@@ -117,6 +118,7 @@ struct worker {
     bool collide, readd;
     char sec_id[WL_NAME_MAX]; /* section removed */
     uint64_t t0;             /* --async: when the request was started */
+    enum lop op_lop;         /* the op of the mix being run */
 };
 
 /* --async: one event-loop thread driving several clients through one
@@ -133,6 +135,8 @@ struct loop {
 
 struct run {
     struct options o;
+    _Atomic uint64_t booked;     /* booking.create acknowledged */
+    _Atomic uint64_t book_unsure; /* booking.create whose outcome is unknown */
     const char *endpoint;    /* the one the workers connect to */
     double *zipf_cdf;        /* owned, tenants entries */
     track *track;
@@ -260,19 +264,25 @@ static char *args_text(json_t *args)
     return args != NULL ? jdump(args, 0, NULL) : NULL;
 }
 
-static unsigned daemon_exec(struct worker *w, const char *tenant, sf_op op, json_t *args,
-                            json_t **result)
+static unsigned daemon_exec_name(struct worker *w, const char *tenant, const char *op,
+                                 json_t *args, json_t **result)
 {
     char *a = args_text(args);
     char *res = NULL;
     tq_status st;
-    int rc = tq_call(w->client, tenant, sf_op_name(op), a, NULL, &res, &st);
+    int rc = tq_call(w->client, tenant, op, a, NULL, &res, &st);
     free(a);
     if (rc != 0)
         return st.code;
     unsigned code = parse_result(res, result);
     free(res);
     return code;
+}
+
+static unsigned daemon_exec(struct worker *w, const char *tenant, sf_op op, json_t *args,
+                            json_t **result)
+{
+    return daemon_exec_name(w, tenant, sf_op_name(op), args, result);
 }
 
 /* ---- executing one request: direct/unsafe ------------------------------ */
@@ -438,6 +448,78 @@ db_fail:
     if (PQstatus(c) == CONNECTION_OK)
         (void)pg_simple(c, "ROLLBACK", 0, NULL);
     return ERR_DB;
+}
+
+static void record(struct worker *w, sf_op op, unsigned code, uint64_t t0);
+
+/* ---- SQL operations: the example booking ops (systemd/ops/booking) ------ */
+
+/* The statements of the example op files, for the direct baseline: what a
+ * service runs the seed's way, one transaction with the lock per request. */
+static const char SQL_BOOK[] =
+    "INSERT INTO booking (tenant_id, slot, customer) SELECT $1, $2::timestamptz, $3"
+    " WHERE NOT EXISTS (SELECT 1 FROM booking WHERE tenant_id = $1 AND slot = $2::timestamptz)"
+    " RETURNING id, slot, customer";
+static const char SQL_BOOK_LIST[] =
+    "SELECT id, slot, customer FROM booking WHERE tenant_id = $1"
+    " AND slot >= $2::timestamptz AND slot < $3::timestamptz ORDER BY slot, id";
+
+static unsigned direct_sql(struct worker *w, const char *tenant, const char *sql, int n,
+                           const char *const *params, bool *empty)
+{
+    bool ok;
+    if (!pg_simple(w->pg, "BEGIN", 0, NULL))
+        return ERR_DB;
+    if (!pg_simple(w->pg, SQL_LOCK, 1, &tenant))
+        goto fail;
+    PGresult *r = pg_run(w->pg, sql, n, params, &ok);
+    *empty = ok && PQntuples(r) == 0;
+    PQclear(r);
+    if (!ok)
+        goto fail;
+    return pg_simple(w->pg, "COMMIT", 0, NULL) ? TQ_OK : ERR_DB;
+fail:
+    pg_simple(w->pg, "ROLLBACK", 0, NULL);
+    return ERR_DB;
+}
+
+/* One booking op: create books a slot no client uses twice (client id and
+ * sequence number), list reads a day of the tenant's bookings. */
+static void op_booking(struct worker *w, bool create)
+{
+    char tenant[WL_NAME_MAX], slot[40], until[40], customer[40];
+    wl_tenant_name(tenant, w->tidx);
+    time_t t = (time_t)(1893456000 + (uint64_t)w->id * 10000000u + w->seq++ * 60u);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(slot, sizeof slot, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    t += 86400;
+    gmtime_r(&t, &tm);
+    strftime(until, sizeof until, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(customer, sizeof customer, "load-c%u", w->id);
+    uint64_t t0 = now_us();
+    unsigned code;
+    bool empty = false;
+    if (w->pg != NULL) {
+        const char *p[3] = {tenant, slot, create ? customer : until};
+        code = direct_sql(w, tenant, create ? SQL_BOOK : SQL_BOOK_LIST, 3, p, &empty);
+        if (code == TQ_OK && create && empty)
+            code = TQ_E_REJECTED; /* as reject_if_empty says */
+    } else {
+        json_t *args = create ? json_pack("{s:s,s:s}", "slot", slot, "customer", customer)
+                              : json_pack("{s:s,s:s}", "from", slot, "until", until);
+        json_t *result = NULL;
+        code = args ? daemon_exec_name(w, tenant, LOP_NAMES[create ? LOP_BOOK : LOP_BOOK_LIST],
+                                       args, &result)
+                    : TQ_E_USAGE;
+        json_decref(result);
+        json_decref(args);
+    }
+    record(w, SF_OP_DRAFT_GET, code, t0); /* (not a storefront edit: nothing to track) */
+    if (create && code == TQ_OK)
+        atomic_fetch_add(&w->run->booked, 1);
+    else if (create && outcome_unknown(code))
+        atomic_fetch_add(&w->run->book_unsure, 1);
 }
 
 /* ---- one measured request ---------------------------------------------- */
@@ -639,7 +721,8 @@ static bool may_start(struct worker *w)
 static void start_op(struct worker *w)
 {
     w->tidx = pick_tenant(w);
-    switch (pick_op(w)) {
+    w->op_lop = pick_op(w);
+    switch (w->op_lop) {
     case LOP_UPSERT:
         op_upsert(w);
         break;
@@ -648,6 +731,10 @@ static void start_op(struct worker *w)
         break;
     case LOP_GET:
         submit(w, SF_OP_DRAFT_GET, NULL, step_end);
+        break;
+    case LOP_BOOK:
+    case LOP_BOOK_LIST:
+        op_booking(w, w->op_lop == LOP_BOOK);
         break;
     case LOP_PING:
     case LOP__COUNT:
@@ -757,7 +844,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: tenantq-load --mode daemon|direct|unsafe|echo [-e ENDPOINT]...\n"
             "         [--database CONNINFO] --clients N --tenants N\n"
-            "         [--dist uniform|zipf:S|hot] [--mix upsert=80,get=10,remove=10[,ping=0]]\n"
+            "         [--dist uniform|zipf:S|hot] [--mix upsert=80,get=10,remove=10[,ping=0][,booking.create=N,booking.list=N]]\n"
             "         [--collide P] (--duration S | --requests N) [--json FILE] [--no-check]\n"
             "         [--seed N] [--unsafe-write page|document] [--async LOOPS]\n"
             "Drive tenantqd (or PostgreSQL directly) with concurrent storefront edits,\n"
@@ -1147,6 +1234,31 @@ static void progress(struct run *run, uint64_t start, uint64_t *last_n, uint64_t
     free(t);
 }
 
+/* After a run with booking ops: every acknowledged booking is stored, no
+ * slot twice; prints one line.  0 or -1 (a check failed). */
+static int booking_check(struct run *run, PGconn *db)
+{
+    bool ok;
+    PGresult *r = pg_run(db,
+                         "SELECT count(*), count(*) - count(DISTINCT (tenant_id, slot)) FROM booking"
+                         " WHERE customer LIKE 'load-c%'",
+                         0, NULL, &ok);
+    if (!ok) {
+        fprintf(stderr, "tenantq-load: booking check: %s", PQerrorMessage(db));
+        PQclear(r);
+        return -1;
+    }
+    uint64_t stored = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    uint64_t dups = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    PQclear(r);
+    uint64_t acked = atomic_load(&run->booked), unsure = atomic_load(&run->book_unsure);
+    bool pass = dups == 0 && stored >= acked && stored <= acked + unsure;
+    printf("booking check: %s: %" PRIu64 " acknowledged, %" PRIu64 " outcome unknown, %" PRIu64
+           " stored, %" PRIu64 " slots booked twice\n",
+           pass ? "passed" : "FAILED", acked, unsure, stored, dups);
+    return pass ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
     struct run run;
@@ -1161,8 +1273,13 @@ int main(int argc, char **argv)
     PGconn *db = NULL;
     bool db_mode = o->mode != MODE_ECHO;
     /* pure ping runs change nothing: no seeding, nothing to check */
-    bool seeded = db_mode && o->mix[LOP_PING] < o->mix_total;
+    unsigned booking = o->mix[LOP_BOOK] + o->mix[LOP_BOOK_LIST];
+    bool seeded = db_mode && o->mix[LOP_PING] + booking < o->mix_total;
     bool checked = seeded && o->check;
+    if (booking && o->async_loops > 0) {
+        fprintf(stderr, "tenantq-load: the booking ops run on synchronous clients only\n");
+        goto out;
+    }
 
     if (o->dist == DIST_ZIPF && (run.zipf_cdf = zipf_cdf_new(o->tenants, o->zipf_s)) == NULL)
         goto out;
@@ -1174,8 +1291,23 @@ int main(int argc, char **argv)
     }
     if (o->mode == MODE_DAEMON && daemon_preflight(run.endpoint) != 0)
         goto out;
+    if (booking && db_mode) {
+        /* the example schema (systemd/ops/booking/schema.sql), emptied of
+         * earlier runs' bookings */
+        if ((db = db_connect(o->conninfo)) == NULL ||
+            !pg_simple(db, "CREATE TABLE IF NOT EXISTS booking (id bigserial PRIMARY KEY,"
+                           " tenant_id text NOT NULL, slot timestamptz NOT NULL,"
+                           " customer text NOT NULL, booked_at timestamptz NOT NULL DEFAULT now())",
+                       0, NULL) ||
+            !pg_simple(db, "CREATE INDEX IF NOT EXISTS booking_tenant_slot ON booking"
+                           " (tenant_id, slot)", 0, NULL) ||
+            !pg_simple(db, "DELETE FROM booking WHERE customer LIKE 'load-c%'", 0, NULL)) {
+            fprintf(stderr, "tenantq-load: booking schema: %s", db ? PQerrorMessage(db) : "\n");
+            goto out;
+        }
+    }
     if (seeded) {
-        if ((db = db_connect(o->conninfo)) == NULL || wl_seed(db, o->tenants) != 0)
+        if ((db == NULL && (db = db_connect(o->conninfo)) == NULL) || wl_seed(db, o->tenants) != 0)
             goto out;
         if ((run.track = track_new(o->tenants, WL_SEED_VERSION)) == NULL)
             goto out;
@@ -1257,6 +1389,8 @@ int main(int argc, char **argv)
     }
     print_table(&run, tot, secs, &chk, checked);
     status = (checked && !chk.passed) || tot->ok == 0 ? 1 : 0;
+    if (booking && db_mode && o->check && booking_check(&run, db) != 0)
+        status = 1;
     if (o->json_path != NULL && write_json(&run, tot, secs, &chk, checked) != 0)
         status = 2;
     free(tot);
