@@ -58,6 +58,11 @@ static const char SQL_IDEM_UPSERT[] =
     " SELECT $1, k, f, r FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, f, r)"
     " ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
     " response = EXCLUDED.response, created_at = now()";
+/* A statement batch claims its keys before its statements run (their
+ * answers are known only then) and fills the answers in before COMMIT. */
+const char SQL_IDEM_RESPOND[] =
+    "UPDATE tenantq_idempotency AS i SET response = u.r"
+    " FROM unnest($2::text[], $3::text[]) AS u(k, r) WHERE i.tenant = $1 AND i.key = u.k";
 const char SQL_IDEM_LOOKUP[] =
     "SELECT key, fingerprint, response FROM tenantq_idempotency WHERE tenant = $1"
     " AND key = ANY ($2::text[]) AND created_at > now() - make_interval(secs => $3::int)";

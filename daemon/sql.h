@@ -35,6 +35,9 @@ extern const char SQL_ROLLBACK[];
  * live records.  Planned with the actual keys each time (a generic plan once
  * scanned all of a hot tenant's records). */
 extern const char SQL_IDEM_LOOKUP[];
+/* $1 tenant, $2 keys, $3 responses (text[]): fill in claimed records.  Not
+ * prepared either, for the same reason. */
+extern const char SQL_IDEM_RESPOND[];
 
 /* The constraint a repeated key violates (the fast path of idempotency
  * records counts on it). */

@@ -777,7 +777,8 @@ static void stmt_fail_one(struct batch *b, int i)
     struct job *j = b->jobs[i];
     b->jobs[i] = NULL;
     shard_fail_job(t->s, j, b->errs[i].code, b->errs[i].message);
-    batch_put_back(b, false, b->has_keys);
+    /* (a key claimed without a conflict is new: no lookup needed next time) */
+    batch_put_back(b, false, b->lookup);
     txn_end_with_rollback(t);
 }
 
@@ -943,15 +944,42 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
         fail_lost_before_commit(t);
         return;
     }
+    bool claimed = !b->lookup && b->r_idem >= 0;
+    if (claimed && b->r_idem < n && !result_ok(res[b->r_idem])) {
+        if (key_seen_before(res[b->r_idem]))
+            batch_put_back(b, false, true);
+        else
+            fail_batch_from_results(b, res, n);
+        txn_end_with_rollback(t);
+        return;
+    }
     int bad = stmt_outcomes(b, res, n);
     if (bad >= 0) {
         stmt_fail_one(b, bad);
         return;
     }
+    if (claimed) {
+        /* every request ran and succeeded: fill in the claimed records */
+        pg_text_array_free(&b->new_keys);
+        pg_text_array_free(&b->new_fps);
+        pg_text_array_free(&b->new_resps);
+        b->r_idem = -1;
+    }
     stmt_record_keys(b);
     struct pg_stmt stmts[2];
     int ns = 0;
-    if (b->new_keys.n > 0) {
+    if (b->new_keys.n > 0 && claimed) {
+        const char *k = pg_text_array_get(&b->new_keys), *r = pg_text_array_get(&b->new_resps);
+        if (b->oom || !k || !r) {
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys",
+                       b->lane->tenant);
+            txn_end_with_rollback(t);
+            return;
+        }
+        b->r_idem = ns;
+        stmts[ns++] = (struct pg_stmt){
+            .sql = SQL_IDEM_RESPOND, .nparams = 3, .params = {b->lane->tenant, k, r}};
+    } else if (b->new_keys.n > 0) {
         const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
                    *r = pg_text_array_get(&b->new_resps);
         if (b->oom || !k || !f || !r) {
@@ -1030,7 +1058,38 @@ static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stm
         b->errs[i].code = TQ_OK;
         b->replayed[i] = false;
     }
+    if (b->has_keys && !b->lane->recheck_keys) {
+        /* Fast path: claim every key with a record (its response filled in
+         * before COMMIT) ahead of the statements.  A key seen before fails
+         * the claim before any statement runs; the batch then runs again
+         * with its keys looked up first. */
+        for (int i = 0; i < b->n; i++) {
+            struct job *j = b->jobs[i];
+            char fp[IDEM_FINGERPRINT_HEX];
+            if (j->req.key && (idem_fingerprint(j->req.op, j->req.args, fp) < 0 ||
+                               pg_text_array_add(&b->new_keys, j->req.key) < 0 ||
+                               pg_text_array_add(&b->new_fps, fp) < 0 ||
+                               pg_text_array_add(&b->new_resps, "") < 0))
+                b->oom = true;
+        }
+        const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
+                   *r = pg_text_array_get(&b->new_resps);
+        if (b->oom || !k || !f || !r) {
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
+            txn_end(t, true);
+            return;
+        }
+        b->r_idem = ns;
+        stmts[ns++] = stmt(s, ST_IDEM_INSERT, tenant, k, f, r);
+        if (stmt_bind_all(b, stmts, &ns) < 0)
+            return;
+        t->nres = ns;
+        if (pg_pipeline(t->pc, stmts, ns, stmt_ran, t) < 0)
+            fail_lost_before_commit(t);
+        return;
+    }
     if (b->has_keys) {
+        b->lane->recheck_keys = false;
         b->records = json_object();
         for (int i = 0; b->records && i < b->n; i++)
             if (b->jobs[i]->req.key && pg_text_array_add(&b->keys, b->jobs[i]->req.key) < 0)
