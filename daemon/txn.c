@@ -168,8 +168,11 @@ static void txn_end(struct txn *t, bool conn_free)
             fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": internal error; not executed",
                        b->lane->tenant);
         }
-        lane_release(s, b->lane);
+        /* The family's end still reads the lane: release it last (it may
+         * be freed when nothing waits on it). */
+        struct lane *lane = b->lane;
         batch_reset(b, false, NULL);
+        lane_release(s, lane);
     }
     t->nb = 0;
     t->njobs = 0;
