@@ -3,7 +3,7 @@
 // 500 concurrent calls, SIGKILL mid-load and restart, failover and back,
 // the ported executor, and the routing agreement with libtenantq's CLI.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { after, before, test } from "node:test";
 
 import { Client, TenantqError, endpointOrder } from "../dist/esm/index.js";
@@ -193,6 +193,38 @@ test("the ported executor: the race gives one success and helpful messages", asy
             /still being saved.*Nothing was changed/);
     } finally {
         await c.close();
+        await d.stop();
+    }
+});
+
+test("LOCK_TIMEOUT from a direct writer: the helpful message, then retries get through", async () => {
+    const d = await startDaemon(db.conninfo, ["--lock-timeout-ms", "200"]);
+    const once = new Client({ endpoints: [d.endpoint] });
+    const retrying = new Client({ endpoints: [d.endpoint], attempts: 10 });
+    // a direct writer (the seed's pattern) holds the tenant's advisory lock
+    const holder = spawn("psql", ["-X", "-q", "-d", db.conninfo], { stdio: ["pipe", "ignore", "ignore"] });
+    holder.stdin.write("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || " +
+        "'exec-lock', 0)); SELECT pg_sleep(1.5); COMMIT;\n");
+    holder.stdin.end();
+    const exited = new Promise((r) => holder.on("exit", r));
+    try {
+        for (let i = 0; psql(db.conninfo, "SELECT count(*) FROM pg_locks WHERE " +
+            "locktype = 'advisory' AND granted") === "0"; i++) {
+            assert.ok(i < 200, "the holder never took the lock");
+            await sleep(25);
+        }
+        const args = { pageName: "home", section: { type: "hero" } };
+        const r = await updatePageSection(once)("exec-lock", args);
+        assert.equal(r.code, "LOCK_TIMEOUT");
+        assert.match(r.error, /still being saved.*Nothing was changed/);
+        const t0 = Date.now();
+        const ok = await updatePageSection(retrying)("exec-lock", args);
+        assert.equal(ok.success, true, JSON.stringify(ok));
+        assert.equal(ok.version, 1);
+        assert.ok(Date.now() - t0 > 300, "succeeded while the lock was held");
+    } finally {
+        await exited;
+        await Promise.all([once.close(), retrying.close()]);
         await d.stop();
     }
 });
