@@ -43,6 +43,10 @@ tq_install_deps() {
             missing+=("$p")
         fi
     done
+    # the Node client's tests (client/node): Debian's nodejs and npm, only
+    # when node or npm is missing (a newer Node from elsewhere is fine)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
     [ ${#missing[@]} -eq 0 ] && return 0
     tq_log "installing: ${missing[*]}"
     tq_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
