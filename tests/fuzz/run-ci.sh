@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/fuzz/run-ci.sh - a time-boxed fuzz run of the wire codec for CI.
 #
-# Runs fuzz_request, fuzz_response, fuzz_msgpack_json and fuzz_jparse (or FUZZ_TARGETS) one after the
+# Runs fuzz_request, fuzz_response, fuzz_msgpack_json, fuzz_jparse and fuzz_repair (or FUZZ_TARGETS) one after the
 # other, each for SECONDS seconds, on a scratch copy of its committed seed
 # corpus (tests/fuzz/corpus is never written), prints each target's exec
 # count, and exits non-zero if any target crashed, leaked, hit a sanitizer
@@ -16,7 +16,7 @@
 # Environment:
 #   SECONDS         seconds per target (default 60); FUZZ_SECONDS wins if set
 #   FUZZ_TARGETS    space-separated target names without the fuzz_ prefix
-#                   (default "request response msgpack_json jparse")
+#                   (default "request response msgpack_json jparse repair")
 #   FUZZ_ARTIFACTS  where crash-*/leak-*/oom-*/timeout-* inputs and the logs
 #                   go (default: a new directory under /tmp, printed; kept)
 # Exit status: 0 all targets ran clean; 1 a target failed; 2 usage error.
@@ -38,7 +38,7 @@ case $1 in -h|--help) usage ;; esac
 build=$(cd "$1" && pwd) || { echo "run-ci.sh: no build dir $1" >&2; exit 2; }
 [[ $dur =~ ^[0-9]+$ ]] || { echo "run-ci.sh: SECONDS must be a number, got $dur" >&2; exit 2; }
 
-targets=${FUZZ_TARGETS:-request response msgpack_json jparse}
+targets=${FUZZ_TARGETS:-request response msgpack_json jparse repair}
 out=${FUZZ_ARTIFACTS:-$(mktemp -d /tmp/tq-fuzz.XXXXXX)}
 mkdir -p "$out"
 scratch=$(mktemp -d /tmp/tq-fuzz-corpus.XXXXXX)
