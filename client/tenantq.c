@@ -111,6 +111,8 @@ static int repair_one(tq_client *c, const char *line, const char *args,
     json_t *in = json_loads(line, 0, NULL);
     const char *tenant = json_string_value(json_object_get(in, "tenant"));
     if (tenant == NULL) {
+        if (in == NULL)
+            fprintf(stderr, "tenantq: repair: skipped a line that is not JSON\n");
         json_decref(in);
         return -1;
     }

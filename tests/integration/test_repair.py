@@ -232,3 +232,20 @@ def test_scan_pipe_repair_with_concurrent_edits(daemon, db):
     scanner.wait(timeout=60)
     assert p.returncode == 0 and json.loads(p.stdout.splitlines()[-1])["dry_run"] is True
     assert db.snapshot() == before
+
+
+def test_cli_repair_usage_and_bad_lines(daemon, db):
+    p = subprocess.run([cli_bin(), "-e", daemon.endpoint, "repair", "--now"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert p.returncode == 2 and "repair takes only --dry-run" in p.stderr
+    put(db, "acme", RACED)
+    lines = 'not json\n{"scanned":1}\n{"tenant":"acme","problems":[]}\n{"tenant":""}\n'
+    p = subprocess.run([cli_bin(), "-e", daemon.endpoint, "repair"], input=lines,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    out = [json.loads(line) for line in p.stdout.splitlines()]
+    assert p.returncode == 1, p.stdout
+    assert "skipped a line that is not JSON" in p.stderr
+    assert out[0] == {"tenant": "acme", "ok": True, "renamed": 2, "unrepaired": 0, "version": 4,
+                      "unrepaired_problems": []}
+    assert out[1]["tenant"] == "" and out[1]["ok"] is False and "BAD_REQUEST" in out[1]["error"]
+    assert out[2] == {"tenants": 2, "failed": 1, "renamed": 2, "unrepaired": 0, "dry_run": False}
