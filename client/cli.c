@@ -28,6 +28,7 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: tenantq [OPTIONS] call TENANT OP [ARGS-JSON]\n"
             "       tenantq [OPTIONS] ping [TENANT]\n"
+            "       tenantqd -c FILE --scan | tenantq [OPTIONS] repair [--dry-run]\n"
             "\n"
             "Send one request to tenantqd and print the JSON result on one line.\n"
             "\n"
@@ -44,7 +45,9 @@ static void usage(FILE *out)
             "  -h, --help                show this help\n"
             "\n"
             "ARGS-JSON is a JSON object (default {}).  ping uses tenant \"_ping\" unless\n"
-            "one is given and prints \"pong\".\n"
+            "one is given and prints \"pong\".  repair reads the scan's lines on stdin,\n"
+            "calls draft.repair for each tenant and prints one line per tenant and a\n"
+            "summary (exit 1 if any call failed).\n"
             "\n"
             "Exit status: 0 ok, 1 the daemon returned an error, 2 usage error,\n"
             "3 timeout, transport or protocol error (outcome unknown).\n"
@@ -92,6 +95,93 @@ static int exit_for(const tq_status *st)
     default:
         return EXIT_DAEMON_ERROR;
     }
+}
+
+/* One line of the scan on stdin -> a draft.repair call through the daemon
+ * (so the repair is serialised with live edits).  Prints one JSON line per
+ * tenant; returns 0 ok, 1 the daemon refused, 3 no answer, -1 not a tenant
+ * line (skipped: the scan's summary). */
+struct repair_totals {
+    long long tenants, failed, renamed, unrepaired;
+};
+
+static int repair_one(tq_client *c, const char *line, const char *args,
+                      const tq_call_opts *opts, struct repair_totals *totals)
+{
+    json_t *in = json_loads(line, 0, NULL);
+    const char *tenant = json_string_value(json_object_get(in, "tenant"));
+    if (tenant == NULL) {
+        if (in == NULL)
+            fprintf(stderr, "tenantq: repair: skipped a line that is not JSON\n");
+        json_decref(in);
+        return -1;
+    }
+    tq_status st;
+    char *result = NULL;
+    int rc = 0;
+    json_t *out;
+    if (tq_call(c, tenant, "draft.repair", args, opts, &result, &st) < 0) {
+        char err[600];
+        snprintf(err, sizeof err, "%s: %s", tq_code_name(st.code), st.message);
+        out = json_pack("{s:s, s:b, s:s}", "tenant", tenant, "ok", 0, "error", err);
+        rc = st.code == TQ_E_TIMEOUT || st.code == TQ_E_TRANSPORT || st.code == TQ_E_PROTOCOL
+                 ? EXIT_NO_ANSWER
+                 : EXIT_DAEMON_ERROR;
+    } else {
+        json_t *r = json_loads(result, 0, NULL);
+        json_int_t renamed = (json_int_t)json_array_size(json_object_get(r, "renamed")) +
+                             json_integer_value(json_object_get(r, "renamed_omitted"));
+        json_int_t left = (json_int_t)json_array_size(json_object_get(r, "unrepaired")) +
+                          json_integer_value(json_object_get(r, "unrepaired_omitted"));
+        out = json_pack("{s:s, s:b, s:I, s:I, s:O?, s:O?}", "tenant", tenant, "ok", 1, "renamed",
+                        renamed, "unrepaired", left, "version", json_object_get(r, "version"),
+                        "unrepaired_problems", json_object_get(r, "unrepaired"));
+        totals->renamed += renamed;
+        totals->unrepaired += left;
+        json_decref(r);
+    }
+    char *text = out ? json_dumps(out, JSON_COMPACT) : NULL;
+    if (text)
+        puts(text);
+    free(text);
+    free(result);
+    json_decref(out);
+    json_decref(in);
+    return rc;
+}
+
+/* tenantq repair [--dry-run]: every tenant line of the scan on stdin. */
+static int run_repair(const char *endpoint, const tq_call_opts *opts, bool dry)
+{
+    tq_status st;
+    tq_client *c = tq_connect(endpoint, &st);
+    if (c == NULL)
+        return exit_for(&st);
+    struct repair_totals totals = {0};
+    const char *args = dry ? "{\"dry_run\":true}" : "{}";
+    char *line = NULL;
+    size_t cap = 0;
+    int status = 0;
+    while (getline(&line, &cap, stdin) > 0) {
+        int rc = repair_one(c, line, args, opts, &totals);
+        if (rc < 0)
+            continue;
+        totals.tenants++;
+        if (rc > 0) {
+            totals.failed++;
+            if (rc > status)
+                status = rc;
+        }
+    }
+    free(line);
+    tq_close(c);
+    printf("{\"tenants\":%lld,\"failed\":%lld,\"renamed\":%lld,\"unrepaired\":%lld,"
+           "\"dry_run\":%s}\n",
+           totals.tenants, totals.failed, totals.renamed, totals.unrepaired,
+           dry ? "true" : "false");
+    if (fflush(stdout) != 0 && status == 0)
+        status = EXIT_NO_ANSWER;
+    return status;
 }
 
 int main(int argc, char **argv)
@@ -172,6 +262,11 @@ int main(int argc, char **argv)
         ping = true;
         tenant = nargs == 2 ? args[1] : "_ping";
         op = "ping";
+    } else if (strcmp(args[0], "repair") == 0) {
+        bool dry = nargs == 2 && strcmp(args[1], "--dry-run") == 0;
+        if (nargs > 2 || (nargs == 2 && !dry))
+            return usage_error("repair takes only --dry-run (and the scan's lines on stdin)");
+        return run_repair(endpoint, &opts, dry);
     } else {
         return usage_error("unknown command \"%s\"", args[0]);
     }

@@ -504,7 +504,8 @@ void tq_set_retries(tq_client *c, int attempts)
  * once. */
 static bool op_changes_state(const char *op)
 {
-    return strcmp(op, "ping") != 0 && strcmp(op, "draft.get") != 0;
+    return strcmp(op, "ping") != 0 && strcmp(op, "draft.get") != 0 &&
+           strcmp(op, "draft.check") != 0;
 }
 
 /* "auto-", 12 hex digits of the wall clock in milliseconds, 20 random hex

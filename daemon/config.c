@@ -239,10 +239,12 @@ static int load_file(tq_config *cfg, const char *path, bool must_exist, char *er
 
 void config_usage(const char *prog)
 {
-    printf("usage: %s [-c FILE] [--check-config | --init-db] [--KEY VALUE ...]\n\n"
+    printf("usage: %s [-c FILE] [--check-config | --init-db | --scan] [--KEY VALUE ...]\n\n"
            "  -c, --config FILE   INI file (default %s; absent is fine unless given)\n"
            "  --check-config      validate the configuration and exit\n"
            "  --init-db           create or upgrade the database schema and exit\n"
+           "  --scan              list tenants whose stored draft breaks the rules; exit 0\n"
+           "                      none, 1 some found, 2 database error\n"
            "  -h, --help          this text;  -V, --version  print the version\n\n"
            "settings (flags win over the file):\n",
            prog, TQ_DEFAULT_CONFIG);
@@ -276,6 +278,8 @@ int config_load(tq_config *cfg, int argc, char **argv, tq_action *action, char *
             *action = TQ_ACTION_CHECK_CONFIG;
         } else if (strcmp(a, "--init-db") == 0) {
             *action = TQ_ACTION_INIT_DB;
+        } else if (strcmp(a, "--scan") == 0) {
+            *action = TQ_ACTION_SCAN;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             *action = TQ_ACTION_HELP;
             return 0;
@@ -300,7 +304,7 @@ int config_load(tq_config *cfg, int argc, char **argv, tq_action *action, char *
             continue;
         }
         if (strncmp(a, "--config=", 9) == 0 || strcmp(a, "--check-config") == 0 ||
-            strcmp(a, "--init-db") == 0)
+            strcmp(a, "--init-db") == 0 || strcmp(a, "--scan") == 0)
             continue;
         const char *name = a + 2, *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);

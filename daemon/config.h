@@ -44,6 +44,7 @@ typedef enum tq_action {
     TQ_ACTION_RUN,
     TQ_ACTION_CHECK_CONFIG,
     TQ_ACTION_INIT_DB,
+    TQ_ACTION_SCAN, /* report damaged drafts (scan.h) */
     TQ_ACTION_HELP,
     TQ_ACTION_VERSION,
 } tq_action;

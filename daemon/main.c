@@ -34,6 +34,7 @@
 #include "metrics.h"
 #include "opset.h"
 #include "pg.h"
+#include "scan.h"
 #include "shard.h"
 #include "sql.h"
 
@@ -442,6 +443,9 @@ int main(int argc, char **argv)
         } else {
             printf("tenantqd: schema ready\n");
         }
+        break;
+    case TQ_ACTION_SCAN:
+        rc = scan_run(&m.cfg, stdout);
         break;
     case TQ_ACTION_RUN:
         if (check_values(&m.cfg, err, sizeof err) < 0) {

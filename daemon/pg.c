@@ -597,27 +597,95 @@ static int wait_fd(int fd, short events, int timeout_ms)
     return rc;
 }
 
-int pg_admin_exec(const char *conninfo, const char *sql, int timeout_ms, char *err, size_t errlen)
+PGconn *pg_admin_connect(const char *conninfo, const char *app, int timeout_ms, char *err,
+                         size_t errlen)
 {
     static const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *vals[] = {conninfo, "tenantqd-init-db", NULL};
+    const char *vals[] = {conninfo, app, NULL};
     PGconn *conn = PQconnectStartParams(keys, vals, 1);
-    int rc = -1;
-    if (!conn || PQstatus(conn) == CONNECTION_BAD)
-        goto out;
-    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    if (!conn) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    PostgresPollingStatusType st = PQstatus(conn) == CONNECTION_BAD ? PGRES_POLLING_FAILED
+                                                                     : PGRES_POLLING_WRITING;
     while (st != PGRES_POLLING_OK) {
-        if (st == PGRES_POLLING_FAILED)
-            goto out;
+        if (st == PGRES_POLLING_FAILED) {
+            snprintf(err, errlen, "%s", PQerrorMessage(conn));
+            PQfinish(conn);
+            return NULL;
+        }
         if (wait_fd(PQsocket(conn), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, timeout_ms) <= 0) {
             snprintf(err, errlen, "connect timed out");
             PQfinish(conn);
-            return -1;
+            return NULL;
         }
         st = PQconnectPoll(conn);
     }
     PQsetNoticeProcessor(conn, admin_notice, NULL);
-    if (PQsetnonblocking(conn, 1) != 0 || !PQsendQuery(conn, sql))
+    if (PQsetnonblocking(conn, 1) != 0) {
+        snprintf(err, errlen, "%s", PQerrorMessage(conn));
+        PQfinish(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+/* Flush what was sent; then wait until a result can be read without
+ * blocking.  Returns 0, or -1 (timeout or a broken connection). */
+static int admin_wait_result(PGconn *conn, int timeout_ms)
+{
+    int f;
+    while ((f = PQflush(conn)) == 1)
+        if (wait_fd(PQsocket(conn), POLLIN | POLLOUT, timeout_ms) <= 0 || !PQconsumeInput(conn))
+            return -1;
+    if (f < 0)
+        return -1;
+    while (PQisBusy(conn))
+        if (wait_fd(PQsocket(conn), POLLIN, timeout_ms) <= 0 || !PQconsumeInput(conn))
+            return -1;
+    return 0;
+}
+
+int pg_admin_rows(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                  int timeout_ms, int (*row)(void *arg, const PGresult *r), void *arg,
+                  char *err, size_t errlen)
+{
+    if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) ||
+        !PQsetSingleRowMode(conn)) {
+        snprintf(err, errlen, "%s", PQerrorMessage(conn));
+        return -1;
+    }
+    int rc = 0;
+    for (;;) {
+        if (admin_wait_result(conn, timeout_ms) < 0) {
+            snprintf(err, errlen, "timed out or lost the connection: %s", PQerrorMessage(conn));
+            return -1; /* the connection is not reusable: the caller finishes it */
+        }
+        PGresult *r = PQgetResult(conn);
+        if (!r)
+            return rc;
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_SINGLE_TUPLE) {
+            if (rc == 0 && row != NULL && row(arg, r) < 0) {
+                snprintf(err, errlen, "out of memory");
+                rc = -1;
+            }
+        } else if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK && rc == 0) {
+            snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+            rc = -1;
+        }
+        PQclear(r);
+    }
+}
+
+int pg_admin_exec(const char *conninfo, const char *sql, int timeout_ms, char *err, size_t errlen)
+{
+    PGconn *conn = pg_admin_connect(conninfo, "tenantqd-init-db", timeout_ms, err, errlen);
+    int rc = -1;
+    if (!conn)
+        return -1;
+    if (!PQsendQuery(conn, sql))
         goto out;
     while (PQflush(conn) == 1)
         if (wait_fd(PQsocket(conn), POLLIN | POLLOUT, timeout_ms) <= 0 || !PQconsumeInput(conn))

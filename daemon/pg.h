@@ -187,4 +187,24 @@ enum pg_err pg_classify(const PGresult *r);
 int pg_admin_exec(const char *conninfo, const char *sql, int timeout_ms, char *err,
                   size_t errlen);
 
+/*
+ * One-shot administrative connection (--init-db, --scan), driven with
+ * poll(2) before any event loop exists, nonblocking, each wait at most
+ * timeout_ms.  app is the fallback application_name.  Returns the
+ * connection (the caller PQfinish-es it), or NULL with a message in err.
+ */
+PGconn *pg_admin_connect(const char *conninfo, const char *app, int timeout_ms, char *err,
+                         size_t errlen);
+
+/*
+ * Run one statement with text parameters on an admin connection in
+ * single-row mode (one row in memory at a time), calling row(arg, r) for
+ * each row; a row callback returning -1 stops the calls (out of memory).
+ * Returns 0 once the statement finished, or -1 with a message in err; after
+ * a timeout or a lost connection the connection is unusable.
+ */
+int pg_admin_rows(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                  int timeout_ms, int (*row)(void *arg, const PGresult *r), void *arg,
+                  char *err, size_t errlen);
+
 #endif

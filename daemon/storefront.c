@@ -33,6 +33,8 @@ static const char *const op_names[SF_OP__COUNT] = {
     [SF_OP_DRAFT_GET] = "draft.get",
     [SF_OP_DRAFT_PUBLISH] = "draft.publish",
     [SF_OP_DRAFT_DISCARD] = "draft.discard",
+    [SF_OP_DRAFT_CHECK] = "draft.check",
+    [SF_OP_DRAFT_REPAIR] = "draft.repair",
 };
 
 size_t sf_stored_size_ub(const char *text, size_t len)
@@ -72,6 +74,7 @@ bool sf_op_mutates(sf_op op)
     case SF_OP_SECTION_MOVE:
     case SF_OP_DRAFT_PUBLISH:
     case SF_OP_DRAFT_DISCARD:
+    case SF_OP_DRAFT_REPAIR:
         return true;
     default:
         return false;
@@ -190,6 +193,7 @@ int sf_validate_args(sf_op op, const json_t *args, tq_error *err)
     static const char *const upsert_keys[] = {"page", "section", "index", NULL};
     static const char *const remove_keys[] = {"id", NULL};
     static const char *const move_keys[] = {"id", "page", "index", NULL};
+    static const char *const repair_keys[] = {"dry_run", NULL};
     static const char *const no_keys[] = {NULL};
     const char *const *allowed;
     int rc;
@@ -198,6 +202,8 @@ int sf_validate_args(sf_op op, const json_t *args, tq_error *err)
     case SF_OP_SECTION_UPSERT: allowed = upsert_keys; break;
     case SF_OP_SECTION_REMOVE: allowed = remove_keys; break;
     case SF_OP_SECTION_MOVE: allowed = move_keys; break;
+    case SF_OP_DRAFT_REPAIR: allowed = repair_keys; break;
+    case SF_OP_DRAFT_CHECK:
     case SF_OP_PING:
     case SF_OP_DRAFT_GET:
     case SF_OP_DRAFT_PUBLISH:
@@ -205,7 +211,7 @@ int sf_validate_args(sf_op op, const json_t *args, tq_error *err)
     default: return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "unknown op %d", (int)op);
     }
     if (args == NULL) /* absent args read as {} (without allocating one) */
-        return allowed[0] == NULL ? 0
+        return allowed[0] == NULL || op == SF_OP_DRAFT_REPAIR ? 0
                                   : tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.%s: required",
                                                  allowed[0]);
     if (!json_is_object(args))
@@ -254,6 +260,12 @@ int sf_validate_args(sf_op op, const json_t *args, tq_error *err)
             (rc = check_name(args, "page", "args.page", true, err)) != 0)
             return rc;
         return check_index(args, true, err);
+    case SF_OP_DRAFT_REPAIR: {
+        const json_t *dry = json_object_get(args, "dry_run");
+        if (dry != NULL && !json_is_boolean(dry))
+            return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "args.dry_run: must be a boolean");
+        return 0;
+    }
     default:
         return 0;
     }
@@ -372,6 +384,15 @@ static void scan_note_generated(scan *sc, const char *id, size_t len)
     }
     if (k >= 2 && k < sc->ntaken)
         sc->taken[k] = true;
+}
+
+/* A generated id: prefix ("<page>-<type>-") + "main" (k = 0) or + k. */
+static void gen_name(char *buf, size_t size, const char *prefix, size_t k)
+{
+    if (k == 0)
+        snprintf(buf, size, "%smain", prefix);
+    else
+        snprintf(buf, size, "%s%zu", prefix, k);
 }
 
 /* Walk every section of pages (NULL = no pages), checking the document's
@@ -575,10 +596,7 @@ static int op_upsert(sf_state *st, const json_t *args, size_t max, json_t **resu
     } else if (replace) {
         id = json_string_value(json_object_get(json_array_get(secs, index), "id"));
     } else {
-        if (gen_k == 0)
-            snprintf(gen, sizeof gen, "%smain", prefix);
-        else
-            snprintf(gen, sizeof gen, "%s%zu", prefix, gen_k);
+        gen_name(gen, sizeof gen, prefix, gen_k);
         id = gen;
         if (strlen(gen) > SF_NAME_MAX)
             return tq_error_set(err, TQ_E_INVALID_ARGUMENT,
@@ -775,6 +793,462 @@ static int op_discard(sf_state *st, json_t **result, tq_error *err)
     return 0;
 }
 
+/* ---- repair: draft.check and draft.repair ---- */
+
+typedef enum pb_kind { PB_DUPLICATE_ID, PB_MISSING_ID, PB_BAD_ID, PB_BAD_TYPE, PB_BAD_SHAPE } pb_kind;
+
+static const char *const pb_names[] = {
+    [PB_DUPLICATE_ID] = "duplicate_id", [PB_MISSING_ID] = "missing_id", [PB_BAD_ID] = "bad_id",
+    [PB_BAD_TYPE] = "bad_type",         [PB_BAD_SHAPE] = "bad_shape",
+};
+
+#define AT_NONE SIZE_MAX /* problem.index: not at one section */
+
+/* Where an id was seen first. */
+typedef struct first_at {
+    const char *page;
+    size_t index;
+} first_at;
+
+/* One problem; every pointer points into the walked draft. */
+typedef struct problem {
+    pb_kind kind;
+    const char *page; /* NULL: not at one page */
+    size_t index;     /* AT_NONE: not at one section */
+    const json_t *id; /* the section's id when it is a string, else NULL */
+    const json_t *type; /* bad_type built from the type: that string */
+    const char *why;  /* fixed text; NULL: built from the id or type */
+    size_t first;     /* duplicate_id: index into walk.firsts */
+    size_t fix;       /* index into walk.fixes, or AT_NONE: repair cannot fix it */
+} problem;
+
+/* A section that needs a generated id. */
+typedef struct fix {
+    const char *page;
+    size_t index;
+    const char *type;
+    const json_t *from; /* the duplicate id, NULL: the section had none */
+    const char *fail;   /* why no id can be generated; NULL: `to` holds it */
+    char to[SF_NAME_MAX * 2 + 28];
+} fix;
+
+typedef struct walk {
+    problem *pb;
+    size_t npb, pbcap;
+    fix *fx;
+    size_t nfx, fxcap;
+    first_at *firsts;
+    size_t nfirsts, firstcap;
+    json_t *seen; /* every string id of the draft (and each generated one) -> firsts index */
+    bool oom;
+} walk;
+
+/* Grow *arr (elements of size sz, *cap of them) to hold one more. */
+static bool grow(void **arr, size_t *cap, size_t n, size_t sz)
+{
+    if (n < *cap)
+        return true;
+    size_t ncap = *cap ? *cap * 2 : 16;
+    void *p = realloc(*arr, ncap * sz);
+    if (p == NULL)
+        return false;
+    *arr = p;
+    *cap = ncap;
+    return true;
+}
+
+static problem *add_pb(walk *w, pb_kind kind, const char *page, size_t index, const char *why)
+{
+    if (w->oom || !grow((void **)&w->pb, &w->pbcap, w->npb, sizeof *w->pb)) {
+        w->oom = true;
+        return NULL;
+    }
+    problem *p = &w->pb[w->npb++];
+    *p = (problem){.kind = kind, .page = page, .index = index, .why = why, .fix = AT_NONE};
+    return p;
+}
+
+/* s[0..len) cut to at most SF_CLIP_MAX bytes on a UTF-8 character boundary. */
+static size_t clip_len(const char *s, size_t len)
+{
+    if (len <= SF_CLIP_MAX)
+        return len;
+    len = SF_CLIP_MAX;
+    while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
+        len--;
+    return len;
+}
+
+static json_t *clip_string(const char *s, size_t len)
+{
+    return json_stringn_nocheck(s, clip_len(s, len));
+}
+
+static const char *page_shape_why(const json_t *page)
+{
+    if (!json_is_object(page))
+        return "the page must be an object";
+    const json_t *secs = json_object_get(page, "sections");
+    return secs != NULL && !json_is_array(secs) ? "the page's \"sections\" must be an array" : NULL;
+}
+
+static void walk_section(walk *w, const char *pname, bool pname_ok, const json_t *secs, size_t i)
+{
+    const json_t *sec = json_array_get(secs, i);
+    if (!json_is_object(sec)) {
+        add_pb(w, PB_BAD_SHAPE, pname, i, "the section must be an object");
+        return;
+    }
+    const json_t *idv = json_object_get(sec, "id");
+    const json_t *tv = json_object_get(sec, "type");
+    size_t mine = w->npb;
+    bool needs_id = false;
+    problem *p;
+    if (idv == NULL || json_is_null(idv)) {
+        add_pb(w, PB_MISSING_ID, pname, i, "the section has no id");
+        needs_id = true;
+    } else if (!json_is_string(idv)) {
+        add_pb(w, PB_BAD_ID, pname, i, "the section's id must be a string");
+    } else {
+        const char *id = json_string_value(idv);
+        size_t len = json_string_length(idv);
+        json_t *at = json_object_getn(w->seen, id, len);
+        if (at != NULL) {
+            if ((p = add_pb(w, PB_DUPLICATE_ID, pname, i, NULL)) != NULL)
+                p->first = (size_t)json_integer_value(at);
+            needs_id = true;
+        } else if (!w->oom) {
+            if (!grow((void **)&w->firsts, &w->firstcap, w->nfirsts, sizeof *w->firsts) ||
+                json_object_setn_new_nocheck(w->seen, id, len,
+                                             json_integer((json_int_t)w->nfirsts)) != 0) {
+                w->oom = true;
+                return;
+            }
+            w->firsts[w->nfirsts++] = (first_at){.page = pname, .index = i};
+        }
+        if (!sf_valid_name(id, len))
+            add_pb(w, PB_BAD_ID, pname, i, NULL);
+    }
+    if (tv == NULL)
+        add_pb(w, PB_BAD_TYPE, pname, i, "the section has no type");
+    else if (!json_is_string(tv))
+        add_pb(w, PB_BAD_TYPE, pname, i, "the section's type must be a string");
+    else if (!json_is_name(tv) && (p = add_pb(w, PB_BAD_TYPE, pname, i, NULL)) != NULL)
+        p->type = tv;
+    for (size_t k = mine; k < w->npb && json_is_string(idv); k++)
+        w->pb[k].id = idv;
+    if (!needs_id || w->oom)
+        return;
+    if (!grow((void **)&w->fx, &w->fxcap, w->nfx, sizeof *w->fx)) {
+        w->oom = true;
+        return;
+    }
+    fix *f = &w->fx[w->nfx];
+    *f = (fix){.page = pname, .index = i, .type = json_string_value(tv),
+               .from = json_is_string(idv) ? idv : NULL};
+    if (!pname_ok)
+        f->fail = "no id can be generated: the page name breaks the name rule";
+    else if (!json_is_name(tv))
+        f->fail = "no id can be generated: the section's type breaks the name rule";
+    for (size_t k = mine; k < w->npb; k++)
+        if (w->pb[k].kind != PB_BAD_TYPE)
+            w->pb[k].fix = w->nfx;
+    w->nfx++;
+}
+
+/* Phase one: every problem of draft, in stored order, and the sections that
+ * need a generated id.  Only reads draft. */
+static void walk_draft(walk *w, const json_t *draft)
+{
+    if (draft == NULL)
+        return;
+    if (!json_is_object(draft)) {
+        add_pb(w, PB_BAD_SHAPE, NULL, AT_NONE, "the draft must be a JSON object");
+        return;
+    }
+    json_t *pages = json_object_get(draft, "pages");
+    if (pages == NULL)
+        return;
+    if (!json_is_object(pages)) {
+        add_pb(w, PB_BAD_SHAPE, NULL, AT_NONE, "the draft's \"pages\" must be an object");
+        return;
+    }
+    for (void *it = json_object_iter(pages); it != NULL && !w->oom;
+         it = json_object_iter_next(pages, it)) {
+        const char *pname = json_object_iter_key(it);
+        bool pname_ok = sf_valid_name(pname, json_object_iter_key_len(it));
+        json_t *page = json_object_iter_value(it);
+        if (!pname_ok)
+            add_pb(w, PB_BAD_SHAPE, pname, AT_NONE, "the page name " NAME_RULE);
+        const char *why = page_shape_why(page);
+        if (why != NULL) {
+            add_pb(w, PB_BAD_SHAPE, pname, AT_NONE, why);
+            continue;
+        }
+        const json_t *secs = json_object_get(page, "sections");
+        size_t n = json_array_size(secs);
+        for (size_t i = 0; i < n && !w->oom; i++)
+            walk_section(w, pname, pname_ok, secs, i);
+    }
+}
+
+/* Phase two: a generated id for every fix, in order, by the rule of
+ * section.upsert (<page>-<type>-main, then -2, -3, ..., the first one free
+ * in the draft, counting the ids generated before).  A prefix's search
+ * resumes where it stopped, since ids are only ever added. */
+static void walk_generate(walk *w)
+{
+    json_t *next = json_object(); /* prefix -> next k to try */
+    if (next == NULL) {
+        w->oom = true;
+        return;
+    }
+    char prefix[SF_NAME_MAX * 2 + 3];
+    for (size_t f = 0; f < w->nfx && !w->oom; f++) {
+        fix *x = &w->fx[f];
+        if (x->fail != NULL)
+            continue;
+        snprintf(prefix, sizeof prefix, "%s-%s-", x->page, x->type);
+        size_t k = (size_t)json_integer_value(json_object_get(next, prefix));
+        for (;;) {
+            gen_name(x->to, sizeof x->to, prefix, k);
+            k = k == 0 ? 2 : k + 1;
+            if (json_object_get(w->seen, x->to) == NULL)
+                break;
+        }
+        if (json_object_set_new_nocheck(next, prefix, json_integer((json_int_t)k)) != 0 ||
+            json_object_set_new_nocheck(w->seen, x->to, json_integer(-1)) != 0)
+            w->oom = true;
+        if (strlen(x->to) > SF_NAME_MAX)
+            x->fail = "no id can be generated: it would be longer than 64 bytes";
+    }
+    json_decref(next);
+}
+
+static int walk_run(walk *w, const json_t *draft, bool generate)
+{
+    memset(w, 0, sizeof *w);
+    w->seen = json_object();
+    w->oom = w->seen == NULL;
+    if (!w->oom)
+        walk_draft(w, draft);
+    if (!w->oom && generate)
+        walk_generate(w);
+    return w->oom ? -1 : 0;
+}
+
+static void walk_free(walk *w)
+{
+    free(w->pb);
+    free(w->fx);
+    free(w->firsts);
+    json_decref(w->seen);
+}
+
+static json_t *page_or_null(const char *page)
+{
+    return page != NULL ? clip_string(page, strlen(page)) : json_null();
+}
+
+static json_t *index_or_null(size_t index)
+{
+    return index != AT_NONE ? json_integer((json_int_t)index) : json_null();
+}
+
+static json_t *problem_json(const walk *w, const problem *p, bool repairing)
+{
+    char msg[512];
+    const char *id = p->id ? json_string_value(p->id) : NULL;
+    int idlen = p->id ? (int)clip_len(id, json_string_length(p->id)) : 0;
+    if (p->kind == PB_DUPLICATE_ID) {
+        const first_at *f = &w->firsts[p->first];
+        snprintf(msg, sizeof msg, "section id \"%.*s\" is used again here; its first occurrence "
+                                  "is on page \"%.*s\" at index %zu",
+                 idlen, id, (int)clip_len(f->page, strlen(f->page)), f->page, f->index);
+    } else if (p->type != NULL) {
+        const char *type = json_string_value(p->type);
+        snprintf(msg, sizeof msg, "section type \"%.*s\" " NAME_RULE,
+                 (int)clip_len(type, json_string_length(p->type)), type);
+    } else if (p->why == NULL) { /* bad_id of a string id */
+        snprintf(msg, sizeof msg, "section id \"%.*s\" " NAME_RULE, idlen, id);
+    } else {
+        snprintf(msg, sizeof msg, "%s", p->why);
+    }
+    if (repairing && p->fix != AT_NONE && w->fx[p->fix].fail != NULL)
+        snprintf(msg + strlen(msg), sizeof msg - strlen(msg), "; %s", w->fx[p->fix].fail);
+    else if (repairing && p->fix == AT_NONE)
+        snprintf(msg + strlen(msg), sizeof msg - strlen(msg), "; repair leaves it to be fixed by hand");
+    json_t *o = json_pack("{s:s, s:o, s:o, s:s}", "problem", pb_names[p->kind], "page",
+                          page_or_null(p->page), "index", index_or_null(p->index), "message", msg);
+    if (o != NULL && id != NULL &&
+        json_object_set_new(o, "id", clip_string(id, json_string_length(p->id))) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* Append item to arr unless it holds SF_PROBLEMS_MAX already (then count it
+ * in *omitted).  Steals item; false when out of memory. */
+static bool append_capped(json_t *arr, json_t *item, size_t *omitted)
+{
+    if (item == NULL)
+        return false;
+    if (json_array_size(arr) >= SF_PROBLEMS_MAX) {
+        json_decref(item);
+        (*omitted)++;
+        return true;
+    }
+    return json_array_append_new(arr, item) == 0;
+}
+
+static bool fixed(const walk *w, const problem *p)
+{
+    return p->fix != AT_NONE && w->fx[p->fix].fail == NULL;
+}
+
+/* The problems of w (repairing: only those the repair leaves) as an array. */
+static json_t *problems_json(const walk *w, bool repairing, size_t *omitted)
+{
+    json_t *arr = json_array();
+    *omitted = 0;
+    for (size_t i = 0; arr != NULL && i < w->npb; i++) {
+        if (repairing && fixed(w, &w->pb[i]))
+            continue;
+        if (json_array_size(arr) >= SF_PROBLEMS_MAX) {
+            (*omitted)++;
+            continue;
+        }
+        if (!append_capped(arr, problem_json(w, &w->pb[i], repairing), omitted)) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    return arr;
+}
+
+json_t *sf_check_draft(const json_t *draft, size_t *omitted)
+{
+    walk w;
+    size_t dummy;
+    json_t *r = walk_run(&w, draft, false) == 0
+                    ? problems_json(&w, false, omitted ? omitted : &dummy)
+                    : NULL;
+    walk_free(&w);
+    return r;
+}
+
+/* Set "<name>" = n in o when n > 0 (a capped list's omitted count). */
+static int set_omitted(json_t *o, const char *name, size_t n)
+{
+    return n == 0 ? 0 : json_object_set_new(o, name, json_integer((json_int_t)n));
+}
+
+static int op_check(sf_state *st, json_t **result, tq_error *err)
+{
+    size_t omitted;
+    json_t *pbs = sf_check_draft(st->draft, &omitted);
+    json_t *r = pbs ? json_pack("{s:o, s:I}", "problems", pbs, "version", (json_int_t)st->version)
+                    : NULL;
+    if (r == NULL || set_omitted(r, "omitted", omitted) != 0) {
+        json_decref(r);
+        return oom(err);
+    }
+    *result = r;
+    return 0;
+}
+
+/* The draft with every successful fix of w applied, as a new document. */
+static json_t *repaired_copy(const walk *w, const json_t *draft)
+{
+    json_t *copy = json_deep_copy(draft);
+    json_t *pages = json_object_get(copy, "pages");
+    for (size_t f = 0; copy != NULL && f < w->nfx; f++) {
+        const fix *x = &w->fx[f];
+        if (x->fail != NULL)
+            continue;
+        json_t *secs = json_object_get(json_object_get(pages, x->page), "sections");
+        if (json_object_set_new(json_array_get(secs, x->index), "id", json_string(x->to)) != 0) {
+            json_decref(copy);
+            copy = NULL;
+        }
+    }
+    return copy;
+}
+
+static json_t *renamed_json(const walk *w, size_t *omitted, size_t *nrenamed)
+{
+    json_t *arr = json_array();
+    *omitted = *nrenamed = 0;
+    for (size_t f = 0; arr != NULL && f < w->nfx; f++) {
+        const fix *x = &w->fx[f];
+        if (x->fail != NULL)
+            continue;
+        (*nrenamed)++;
+        json_t *from = x->from ? clip_string(json_string_value(x->from),
+                                             json_string_length(x->from))
+                               : json_null();
+        json_t *item = json_pack("{s:s, s:I, s:o, s:s}", "page", x->page, "index",
+                                 (json_int_t)x->index, "from", from, "to", x->to);
+        if (!append_capped(arr, item, omitted)) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    return arr;
+}
+
+static int op_repair(sf_state *st, const json_t *args, size_t max, json_t **result, tq_error *err)
+{
+    bool dry = json_is_true(json_object_get(args, "dry_run"));
+    walk w;
+    json_t *copy = NULL, *renamed = NULL, *left = NULL, *r = NULL;
+    size_t nrenamed = 0, ren_omitted = 0, left_omitted = 0, size = 0;
+    int rc = 0;
+    if (walk_run(&w, st->draft, true) != 0 ||
+        (renamed = renamed_json(&w, &ren_omitted, &nrenamed)) == NULL ||
+        (left = problems_json(&w, true, &left_omitted)) == NULL) {
+        rc = oom(err);
+        goto out;
+    }
+    bool write = nrenamed > 0 && !dry;
+    if (write) {
+        if ((copy = repaired_copy(&w, st->draft)) == NULL) {
+            rc = oom(err);
+            goto out;
+        }
+        if (max != 0 && (size = jdump_size(copy)) > max) {
+            rc = tq_error_set(err, TQ_E_DRAFT_TOO_LARGE,
+                              "the repaired draft would be %zu bytes, over the limit "
+                              "max_draft_bytes = %zu; nothing was changed",
+                              size, max);
+            goto out;
+        }
+    }
+    r = json_pack("{s:O, s:O, s:I}", "renamed", renamed, "unrepaired", left, "version",
+                  (json_int_t)(st->version + (write ? 1 : 0)));
+    if (r == NULL || set_omitted(r, "renamed_omitted", ren_omitted) != 0 ||
+        set_omitted(r, "unrepaired_omitted", left_omitted) != 0) {
+        json_decref(r);
+        rc = oom(err);
+        goto out;
+    }
+    *result = r;
+    if (write) {
+        json_decref(st->draft);
+        st->draft = copy;
+        copy = NULL;
+        st->size_ub = size; /* exact when measured, else 0 = unknown */
+        st->version++;
+    }
+out:
+    json_decref(copy);
+    json_decref(renamed);
+    json_decref(left);
+    walk_free(&w);
+    return rc;
+}
+
 int sf_apply(sf_state *st, sf_op op, const json_t *args, size_t max_draft_bytes,
              json_t **result, tq_error *err)
 {
@@ -801,6 +1275,10 @@ int sf_apply(sf_state *st, sf_op op, const json_t *args, size_t max_draft_bytes,
         return op_publish(st, result, err);
     case SF_OP_DRAFT_DISCARD:
         return op_discard(st, result, err);
+    case SF_OP_DRAFT_CHECK:
+        return op_check(st, result, err);
+    case SF_OP_DRAFT_REPAIR:
+        return op_repair(st, args, max_draft_bytes, result, err);
     default:
         return tq_error_set(err, TQ_E_INTERNAL, "unknown op %d", (int)op);
     }

@@ -31,6 +31,8 @@ typedef enum sf_op {
     SF_OP_DRAFT_GET,
     SF_OP_DRAFT_PUBLISH,
     SF_OP_DRAFT_DISCARD,
+    SF_OP_DRAFT_CHECK,  /* read-only, like draft.get */
+    SF_OP_DRAFT_REPAIR, /* mutating; a dry run or nothing to repair changes nothing */
     SF_OP__COUNT
 } sf_op;
 
@@ -84,7 +86,10 @@ void sf_state_clear(sf_state *st);
  * Apply one op to st.  On success returns 0, sets *result to a new reference
  * (the op's result object as in SPEC, with the new "version"; it shares no
  * value with st, so it stays as it is however st changes later), and, for
- * mutating ops, has changed st and incremented st->version by exactly one.
+ * mutating ops, has changed st and incremented st->version by exactly one
+ * (draft.repair: only when it renamed something and dry_run is not true;
+ * else st and its version stay as they were, so a caller decides whether to
+ * write by whether the version changed).
  * On failure returns -1, err set (NOT_FOUND, DUPLICATE_SECTION_ID naming the
  * id and the page where it lives, INVALID_ARGUMENT for an out-of-range index,
  * DRAFT_TOO_LARGE naming the limit, ...), *result NULL and st exactly as it
@@ -92,7 +97,11 @@ void sf_state_clear(sf_state *st);
  * the compact JSON serialisation of the draft (0 = unlimited).
  * The document itself is validated loosely: a draft whose "pages" or
  * "sections" has the wrong type is treated as INTERNAL for edits.
- * ping and draft.get never change st.
+ * ping, draft.get and draft.check never change st.  draft.repair's result:
+ *   {"renamed":[{"page","index","from","to"}], "unrepaired":[problems],
+ *    "version"}, each list capped at SF_PROBLEMS_MAX entries, with
+ *   "renamed_omitted"/"unrepaired_omitted" counts added when the cap cut it;
+ *   draft.check's: {"problems":[...], "version"} (+ "omitted" likewise).
  * args is never modified, but section.upsert stores the new section as a
  * shallow copy: the section's field values are shared, by reference count,
  * between args and st.  The caller must not change args after the call (the
@@ -101,5 +110,24 @@ void sf_state_clear(sf_state *st);
  */
 int sf_apply(sf_state *st, sf_op op, const json_t *args, size_t max_draft_bytes,
              json_t **result, tq_error *err) __attribute__((warn_unused_result));
+
+/*
+ * Repair of drafts damaged before tenantq (draft.check, draft.repair).
+ *
+ * sf_check_draft lists what in draft breaks the storefront's rules, as an
+ * array of {"problem","id"?,"page","index","message"} objects, problem one
+ * of "duplicate_id" (listed once per extra occurrence; message names the
+ * first), "missing_id", "bad_id", "bad_type", "bad_shape".  "page" and
+ * "index" are null where the problem is not at one page or section.  Pages
+ * are visited in stored order, sections in array order.  draft may be any
+ * JSON value (NULL = no draft = no problems); it is only read.  At most
+ * SF_PROBLEMS_MAX problems are listed; *omitted (if not NULL) gets the
+ * number left out.  Names in problems are clipped to SF_CLIP_MAX bytes.
+ * Returns a new reference, or NULL when out of memory.  Bounded work:
+ * linear in the number of sections, never recursing into section fields.
+ */
+#define SF_PROBLEMS_MAX 1000
+#define SF_CLIP_MAX 80
+json_t *sf_check_draft(const json_t *draft, size_t *omitted);
 
 #endif

@@ -220,6 +220,8 @@ static void test_ops(void)
         {"draft.get", SF_OP_DRAFT_GET, false, true},
         {"draft.publish", SF_OP_DRAFT_PUBLISH, true, true},
         {"draft.discard", SF_OP_DRAFT_DISCARD, true, true},
+        {"draft.check", SF_OP_DRAFT_CHECK, false, true},
+        {"draft.repair", SF_OP_DRAFT_REPAIR, true, true},
     };
     CHECK(sizeof t / sizeof t[0] == SF_OP__COUNT, "table covers every op");
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
@@ -998,6 +1000,271 @@ static void test_out_of_memory(void)
     json_set_alloc_funcs(malloc, free);
 }
 
+/* ---- repair: draft.check and draft.repair ---- */
+
+/* The damaged draft of the repair tests: every problem kind, duplicates
+ * within a page and across pages, a taken generated id. */
+#define DAMAGED                                                                                \
+    "{'pages':{'home':{'sections':[{'id':'a','type':'hero'},{'id':'a','type':'hero','x':1},"   \
+    "{'type':'text'},{'id':'Bad','type':'hero'},{'id':'b','type':'Bad!'},{'id':7,'type':'t'}," \
+    "3,{'id':null,'type':'hero'},{'id':'home-hero-main','type':'hero'}]},"                   \
+    "'about':{'sections':[{'id':'a','type':'hero'}]},'x':{'sections':{}},'y':[]},'keep':[1]}"
+
+/* Apply draft.check/draft.repair and return the result (NULL on error). */
+static json_t *run_repair_op(sf_state *st, sf_op op, const char *args, size_t max)
+{
+    json_t *res = NULL;
+    tq_error err;
+    if (apply_t(st, op, args, max, &res, &err) != 0) {
+        CHECK(0, "%s %s: %s %s", sf_op_name(op), args ? args : "", tq_code_name(err.code),
+              err.message);
+        return NULL;
+    }
+    return res;
+}
+
+/* The problems of a list as "kind@page/index,...", '-' for a null. */
+static void kinds(const json_t *list, char *out, size_t size)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    size_t i;
+    const json_t *p;
+    json_array_foreach(list, i, p) {
+        const json_t *page = json_object_get(p, "page"), *ix = json_object_get(p, "index");
+        char at[24] = "-";
+        if (json_is_integer(ix))
+            snprintf(at, sizeof at, "%" JSON_INTEGER_FORMAT, json_integer_value(ix));
+        n += (size_t)snprintf(out + n, size - n, "%s%s@%s/%s", i ? "," : "",
+                              json_string_value(json_object_get(p, "problem")),
+                              json_is_string(page) ? json_string_value(page) : "-", at);
+        if (n >= size)
+            return;
+    }
+}
+
+static bool ids_unique(const json_t *draft);
+
+static void test_repair_check(void)
+{
+    sf_state st;
+    fresh(&st);
+    st.version = 4;
+    set_draft(&st, DAMAGED);
+    sf_state before = snapshot(&st);
+    json_t *r = run_repair_op(&st, SF_OP_DRAFT_CHECK, NULL, 0);
+    char got[1024];
+    kinds(json_object_get(r, "problems"), got, sizeof got);
+    CHECK(strcmp(got, "duplicate_id@home/1,missing_id@home/2,bad_id@home/3,bad_type@home/4,"
+                      "bad_id@home/5,bad_shape@home/6,missing_id@home/7,duplicate_id@about/0,"
+                      "bad_shape@x/-,bad_shape@y/-") == 0,
+          "problems: %s", got);
+    CHECK(json_integer_value(json_object_get(r, "version")) == 4 && state_equal(&st, &before),
+          "check is read-only and reports the version");
+    const json_t *dup = json_array_get(json_object_get(r, "problems"), 7);
+    CHECK(strcmp(json_string_value(json_object_get(dup, "id")), "a") == 0 &&
+              strstr(json_string_value(json_object_get(dup, "message")),
+                     "first occurrence is on page \"home\" at index 0") != NULL,
+          "a duplicate names its first occurrence");
+    CHECK(json_object_get(json_array_get(json_object_get(r, "problems"), 1), "id") == NULL,
+          "no id on a missing_id");
+    CHECK(json_object_get(r, "omitted") == NULL, "nothing omitted");
+    json_decref(r);
+
+    /* whole-document shapes, and the checker on its own */
+    static const char *const shapes[] = {"[1]", "'text'", "{'pages':[]}", "{'pages':3}"};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        json_t *d = J(shapes[i]);
+        size_t omitted = 9;
+        json_t *pbs = sf_check_draft(d, &omitted);
+        kinds(pbs, got, sizeof got);
+        CHECK(strcmp(got, "bad_shape@-/-") == 0 && omitted == 0, "%s: %s", shapes[i], got);
+        json_decref(pbs);
+        json_decref(d);
+    }
+    json_t *pbs = sf_check_draft(NULL, NULL);
+    CHECK(json_array_size(pbs) == 0, "no draft: no problems");
+    json_decref(pbs);
+    json_t *d = J("{'other':1}");
+    pbs = sf_check_draft(d, NULL);
+    CHECK(pbs != NULL && json_array_size(pbs) == 0, "no pages: no problems");
+    json_decref(pbs);
+    json_decref(d);
+
+    /* an id longer than the clip limit is clipped on a character boundary */
+    char big[400];
+    int n = snprintf(big, sizeof big, "{'pages':{'p':{'sections':[{'type':'t','id':'");
+    for (int k = 0; k < 100; k++)
+        n += snprintf(big + n, sizeof big - (size_t)n, "\xc3\xa9"); /* 2 bytes each */
+    snprintf(big + n, sizeof big - (size_t)n, "'}]}}}");
+    d = J(big);
+    pbs = sf_check_draft(d, NULL);
+    const char *id = json_string_value(json_object_get(json_array_get(pbs, 0), "id"));
+    CHECK(id != NULL && strlen(id) == SF_CLIP_MAX, "clipped id: %zu bytes", id ? strlen(id) : 0);
+    json_decref(pbs);
+    json_decref(d);
+    sf_state_clear(&before);
+    sf_state_clear(&st);
+}
+
+static void test_repair_fix(void)
+{
+    sf_state st;
+    fresh(&st);
+    st.version = 4;
+    set_draft(&st, DAMAGED);
+    sf_state before = snapshot(&st);
+    static const char *const want_renamed =
+        "[{'page':'home','index':1,'from':'a','to':'home-hero-2'},"
+        "{'page':'home','index':2,'from':null,'to':'home-text-main'},"
+        "{'page':'home','index':7,'from':null,'to':'home-hero-3'},"
+        "{'page':'about','index':0,'from':'a','to':'about-hero-main'}]";
+    char got[1024];
+
+    /* a dry run reports what a repair would do, and changes nothing */
+    json_t *r = run_repair_op(&st, SF_OP_DRAFT_REPAIR, "{'dry_run':true}", 0);
+    json_t *w = J(want_renamed);
+    CHECK(same(json_object_get(r, "renamed"), w), "dry run renamed %s",
+          dump(json_object_get(r, "renamed")));
+    CHECK(json_integer_value(json_object_get(r, "version")) == 4 && state_equal(&st, &before),
+          "dry run: state and version unchanged");
+    json_decref(r);
+
+    /* the repair: first occurrences keep their id, one version */
+    r = run_repair_op(&st, SF_OP_DRAFT_REPAIR, "{'dry_run':false}", 0);
+    CHECK(same(json_object_get(r, "renamed"), w), "renamed %s",
+          dump(json_object_get(r, "renamed")));
+    kinds(json_object_get(r, "unrepaired"), got, sizeof got);
+    CHECK(strcmp(got, "bad_id@home/3,bad_type@home/4,bad_id@home/5,bad_shape@home/6,"
+                      "bad_shape@x/-,bad_shape@y/-") == 0,
+          "unrepaired: %s", got);
+    CHECK(json_integer_value(json_object_get(r, "version")) == 5 && st.version == 5,
+          "one version");
+    DRAFT_IS(&st, "{'pages':{'home':{'sections':[{'id':'a','type':'hero'},"
+                  "{'id':'home-hero-2','type':'hero','x':1},{'type':'text','id':'home-text-main'},"
+                  "{'id':'Bad','type':'hero'},{'id':'b','type':'Bad!'},{'id':7,'type':'t'},3,"
+                  "{'id':'home-hero-3','type':'hero'},{'id':'home-hero-main','type':'hero'}]},"
+                  "'about':{'sections':[{'id':'about-hero-main','type':'hero'}]},"
+                  "'x':{'sections':{}},'y':[]},'keep':[1]}");
+    json_decref(r);
+    json_decref(w);
+
+    /* a repeat finds nothing to rename: no change, no version */
+    sf_state_clear(&before);
+    before = snapshot(&st);
+    r = run_repair_op(&st, SF_OP_DRAFT_REPAIR, NULL, 0);
+    CHECK(json_array_size(json_object_get(r, "renamed")) == 0 &&
+              json_array_size(json_object_get(r, "unrepaired")) == 6 &&
+              json_integer_value(json_object_get(r, "version")) == 5 && state_equal(&st, &before),
+          "repeat repair is a no-op");
+    json_decref(r);
+
+    /* an unrepairable duplicate: its type breaks the rule, so no id is made */
+    set_draft(&st, "{'pages':{'p':{'sections':[{'id':'a','type':'t'},{'id':'a','type':'T'},"
+                   "{'type':'t'}]},'P':{'sections':[{'type':'t'}]}}}");
+    r = run_repair_op(&st, SF_OP_DRAFT_REPAIR, NULL, 0);
+    kinds(json_object_get(r, "unrepaired"), got, sizeof got);
+    CHECK(strcmp(got, "duplicate_id@p/1,bad_type@p/1,bad_shape@P/-,missing_id@P/0") == 0,
+          "unrepaired: %s", got);
+    CHECK(strstr(json_string_value(json_object_get(json_array_get(
+                     json_object_get(r, "unrepaired"), 0), "message")),
+                 "no id can be generated") != NULL,
+          "says why");
+    CHECK(json_array_size(json_object_get(r, "renamed")) == 1 && st.version == 6,
+          "the fixable one is renamed");
+    json_decref(r);
+
+    /* over max_draft_bytes: refused, nothing changed */
+    set_draft(&st, "{'pages':{'p':{'sections':[{'type':'t'}]}}}");
+    FAIL_MAX(&st, SF_OP_DRAFT_REPAIR, NULL, 40, TQ_E_DRAFT_TOO_LARGE, "max_draft_bytes = 40");
+
+    /* arguments */
+    ARGS_OK(SF_OP_DRAFT_REPAIR, NULL);
+    ARGS_OK(SF_OP_DRAFT_REPAIR, "{'dry_run':false}");
+    ARGS_BAD(SF_OP_DRAFT_REPAIR, "{'dry_run':1}", "args.dry_run: must be a boolean");
+    ARGS_BAD(SF_OP_DRAFT_REPAIR, "{'dry_run':'true'}", "args.dry_run: must be a boolean");
+    ARGS_BAD(SF_OP_DRAFT_REPAIR, "{'dry':true}", "args.dry: unknown argument");
+    ARGS_BAD(SF_OP_DRAFT_CHECK, "{'dry_run':true}", "args.dry_run: unknown argument");
+    sf_state_clear(&before);
+    sf_state_clear(&st);
+}
+
+/* Hostile sizes: 10k sections, capped lists, deep nesting below sections. */
+static void test_repair_hostile(void)
+{
+    enum { N = 10000 };
+    json_t *secs = json_array();
+    for (int i = 0; i < N; i++)
+        json_array_append_new(secs, json_pack("{s:s}", "type", "hero"));
+    sf_state st;
+    fresh(&st);
+    json_decref(st.draft);
+    st.draft = json_pack("{s:{s:{s:o}}}", "pages", "home", "sections", secs);
+    json_t *r = run_repair_op(&st, SF_OP_DRAFT_CHECK, NULL, 0);
+    CHECK(json_array_size(json_object_get(r, "problems")) == SF_PROBLEMS_MAX &&
+              json_integer_value(json_object_get(r, "omitted")) == N - SF_PROBLEMS_MAX,
+          "check: capped list");
+    json_decref(r);
+    r = run_repair_op(&st, SF_OP_DRAFT_REPAIR, NULL, 0);
+    CHECK(json_array_size(json_object_get(r, "renamed")) == SF_PROBLEMS_MAX &&
+              json_integer_value(json_object_get(r, "renamed_omitted")) == N - SF_PROBLEMS_MAX &&
+              st.version == 1,
+          "repair: every section renamed, the list capped");
+    json_decref(r);
+    CHECK(ids_unique(st.draft), "generated ids unique and valid");
+    const json_t *last = json_array_get(
+        json_object_get(json_object_get(json_object_get(st.draft, "pages"), "home"), "sections"),
+        N - 1);
+    CHECK(strcmp(json_string_value(json_object_get(last, "id")), "home-hero-10000") == 0,
+          "last generated id");
+
+    /* deep nesting inside a section is never walked */
+    json_t *deep = json_array();
+    json_t *v = deep;
+    for (int i = 0; i < 5000; i++) {
+        json_t *in = json_array();
+        json_array_append_new(v, in);
+        v = in;
+    }
+    json_decref(st.draft);
+    st.draft = json_pack("{s:{s:{s:[{s:s,s:o}]}}}", "pages", "p", "sections", "type", "t", "x",
+                         deep);
+    size_t omitted;
+    json_t *pbs = sf_check_draft(st.draft, &omitted);
+    CHECK(json_array_size(pbs) == 1, "deep section: one missing_id");
+    json_decref(pbs);
+    sf_state_clear(&st);
+}
+
+/* Running out of memory anywhere in a repair changes nothing. */
+static void test_repair_out_of_memory(void)
+{
+    json_set_alloc_funcs(budget_malloc, free);
+    for (long budget = 0;; budget++) {
+        sf_state st;
+        fresh(&st);
+        set_draft(&st, DAMAGED);
+        sf_state before = snapshot(&st);
+        json_t *res = NULL;
+        tq_error err;
+        alloc_budget = budget;
+        int rc = sf_apply(&st, SF_OP_DRAFT_REPAIR, NULL, 100000, &res, &err);
+        alloc_budget = -1;
+        if (rc != 0)
+            CHECK(err.code == TQ_E_INTERNAL && res == NULL && state_equal(&st, &before),
+                  "allocation %ld failing: %s, state %s", budget, err.message,
+                  state_equal(&st, &before) ? "unchanged" : "CHANGED");
+        else
+            CHECK(st.version == 1 && budget > 0, "version after %ld", budget);
+        json_decref(res);
+        sf_state_clear(&before);
+        sf_state_clear(&st);
+        if (rc == 0 || budget > 5000)
+            break;
+    }
+    json_set_alloc_funcs(malloc, free);
+}
+
 /* ---- random sequence against a model ---- */
 
 #define M_PAGES 3
@@ -1164,6 +1431,8 @@ static void test_sequence(void)
             op = SF_OP_DRAFT_PUBLISH;
         else if (r < 95)
             op = SF_OP_DRAFT_DISCARD;
+        else if (r < 97)
+            op = rnd(2) ? SF_OP_DRAFT_CHECK : SF_OP_DRAFT_REPAIR;
         else
             op = SF_OP_PING;
 
@@ -1294,7 +1563,14 @@ static void test_sequence(void)
         counts[op][rc == 0]++;
         if (rc == 0) {
             CHECK(res != NULL, "step %d: result", step);
-            if (sf_op_mutates(op)) {
+            if (op == SF_OP_DRAFT_CHECK || op == SF_OP_DRAFT_REPAIR) {
+                /* the ops above keep every rule: nothing to report or repair */
+                const char *list = op == SF_OP_DRAFT_CHECK ? "problems" : "renamed";
+                CHECK(state_equal(&st, &before) &&
+                          json_array_size(json_object_get(res, list)) == 0 &&
+                          json_array_size(json_object_get(res, "unrepaired")) == 0,
+                      "step %d: %s found something in a valid draft", step, sf_op_name(op));
+            } else if (sf_op_mutates(op)) {
                 successes++;
                 CHECK(json_integer_value(json_object_get(res, "version")) == st.version,
                       "step %d: result version", step);
@@ -1373,6 +1649,10 @@ int main(void)
     test_too_large();
     test_corrupt();
     test_out_of_memory();
+    test_repair_check();
+    test_repair_fix();
+    test_repair_hostile();
+    test_repair_out_of_memory();
     test_sequence();
     if (failures > 0) {
         fprintf(stderr, "test_storefront: %d of %d checks FAILED\n", failures, checks);
