@@ -5,12 +5,12 @@
  * A call in flight occupies a slot: one AF_SP_RAW NN_REQ socket, connected
  * to the endpoint of the call's tenant, with at most one request on it.
  * Raw REQ because cooked REQ re-sends on its own timer and on reconnects
- * (TECHNOTES §1) and allows one request per socket anyway; we re-send only
+ * and allows one request per socket anyway; we re-send only
  * when the connection that carried the request broke (the socket's
  * NN_STAT_BROKEN_CONNECTIONS moved since the send), as tq_call does.  One
  * request per socket because the daemon's raw REP drops a reply, silently,
  * when the connection is still busy sending the previous one.  Our request id (bit
- * 31 set, TECHNOTES §1) travels in the SP header of a plain control buffer
+ * 31 set, as nanomsg requires) travels in the SP header of a plain control buffer
  * and comes back in the reply's, so a reply that is not the slot's current
  * request (a late one) is recognised and dropped.
  *

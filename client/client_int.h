@@ -17,7 +17,7 @@
 #define TQ_DEFAULT_TIMEOUT_MS 15000
 /* Bounded replies: the daemon's max_draft_bytes (1 MiB default) plus
  * envelope overhead fit easily; a larger announced size drops the
- * connection instead of allocating it (TECHNOTES §1 NN_RCVMAXSIZE). */
+ * connection instead of allocating it (NN_RCVMAXSIZE). */
 #define TQ_RCVMAXSIZE (8 * 1024 * 1024)
 /* How often a call waiting for its reply looks whether the connection that
  * carried the request broke (a daemon restart): if so the request is sent
@@ -99,7 +99,7 @@ int reply_result(const struct tq_endpoint *ep, const void *reply, size_t reply_l
                  char **result_json, bool *replayed, tq_status *st);
 
 /* Raw REQ messaging (the synchronous and the asynchronous calls): a request
- * id has bit 31 set (TECHNOTES §1) and travels in the SP header.
+ * id has bit 31 set (nanomsg ends the SP header at that bit) and travels in the SP header.
  * next_request_id takes the next one from *counter.  raw_send sends body
  * from the caller's buffer (plain buffers: a failed nn_sendmsg frees nothing
  * of ours) and returns nn_sendmsg's result.  raw_recv receives one reply

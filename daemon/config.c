@@ -1,7 +1,7 @@
 /*
  * config.c - the table of settings and the INI/flag parser.
  *
- * Every key of SPEC "Configuration and operation" appears exactly once in
+ * Every configuration key (docs/configuration.md) appears exactly once in
  * `settings`, with its section, its flag name, its type, its range and its
  * default.  Flags win over the file.  Values are validated here, so the rest
  * of the daemon never sees an out-of-range setting.

@@ -114,7 +114,7 @@ static int bind_one(const char *ep, void *arg)
     }
     if (strncmp(ep, "ipc://", 6) == 0) {
         /* nanomsg has no file mode for ipc sockets and aborts on a malformed
-         * frame from any local peer (TECHNOTES): the directory is the guard */
+         * frame from any local peer (an ipc frame type other than 1): the directory is the guard */
         char dir[512];
         snprintf(dir, sizeof dir, "%s", ep + 6);
         char *slash = strrchr(dir, '/');
@@ -259,7 +259,7 @@ struct front *front_open(struct daemon *d, struct event_base *base, char *err, s
         snprintf(err, errlen, "cannot create the REP socket: %s", nn_strerror(nn_errno()));
         goto fail;
     }
-    /* Same explicit limit the clients are told about (TECHNOTES: never -1). */
+    /* Same explicit limit the clients are told about (never -1, which is unlimited). */
     int maxsz = d->cfg->max_message_bytes;
     if (nn_setsockopt(d->rep_sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &maxsz, sizeof maxsz) < 0) {
         snprintf(err, errlen, "[daemon] max_message_bytes: %s", nn_strerror(nn_errno()));

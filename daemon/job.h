@@ -48,7 +48,7 @@ uint64_t now_us(void);
 
 /*
  * Send body as the reply to the request whose SP header is hdr.  Any thread.
- * A raw REP send never reports a lost peer (TECHNOTES), so this returns
+ * A raw REP send never reports a lost peer (nanomsg drops such a reply silently), so this returns
  * nothing: "sent" is not "delivered".
  */
 void daemon_send_reply(struct daemon *d, const uint8_t *hdr, size_t hdr_len, const void *body,

@@ -5,7 +5,7 @@
  * bound -> shards created and started -> front reading -> READY=1 once every
  * shard has a database connection.  Signals are handled on the main base
  * only (libevent delivers them to one base); SIGTERM/SIGINT start the drain,
- * SIGHUP re-reads the log level.  Shutdown follows TECHNOTES' nanomsg order:
+ * SIGHUP re-reads the log level.  Shutdown follows the order nanomsg needs:
  * stop intake, let the shards finish, close sockets, nn_term last.
  */
 #include <errno.h>
@@ -370,7 +370,7 @@ out:
     for (int i = 0; d->shards && i < d->nshards; i++)
         shard_destroy(d->shards[i]); /* joins the thread */
     if (rc == 0 && m->front) {
-        /* nanomsg has no linger (TECHNOTES): give its worker a moment to put
+        /* nanomsg has no linger: give its worker a moment to put
          * the last replies on the wire before the socket closes, answering
          * late arrivals with SHUTTING_DOWN meanwhile */
         struct timeval linger = {0, SHUTDOWN_LINGER_MS * 1000};

@@ -1,7 +1,7 @@
 /*
  * metrics.c - per-thread counters and the small HTTP endpoint.
  *
- * The endpoint is hardened per TECHNOTES §4: GET only, small header and body
+ * The endpoint is hardened against hostile local clients: GET only, small header and body
  * limits, short timeouts; it runs on the main thread's base and only reads
  * atomics, so a slow scraper cannot disturb the shards.
  */

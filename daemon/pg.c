@@ -1,5 +1,5 @@
 /*
- * pg.c - the async libpq connection of a shard.  See TECHNOTES §2 for the
+ * pg.c - the async libpq connection of a shard.  The libpq
  * traps this file is shaped around: event_free before the socket may be
  * closed or replaced (stale-fd stall), re-enter non-blocking and pipeline
  * mode after every (re)connect, flush until PQflush says 0 while watching

@@ -1,6 +1,6 @@
 /*
  * storefront.c - the storefront edit operations as pure functions over a
- * jansson document (contract: storefront.h, SPEC "Operations").
+ * jansson document (contract: storefront.h, proto/PROTOCOL.md "Operations").
  *
  * Everything here runs inside a shard's transaction and inside the load
  * harness's baselines, so it must stay free of I/O, globals and locks.

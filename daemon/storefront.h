@@ -6,7 +6,7 @@
  * is done on every side of a comparison.  Every function is safe to call from
  * any thread on its own objects.
  *
- * Document shape (SPEC "Operations"); any other field anywhere is preserved:
+ * Document shape (proto/PROTOCOL.md "Operations"); any other field anywhere is preserved:
  *   {"pages": {"<page>": {"sections": [{"id": "...", "type": "...", ...}]}}}
  */
 #ifndef TQ_STOREFRONT_H
@@ -84,7 +84,7 @@ void sf_state_clear(sf_state *st);
 
 /*
  * Apply one op to st.  On success returns 0, sets *result to a new reference
- * (the op's result object as in SPEC, with the new "version"; it shares no
+ * (the op's result object as in proto/PROTOCOL.md, with the new "version"; it shares no
  * value with st, so it stays as it is however st changes later), and, for
  * mutating ops, has changed st and incremented st->version by exactly one
  * (draft.repair: only when it renamed something and dry_run is not true;

@@ -6,7 +6,7 @@
  * bytes, the reserved byte 0xc1, nesting deeper than TQ_MAX_DEPTH and
  * container headers that claim more elements than bytes remain (msgpack-c
  * preallocates 24/48 bytes per claimed element before reading any of them,
- * see TECHNOTES §3).  Only a buffer that passed is given to
+ * before reading any).  Only a buffer that passed is given to
  * msgpack_unpack_next, whose objects are then validated and converted into
  * jansson trees or copied strings.  No msgpack object escapes this file.
  *

@@ -2,7 +2,7 @@
  * codes.c - names and retry classes of the tq_code error codes.
  *
  * The names are the stable wire strings of protocol v1 (PROTOCOL.md, "Error
- * codes"); the retry table is SPEC's "retryable" column plus the client-side
+ * codes"); the retry table is PROTOCOL.md's "retryable" column plus the client-side
  * codes.  Pure tables, no state: safe from any thread.
  */
 #include <string.h>

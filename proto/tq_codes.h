@@ -17,7 +17,7 @@ extern "C" {
 
 typedef enum tq_code {
     TQ_OK = 0,
-    /* codes that travel on the wire (SPEC "Error codes") */
+    /* codes that travel on the wire (PROTOCOL.md "Error codes") */
     TQ_E_BAD_REQUEST,
     TQ_E_UNSUPPORTED_VERSION,
     TQ_E_UNKNOWN_OP,
@@ -51,7 +51,7 @@ const char *tq_code_name(tq_code code);
  * the name is not one of the codes above.  name need not be NUL-terminated. */
 bool tq_code_parse(const char *name, size_t len, tq_code *out);
 
-/* Whether a daemon error with this code may be retried unchanged (SPEC
+/* Whether a daemon error with this code may be retried unchanged (PROTOCOL.md
  * table; OUTCOME_UNKNOWN counts as retryable, TIMEOUT and TRANSPORT too). */
 bool tq_code_retryable(tq_code code);
 

@@ -4,7 +4,7 @@
  *
  * A raw REP socket hands each request's routing header to the application
  * in a PROTO_SP/SP_HDR control message whose data is [size_t len][header];
- * the reply must carry the same header back (TECHNOTES §1).  These helpers
+ * the reply must carry the same header back (nanomsg routes the reply by it).  These helpers
  * only parse and build those buffers: no I/O.  Replies are built in a plain
  * caller-owned buffer, never an NN_MSG chunk, because a failed nn_sendmsg
  * frees a chunk itself and invites a double free.

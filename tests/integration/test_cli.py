@@ -77,7 +77,7 @@ def test_unreachable_exits_3(db):
 
 def test_failover_to_the_next_endpoint(daemon_factory, db):
     """Two daemons on one database, both listed: every tenant is served
-    while one of them is down, its tenants by the other (SPEC: a tenant goes
+    while one of them is down, its tenants by the other (the contract: a tenant goes
     to its rendezvous endpoint while that endpoint is up), each call well
     before its timeout; edits land exactly once."""
     port = free_tcp_port()

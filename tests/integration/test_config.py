@@ -1,4 +1,4 @@
-"""Configuration: --check-config accepts the SPEC's file, rejects bad values
+"""Configuration: --check-config accepts a file of every key, rejects bad values
 and unknown keys naming the key (file and flag), --init-db is idempotent."""
 
 import os
@@ -11,7 +11,7 @@ from tqlib import (create_database, drop_database, init_db, linked_jemalloc, run
                    sanitized_build)
 
 GOOD = """\
-; every key of the SPEC, with its default
+; every key, with its default
 [daemon]
 listen = ipc:///run/tenantq/tenantqd.sock
 shards = 4

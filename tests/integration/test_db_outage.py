@@ -1,4 +1,4 @@
-"""Database trouble (SPEC "Database outage"): backends killed under the
+"""Database trouble (docs/guarantees.md): backends killed under the
 daemon and a server that goes away and comes back.  The daemon must not
 crash or spin, must answer with retryable codes (or succeed after
 reconnecting), must never lose or duplicate an acknowledged edit, and must

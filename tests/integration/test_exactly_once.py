@@ -298,7 +298,7 @@ def test_expired_records_are_deleted_under_load(daemon_factory, db):
 
 
 def test_a_read_with_an_edits_key_is_refused(daemon, db):
-    """SPEC: the same key with a different op is IDEMPOTENCY_KEY_REUSED.  A
+    """The same key with a different op is IDEMPOTENCY_KEY_REUSED.  A
     draft.get carrying a key that an edit bound is refused, also when both
     arrive together (one batch) and when the tenant's state is cached; a
     read's own key binds nothing (a read has no effect to record)."""

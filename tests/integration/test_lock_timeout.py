@@ -1,4 +1,4 @@
-"""A direct writer holding the tenant's advisory lock (SPEC's default key
+"""A direct writer holding the tenant's advisory lock (the default key
 SQL) makes the daemon give up with LOCK_TIMEOUT after lock_timeout_ms,
 changing nothing; once the lock is released the same edit goes through."""
 

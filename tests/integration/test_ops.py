@@ -1,4 +1,4 @@
-"""Operations end to end (SPEC "Operations"): results, generated ids, the
+"""Operations end to end (proto/PROTOCOL.md "Operations"): results, generated ids, the
 stored JSON after each change, publish/discard, preserved unknown fields,
 and the version counter."""
 

@@ -30,7 +30,7 @@ def test_value_round_trip(daemon, db):
 
 @pytest.mark.parametrize("value", [1e19, 1e308, -1e300, 2.0 ** 70])
 def test_large_float_round_trip(daemon, db, value):
-    """Finite floats beyond the int64 range are valid section values (SPEC).
+    """Finite floats beyond the int64 range are valid section values (protocol).
     PostgreSQL's jsonb prints 1e19 as the integer 10000000000000000000, so
     the daemon must read such drafts back (or refuse the value up front):
     the tenant must stay usable either way."""

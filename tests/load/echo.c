@@ -4,7 +4,7 @@
  * One thread, one AF_SP_RAW NN_REP socket: receive a request with its SP
  * routing header (nn_recvmsg with a control message), send back a canned v1
  * reply carrying the same header in a plain control buffer (never an NN_MSG
- * control chunk: a failed send would have freed it already, TECHNOTES §1).
+ * control chunk: a failed send would have freed it already).
  * The request body is not decoded: this measures the transport alone.
  */
 #include "echo.h"

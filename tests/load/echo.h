@@ -3,8 +3,8 @@
  *
  * It answers every request with a fixed valid v1 reply
  * {"v":1,"ok":true,"result":{"pong":true}} over the same transport as
- * tenantqd (nanomsg raw REP on ipc://, SP header carried back by hand as in
- * TECHNOTES §1), without decoding, routing or storage: what libtenantq plus
+ * tenantqd (nanomsg raw REP on ipc://, SP header carried back by hand as the
+ * daemon does), without decoding, routing or storage: what libtenantq plus
  * nanomsg can do at most on this machine.
  */
 #ifndef TQ_LOAD_ECHO_H

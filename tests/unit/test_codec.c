@@ -900,7 +900,7 @@ static void test_malformed(void)
                     "claims");
     expect_req_fail("map16 65535 entries", "\xde\xff\xff\xa1v\x01", 6, TQ_E_BAD_REQUEST,
                     "claims");
-    expect_req_fail("array32 8M entries (TECHNOTES E9)", "\xdd\x00\x80\x00\x00", 5,
+    expect_req_fail("array32 8M entries (a huge claimed array)", "\xdd\x00\x80\x00\x00", 5,
                     TQ_E_BAD_REQUEST, "claims");
     req_with_arg(&m, "\xdd\xff\xff\xff\xff\x01\x01\x01", 8);
     expect_req_fail_mp("array32 4G inside args", &m, TQ_E_BAD_REQUEST, "claims");

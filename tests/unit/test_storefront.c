@@ -1,7 +1,7 @@
 /*
  * test_storefront.c - unit tests of the storefront edit logic (storefront.h).
  *
- * Every rule of SPEC "Operations" and of the storefront contract gets a
+ * Every rule of PROTOCOL.md "Operations" and of the storefront contract gets a
  * direct test, and a seeded random sequence of ops is checked step by step
  * against a small independent model of the draft (section ids per page), so
  * rules that interact (id generation after removals, moves to new pages,
