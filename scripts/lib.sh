@@ -75,11 +75,20 @@ tq_pg_cmd() {
     fi
 }
 
-# tq_pg_start DIR: initdb a fresh cluster in DIR/data, start it with its unix
-# socket in DIR.  Sets TQ_PG_DIR and TQ_PG_CONNINFO.  DIR must be new or
-# disposable: its data dir is wiped.  Stop with tq_pg_stop (put it in a trap).
+# tq_pg_start DIR [fast|durable]: initdb a fresh cluster in DIR/data, start
+# it with its unix socket in DIR.  Sets TQ_PG_DIR and TQ_PG_CONNINFO.  DIR
+# must be new or disposable: its data dir is wiped.  Stop with tq_pg_stop (put
+# it in a trap).  "fast" (the default, for the test suite only) turns off
+# fsync, synchronous_commit and full_page_writes: a crash of the machine or an
+# immediate stop can then lose acknowledged commits.  "durable" keeps
+# PostgreSQL's defaults, so `ok` means on disk, as in production.
 tq_pg_start() {
-    local dir=$1
+    local dir=$1 mode=${2:-fast} speed
+    case $mode in
+        fast) speed="-c fsync=off -c synchronous_commit=off -c full_page_writes=off" ;;
+        durable) speed="" ;;
+        *) tq_die "tq_pg_start: mode must be fast or durable, not $mode" ;;
+    esac
     [ -x "$TQ_PG_BIN/initdb" ] || tq_die "PostgreSQL 15 server binaries not found in $TQ_PG_BIN"
     mkdir -p "$dir"
     rm -rf "$dir/data"
@@ -95,7 +104,7 @@ tq_pg_start() {
         { cat "$dir/initdb.log" >&2; tq_die "initdb failed"; }
     TQ_PG_DIR=$dir
     if ! tq_pg_cmd "$TQ_PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-k '$dir' -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+        -o "-k '$dir' -c listen_addresses='' $speed -c max_connections=200" \
         start >/dev/null; then
         cat "$dir/postgres.log" >&2 || true
         TQ_PG_DIR=

@@ -38,7 +38,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-tq_pg_start "$tmp/pg"
+# PostgreSQL's defaults (fsync, synchronous_commit, full_page_writes on), as
+# production runs it; TQ_BENCH_DURABILITY=fast for the test cluster's settings.
+tq_pg_start "$tmp/pg" "${TQ_BENCH_DURABILITY:-durable}"
 db=$TQ_PG_CONNINFO
 "$build/daemon/tenantqd" --database "$db" --init-db >/dev/null
 mkdir -m 0750 "$tmp/run"
