@@ -15,6 +15,7 @@
  */
 #include "storefront.h"
 
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -777,6 +778,11 @@ static int op_publish(sf_state *st, json_t **result, tq_error *err)
 
 static int op_discard(sf_state *st, json_t **result, tq_error *err)
 {
+    /* A published copy a direct writer stored as something else would make
+     * the draft unreadable for every later op. */
+    if (st->published != NULL && !json_is_object(st->published))
+        return tq_error_set(err, TQ_E_INTERNAL,
+                            "stored published config is not a JSON object; draft not changed");
     json_t *copy = st->published != NULL ? json_deep_copy(st->published)
                                          : json_pack("{s:{}}", "pages");
     if (copy == NULL)
@@ -1259,6 +1265,14 @@ int sf_apply(sf_state *st, sf_op op, const json_t *args, size_t max_draft_bytes,
      * the caller checked before queueing. */
     if (sf_validate_args(op, args, err) != 0)
         return -1;
+    /* A direct writer may have stored any version; the next number must
+     * exist (signed overflow is undefined, and a wrapped version would
+     * defeat the cache's guard). */
+    if (sf_op_mutates(op) && st->version == INT64_MAX)
+        return tq_error_set(err, TQ_E_INTERNAL,
+                            "stored version is %" PRId64 ", the largest there is: no further "
+                            "change can be numbered; not changed",
+                            st->version);
     switch (op) {
     case SF_OP_PING:
         *result = json_pack("{s:b}", "pong", 1);

@@ -1635,6 +1635,32 @@ static void test_sequence(void)
     sf_state_clear(&st);
 }
 
+/* Stored values a direct writer can leave behind: the largest version (the
+ * next one cannot be numbered) and a published copy that is not an object
+ * (draft.discard would copy it into the draft and break every later op). */
+static void test_stored_extremes(void)
+{
+    sf_state st;
+    fresh(&st);
+    st.version = INT64_MAX;
+    FAIL(&st, SF_OP_SECTION_UPSERT, "{'page':'home','section':{'type':'hero'}}", TQ_E_INTERNAL,
+         "largest there is");
+    FAIL(&st, SF_OP_DRAFT_PUBLISH, NULL, TQ_E_INTERNAL, "largest there is");
+    OK(&st, SF_OP_DRAFT_GET, NULL, "{'draft':{'pages':{}},'version':9223372036854775807}");
+    st.version = INT64_MAX - 1;
+    OK(&st, SF_OP_DRAFT_PUBLISH, NULL, "{'version':9223372036854775807}");
+    sf_state_clear(&st);
+
+    fresh(&st);
+    st.published = J("['not','an','object']");
+    FAIL(&st, SF_OP_DRAFT_DISCARD, NULL, TQ_E_INTERNAL, "published config is not a JSON object");
+    OK(&st, SF_OP_SECTION_UPSERT, "{'page':'home','section':{'type':'hero'}}",
+       "{'id':'home-hero-main','page':'home','index':0,'created':true,'version':1}");
+    OK(&st, SF_OP_DRAFT_PUBLISH, NULL, "{'version':2}");
+    OK(&st, SF_OP_DRAFT_DISCARD, NULL, "{'version':3}");
+    sf_state_clear(&st);
+}
+
 int main(void)
 {
     test_ops();
@@ -1645,6 +1671,7 @@ int main(void)
     test_remove();
     test_move();
     test_draft_ops();
+    test_stored_extremes();
     test_preserve();
     test_too_large();
     test_corrupt();
