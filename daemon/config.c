@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "log.h"
 
@@ -123,6 +124,14 @@ static const struct setting *find_key(const char *section, const char *key)
     return NULL;
 }
 
+static bool known_section(const char *section)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (strcmp(settings[i].section, section) == 0)
+            return true;
+    return false;
+}
+
 static const struct setting *find_flag(const char *flag, size_t len)
 {
     for (size_t i = 0; i < N_SETTINGS; i++)
@@ -177,8 +186,16 @@ static int load_file(tq_config *cfg, const char *path, bool must_exist, char *er
         snprintf(errbuf, errlen, "cannot read config file %s: %s", path, strerror(errno));
         return -1;
     }
+    struct stat fst;
+    if (fstat(fileno(f), &fst) == 0 && !S_ISREG(fst.st_mode)) {
+        snprintf(errbuf, errlen, "config file %s is not a regular file%s", path,
+                 S_ISDIR(fst.st_mode) ? " (a directory)" : "");
+        fclose(f);
+        return -1;
+    }
     char line[4096], section[64] = "";
     int lineno = 0, rc = 0;
+    int first_line[N_SETTINGS] = {0}; /* where each key was set, 0 = not yet */
     while (fgets(line, sizeof line, f)) {
         lineno++;
         char where[300];
@@ -200,8 +217,7 @@ static int load_file(tq_config *cfg, const char *path, bool must_exist, char *er
             }
             *close = '\0';
             snprintf(section, sizeof section, "%s", trim(s + 1));
-            if (strcmp(section, "daemon") && strcmp(section, "database") &&
-                strcmp(section, "storefront") && strcmp(section, "metrics")) {
+            if (!known_section(section)) {
                 snprintf(errbuf, errlen, "%s: unknown section [%s]", where, section);
                 rc = -1;
                 break;
@@ -228,6 +244,14 @@ static int load_file(tq_config *cfg, const char *path, bool must_exist, char *er
             rc = -1;
             break;
         }
+        size_t idx = (size_t)(st - settings);
+        if (first_line[idx] != 0) {
+            snprintf(errbuf, errlen, "%s: [%s] %s is set twice (first on line %d)", where,
+                     section, key, first_line[idx]);
+            rc = -1;
+            break;
+        }
+        first_line[idx] = lineno;
         if (set_value(cfg, st, value, where, errbuf, errlen) < 0) {
             rc = -1;
             break;
@@ -287,7 +311,7 @@ int config_load(tq_config *cfg, int argc, char **argv, tq_action *action, char *
             *action = TQ_ACTION_VERSION;
             return 0;
         } else if (strncmp(a, "--", 2) == 0) {
-            if (!strchr(a, '='))
+            if (!strchr(a, '=') && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0)
                 i++; /* skip the value; validated in pass 2 */
         } else {
             snprintf(errbuf, errlen, "unexpected argument \"%.64s\" (see --help)", a);
@@ -317,8 +341,14 @@ int config_load(tq_config *cfg, int argc, char **argv, tq_action *action, char *
         const char *value;
         if (eq) {
             value = eq + 1;
-        } else if (i + 1 < argc) {
+        } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
             value = argv[++i];
+        } else if (i + 1 < argc) {
+            snprintf(errbuf, errlen,
+                     "flag --%s needs a value, got the flag %.64s (write --%s=VALUE for a value "
+                     "that starts with --)",
+                     st->flag, argv[i + 1], st->flag);
+            return -1;
         } else {
             snprintf(errbuf, errlen, "flag --%s needs a value", st->flag);
             return -1;

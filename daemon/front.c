@@ -9,6 +9,7 @@
  */
 #include "front.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,16 +88,48 @@ static int check_one(const char *ep, void *arg)
     if (strncmp(ep, "ipc://", 6) == 0 && ep[6] != '\0' && strlen(ep + 6) < 108)
         return 0;
     const char *colon = strncmp(ep, "tcp://", 6) == 0 ? strrchr(ep + 6, ':') : NULL;
-    if (colon && colon > ep + 6 && valid_port(colon + 1))
-        return 0;
+    if (!colon || colon == ep + 6 || !valid_port(colon + 1)) {
+        snprintf(c->err, c->errlen,
+                 "[daemon] listen: endpoint \"%.200s\" must be ipc://PATH or tcp://HOST:PORT", ep);
+        return -1;
+    }
+    /* nanomsg binds to an address, not a name, and the socket is IPv4 only:
+     * refuse here what would only fail at start */
+    char host[64];
+    size_t hlen = (size_t)(colon - (ep + 6));
+    struct in_addr a4;
+    if (hlen < sizeof host) {
+        memcpy(host, ep + 6, hlen);
+        host[hlen] = '\0';
+        if (strcmp(host, "*") == 0 || inet_pton(AF_INET, host, &a4) == 1)
+            return 0;
+    }
     snprintf(c->err, c->errlen,
-             "[daemon] listen: endpoint \"%.200s\" must be ipc://PATH or tcp://HOST:PORT", ep);
+             "[daemon] listen: endpoint \"%.200s\": HOST must be * or an IPv4 address such as "
+             "127.0.0.1 (host names and IPv6 cannot be bound)",
+             ep);
     return -1;
+}
+
+static int count_one(const char *ep, void *arg)
+{
+    (void)ep;
+    ++*(int *)arg;
+    return 0;
 }
 
 int front_check_endpoints(const char *listen, char *err, size_t errlen)
 {
     struct ep_ctx c = {NULL, err, errlen};
+    int n = 0;
+    if (each_endpoint(listen, count_one, &n) < 0) {
+        snprintf(err, errlen, "[daemon] listen: out of memory");
+        return -1;
+    }
+    if (n == 0) {
+        snprintf(err, errlen, "[daemon] listen: \"%.200s\" names no endpoint", listen);
+        return -1;
+    }
     return each_endpoint(listen, check_one, &c);
 }
 

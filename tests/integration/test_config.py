@@ -35,6 +35,9 @@ max_draft_bytes = 1048576
 
 [metrics]
 listen = 127.0.0.1:9464
+
+[ops]
+dir =
 """
 
 
@@ -100,11 +103,31 @@ def test_check_config_bad_file(confdir, section, line, key):
     (["--listen", "tcp://127.0.0.1:abc"], "listen"),
     (["--listen", "tcp://127.0.0.1:70000"], "listen"),
     (["--listen", "ipc:///tmp/" + "x" * 120], "listen"),
+    # each of these passed the check and then failed at start, or ran on
+    # nothing / on defaults
+    (["--listen", " , "], "names no endpoint"),
+    (["--listen", "tcp://localhost:7000"], "IPv4 address"),
+    (["--listen", "tcp://[::1]:7000"], "IPv4 address"),
+    (["--shards"], "needs a value"),
+    (["--shards", "--max-batch", "8"], "needs a value"),
 ])
 def test_check_config_bad_flag(confdir, flags, key):
     p = run_tenantqd("-c", _write(confdir, GOOD), *flags, "--check-config")
     assert p.returncode == 2, (flags, p.returncode, p.stdout, p.stderr)
     assert key in p.stderr, "stderr does not name %r: %s" % (key, p.stderr)
+
+
+def test_config_file_that_is_a_directory_is_refused(confdir):
+    p = run_tenantqd("-c", confdir, "--check-config")
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "not a regular file" in p.stderr and confdir in p.stderr, p.stderr
+
+
+def test_key_set_twice_in_the_file_is_refused(confdir):
+    text = GOOD.replace("shards = 4\n", "shards = 4\nmax_batch = 8\nshards = 2\n")
+    p = run_tenantqd("-c", _write(confdir, text), "--check-config")
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "[daemon] shards is set twice" in p.stderr and "first on line" in p.stderr, p.stderr
 
 
 def test_missing_explicit_config_file(confdir):
