@@ -1,6 +1,10 @@
 /*
- * log.h - one-line log events on stderr with syslog priority prefixes
- * ("<4>shard 2: ..."), which journald turns into priorities.
+ * log.h - one-line log events on stderr.  When stderr is the journal (the
+ * JOURNAL_STREAM device:inode that systemd sets matches stderr), lines carry
+ * syslog priority prefixes ("<4>shard 2: ..."), which journald turns into
+ * priorities; anywhere else (a terminal, a file, a container's log) they carry
+ * a UTC timestamp and a level word instead
+ * ("2026-12-03T05:37:07.123Z warning: shard 2: ...").
  *
  * Any thread may log; each event is written with a single write(2) so lines
  * of different threads never interleave.  The level check happens before any
@@ -15,6 +19,11 @@
 /* Current threshold (a LOG_* priority from <syslog.h>); events with a
  * numerically larger priority are dropped.  Default LOG_INFO. */
 extern atomic_int log_level;
+
+/* Choose the line format from JOURNAL_STREAM and stderr (see above).  Call
+ * once at start, before any other thread exists; without it lines carry the
+ * timestamp and level word. */
+void log_init(void);
 
 /* Write one event.  Use the macros below, which check the level first. */
 void log_write(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -407,6 +407,7 @@ out:
 
 int main(int argc, char **argv)
 {
+    log_init();
     struct main_ctx m;
     memset(&m, 0, sizeof m);
     m.argc = argc;
