@@ -11,7 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -128,6 +132,70 @@ static void histogram(struct evbuffer *b, struct daemon *d, const char *name, co
     evbuffer_add_printf(b, "%s_sum %g\n%s_count %lu\n", name, (double)sum / 1e6, name, cum);
 }
 
+/* The process start, for process_start_time_seconds: taken when this file's
+ * code first runs (the daemon loads it at start), in Unix seconds. */
+static double start_unix;
+
+__attribute__((constructor)) static void note_start(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    start_unix = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The build and the process (the names Prometheus' client libraries use for
+ * the process_* series, so dashboards made for them work unchanged). */
+static void process_metrics(struct evbuffer *b)
+{
+    evbuffer_add_printf(b,
+                        "# HELP tenantq_build_info The running tenantqd's version.\n"
+                        "# TYPE tenantq_build_info gauge\n"
+                        "tenantq_build_info{version=\"%s\"} 1\n"
+                        "# HELP process_start_time_seconds Start time of the process since the "
+                        "Unix epoch in seconds.\n"
+                        "# TYPE process_start_time_seconds gauge\n"
+                        "process_start_time_seconds %.3f\n",
+                        TQ_VERSION, start_unix);
+    unsigned long size_pages, rss_pages;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%lu %lu", &size_pages, &rss_pages) == 2) {
+            double page = (double)sysconf(_SC_PAGESIZE);
+            evbuffer_add_printf(b,
+                                "# HELP process_resident_memory_bytes Resident memory size in "
+                                "bytes.\n"
+                                "# TYPE process_resident_memory_bytes gauge\n"
+                                "process_resident_memory_bytes %.0f\n"
+                                "# HELP process_virtual_memory_bytes Virtual memory size in "
+                                "bytes.\n"
+                                "# TYPE process_virtual_memory_bytes gauge\n"
+                                "process_virtual_memory_bytes %.0f\n",
+                                (double)rss_pages * page, (double)size_pages * page);
+        }
+        fclose(f);
+    }
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir) {
+        long n = -1; /* the directory's own descriptor is not the daemon's */
+        while (readdir(dir))
+            n++;
+        closedir(dir);
+        n -= 2; /* "." and ".." */
+        evbuffer_add_printf(b,
+                            "# HELP process_open_fds Number of open file descriptors.\n"
+                            "# TYPE process_open_fds gauge\n"
+                            "process_open_fds %ld\n",
+                            n < 0 ? 0 : n);
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        evbuffer_add_printf(b,
+                            "# HELP process_max_fds Maximum number of open file descriptors.\n"
+                            "# TYPE process_max_fds gauge\n"
+                            "process_max_fds %lu\n",
+                            (unsigned long)rl.rlim_cur);
+}
+
 static void on_metrics(struct evhttp_request *req, void *arg)
 {
     struct metrics *m = arg;
@@ -242,6 +310,7 @@ static void on_metrics(struct evhttp_request *req, void *arg)
                         "# TYPE tenantq_pending gauge\n"
                         "tenantq_pending %d\n",
                         rec, lto, busy, atomic_load(&d->pending));
+    process_metrics(b);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4");
     evhttp_send_reply(req, HTTP_OK, "OK", b);
