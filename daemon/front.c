@@ -193,15 +193,18 @@ static void handle(struct front *f, const void *body, size_t len, const uint8_t 
         stats_request(-1, TQ_E_UNKNOWN_OP);
         goto drop;
     }
+    /* the op's counters: by name for an SQL op (a name of the loaded set,
+     * never a client-supplied string) */
+    struct job counted = {.op = (int)op, .sql_stat = def ? stats_sql_slot(def->name) + 1 : 0};
     if (def ? sqlargs_check(def, req.args, &err) < 0 : sf_validate_args(op, req.args, &err) < 0) {
         reply_error_raw(d, &f->sb, hdr, hdr_len, err.code, err.message);
-        stats_request((int)op, err.code);
+        job_count(&counted, err.code);
         goto drop;
     }
     if (atomic_load(&d->draining)) {
         reply_error_raw(d, &f->sb, hdr, hdr_len, TQ_E_SHUTTING_DOWN,
                         "the daemon is shutting down; not executed");
-        stats_request((int)op, TQ_E_SHUTTING_DOWN);
+        job_count(&counted, TQ_E_SHUTTING_DOWN);
         goto drop;
     }
     if (atomic_fetch_add(&d->pending, 1) >= d->cfg->max_pending) {
@@ -211,7 +214,7 @@ static void handle(struct front *f, const void *body, size_t len, const uint8_t 
                  "the daemon has %d requests pending (max_pending); nothing was queued",
                  d->cfg->max_pending);
         reply_error_raw(d, &f->sb, hdr, hdr_len, TQ_E_QUEUE_FULL, msg);
-        stats_request((int)op, TQ_E_QUEUE_FULL);
+        job_count(&counted, TQ_E_QUEUE_FULL);
         goto drop;
     }
     struct job *job = calloc(1, sizeof *job);
@@ -230,6 +233,7 @@ static void handle(struct front *f, const void *body, size_t len, const uint8_t 
         job->fam = &storefront_family;
     }
     job->op = (int)op;
+    job->sql_stat = counted.sql_stat;
     job->hash = siphash24(d->hash_key, req.tenant, req.tenant_len);
     job->recv_us = now_us();
     uint64_t dl_ms = req.has_deadline ? req.deadline_ms : (uint64_t)d->cfg->default_deadline_ms;

@@ -59,6 +59,14 @@ void job_free(struct job *job)
     free(job);
 }
 
+void job_count(const struct job *job, tq_code code)
+{
+    if (job->sql_stat > 0)
+        stats_sql_request(job->sql_stat - 1, code);
+    else
+        stats_request(job->op, code);
+}
+
 static void job_release(struct daemon *d, struct job *job)
 {
     atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
@@ -80,7 +88,7 @@ void job_finish_ok(struct daemon *d, msgpack_sbuffer *sb, struct job *job, const
         }
     }
     daemon_send_reply(d, job->hdr, job->hdr_len, sb->data, sb->size);
-    stats_request((int)job->op, code);
+    job_count(job, code);
     job_release(d, job);
 }
 
@@ -93,6 +101,6 @@ void job_finish_error(struct daemon *d, msgpack_sbuffer *sb, struct job *job, tq
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     reply_error_raw(d, sb, job->hdr, job->hdr_len, code, msg);
-    stats_request((int)job->op, code);
+    job_count(job, code);
     job_release(d, job);
 }

@@ -31,6 +31,7 @@ struct job {
     tq_request req;
     const struct op_family *fam;   /* the family of req.op (family.h) */
     int op;                        /* the op within its family */
+    int sql_stat;                  /* an SQL op's stats slot + 1; 0 = not SQL */
     /* SQL operations: the op's definition, and a reference to the set it
      * belongs to, held until the job is freed (a reload never frees a
      * definition in use) */
@@ -58,6 +59,9 @@ void daemon_send_reply(struct daemon *d, const uint8_t *hdr, size_t hdr_len, con
  * held).  sb is the calling thread's scratch buffer. */
 void reply_error_raw(struct daemon *d, msgpack_sbuffer *sb, const uint8_t *hdr, size_t hdr_len,
                      tq_code code, const char *message);
+
+/* Count one answered request of job in the metrics (by op, or by SQL op name). */
+void job_count(const struct job *job, tq_code code);
 
 /*
  * Finish an admitted job: encode and send the reply, release its pending

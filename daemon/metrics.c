@@ -23,6 +23,7 @@
 
 #include "daemon.h"
 #include "log.h"
+#include "opset.h"
 #include "shard.h"
 
 _Thread_local struct tq_stats *tls_stats;
@@ -41,6 +42,32 @@ void stats_request(int op, tq_code code)
     if (op < 0 || op > SF_OP__COUNT)
         op = SF_OP__COUNT;
     atomic_fetch_add_explicit(&s->requests[op][code], 1, memory_order_relaxed);
+}
+
+/* Names written on the main thread only, before the slot is handed out;
+ * read by the main thread's /metrics.  Counts from any thread. */
+static char sql_names[STATS_SQL_OPS][OPSET_NAME_MAX + 1];
+static atomic_ulong sql_counts[STATS_SQL_OPS][TQ_CODE__COUNT];
+static int n_sql_names;
+
+int stats_sql_slot(const char *name)
+{
+    for (int i = 0; i < n_sql_names; i++)
+        if (strcmp(sql_names[i], name) == 0)
+            return i;
+    if (n_sql_names == STATS_SQL_OPS || strlen(name) > OPSET_NAME_MAX)
+        return -1;
+    snprintf(sql_names[n_sql_names], sizeof sql_names[0], "%s", name);
+    return n_sql_names++;
+}
+
+void stats_sql_request(int slot, tq_code code)
+{
+    if (slot < 0 || slot >= STATS_SQL_OPS || code < 0 || code >= TQ_CODE__COUNT) {
+        stats_request(-1, code);
+        return;
+    }
+    atomic_fetch_add_explicit(&sql_counts[slot][code], 1, memory_order_relaxed);
 }
 
 static int lat_bucket(uint64_t us)
@@ -214,6 +241,15 @@ static void on_metrics(struct evhttp_request *req, void *arg)
             if (v)
                 evbuffer_add_printf(b, "tenantq_requests_total{op=\"%s\",code=\"%s\"} %lu\n",
                                     op < SF_OP__COUNT ? sf_op_name((sf_op)op) : "invalid",
+                                    code == TQ_OK ? "OK" : tq_code_name((tq_code)code), v);
+        }
+    }
+    for (int i = 0; i < n_sql_names; i++) {
+        for (int code = 0; code < TQ_CODE__COUNT; code++) {
+            unsigned long v = atomic_load_explicit(&sql_counts[i][code], memory_order_relaxed);
+            if (v)
+                evbuffer_add_printf(b, "tenantq_requests_total{op=\"%s\",code=\"%s\"} %lu\n",
+                                    sql_names[i],
                                     code == TQ_OK ? "OK" : tq_code_name((tq_code)code), v);
         }
     }

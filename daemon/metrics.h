@@ -34,6 +34,16 @@ extern _Thread_local struct tq_stats *tls_stats;
 
 /* Count one answered request; op < 0 or >= SF_OP__COUNT = unknown op. */
 void stats_request(int op, tq_code code);
+/* Requests of SQL operations are counted by op name, in counters shared by
+ * every thread and kept across reloads (a name keeps its slot; at most
+ * STATS_SQL_OPS names over the process' life, further ones count as
+ * op="invalid").  stats_sql_slot is main thread only (admission): the slot of
+ * name, assigned on first use, or -1 when the table is full.
+ * stats_sql_request may be called from any thread. */
+#define STATS_SQL_OPS 256
+int stats_sql_slot(const char *name);
+void stats_sql_request(int slot, tq_code code);
+
 /* Record one executed request's queue wait and execution time. */
 void stats_timing(uint64_t queue_us, uint64_t exec_us);
 /* Record one executed batch of n requests (one tenant's share of a transaction). */

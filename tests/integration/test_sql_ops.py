@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tqlib import Client, err, ok, run_tenantqd
+from tqlib import Client, err, free_tcp_port, metrics_counters, ok, run_tenantqd
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BOOKING = ROOT / "systemd" / "ops" / "booking"
@@ -273,3 +273,34 @@ def test_prepared_statements_follow_the_text(daemon_factory, schema, ops_dir):
         finally:
             with schema.connect() as db:
                 db.execute("DROP TABLE tq_late")
+
+
+def test_requests_are_counted_by_op_name(daemon_factory, schema, ops_dir):
+    """tenantq_requests_total counts SQL operations under their own names
+    (answers from the shard and refusals at admission), never under a name a
+    client made up, and the counts survive a reload."""
+    port = free_tcp_port()
+    d = daemon_factory("--ops-dir", ops_dir, "--metrics-listen", "127.0.0.1:%d" % port)
+    slot = {"slot": "2026-05-01T09:00:00Z", "customer": "ada"}
+    with Client(d.endpoint) as c:
+        ok(c.call("metrics-t", "booking.create", slot))
+        err(c.call("metrics-t", "booking.create", slot), "REJECTED")
+        err(c.call("metrics-t", "booking.create", {"slot": slot["slot"]}), "INVALID_ARGUMENT")
+        err(c.call("metrics-t", "no.such.op", {}), "UNKNOWN_OP")
+        ok(c.call("metrics-t", "booking.list", {"from": "2026-01-01T00:00:00Z",
+                                                 "until": "2027-01-01T00:00:00Z"}))
+    m = metrics_counters(port)
+    assert m.get('op="booking.create",code="OK"') == 1, m
+    assert m.get('op="booking.create",code="REJECTED"') == 1, m
+    assert m.get('op="booking.create",code="INVALID_ARGUMENT"') == 1, m
+    assert m.get('op="booking.list",code="OK"') == 1, m
+    assert m.get('op="invalid",code="UNKNOWN_OP"') == 1, m
+    assert not any("no.such.op" in k for k in m), m
+    d.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    with Client(d.endpoint) as c:
+        ok(c.call("metrics-t", "booking.list", {"from": "2026-01-01T00:00:00Z",
+                                                 "until": "2027-01-01T00:00:00Z"}))
+    m = metrics_counters(port)
+    assert m.get('op="booking.list",code="OK"') == 2, m
+    assert m.get('op="booking.create",code="OK"') == 1, m
