@@ -120,7 +120,7 @@ def test_check_config_bad_flag(confdir, flags, key):
 def test_config_file_that_is_a_directory_is_refused(confdir):
     p = run_tenantqd("-c", confdir, "--check-config")
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
-    assert "not a regular file" in p.stderr and confdir in p.stderr, p.stderr
+    assert "is a directory" in p.stderr and confdir in p.stderr, p.stderr
 
 
 def test_key_set_twice_in_the_file_is_refused(confdir):
