@@ -61,7 +61,11 @@ static void notice_receiver(void *arg, const PGresult *r)
 {
     struct pgconn *c = arg;
     const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
-    const char *msg = PQresultErrorMessage(r);
+    /* the primary message alone: the full one repeats the severity
+     * ("FATAL:  terminating ...") */
+    const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    if (!msg)
+        msg = PQresultErrorMessage(r);
     size_t len = strcspn(msg, "\n");
     if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
         log_warn("shard %d conn %d: server says %s: %.*s", c->shard_id, c->idx, sev, (int)len, msg);

@@ -57,6 +57,10 @@ def test_backends_killed(daemon_factory, db):
     for t in tenants:
         assert [s["id"] for s in db.sections(t, "home")] == ["w", "after"]
         assert db.row(t)["version"] == 2
+    # the server's goodbye is logged once, readably (it said "FATAL: FATAL:")
+    said = [l for l in d.log().splitlines() if "server says FATAL" in l]
+    assert said and all("FATAL: FATAL" not in l and
+                        "server says FATAL: terminating connection" in l for l in said), said
 
 
 def test_backend_killed_during_lock_wait(daemon_factory, db):
