@@ -7,6 +7,7 @@
  * TRANSPORT, PROTOCOL).  Results go to stdout as compact one-line JSON;
  * errors go to stderr as "CODE: message".
  */
+#include <inttypes.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -211,8 +212,8 @@ int main(int argc, char **argv)
             break;
         case 't':
             if (!parse_ulong(optarg, 1, INT_MAX, &v))
-                return usage_error("invalid timeout \"%s\": expected milliseconds > 0",
-                                   optarg);
+                return usage_error("invalid timeout \"%s\": expected 1..%d milliseconds",
+                                   optarg, INT_MAX);
             opts.timeout_ms = (int)v;
             break;
         case 'k':
@@ -222,8 +223,8 @@ int main(int argc, char **argv)
             break;
         case 'd':
             if (!parse_ulong(optarg, 1, UINT32_MAX, &v))
-                return usage_error("invalid deadline \"%s\": expected milliseconds > 0",
-                                   optarg);
+                return usage_error("invalid deadline \"%s\": expected 1..%" PRIu32 " milliseconds",
+                                   optarg, UINT32_MAX);
             opts.deadline_ms = (uint32_t)v;
             break;
         case 'r':

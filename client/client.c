@@ -182,6 +182,49 @@ bool endpoint_mark_down(tq_client *c, size_t i, int sock)
     return true;
 }
 
+/* Whether v holds more than levels nested maps/arrays (v itself counts). */
+static bool nests_deeper(json_t *v, int levels)
+{
+    if (!json_is_object(v) && !json_is_array(v))
+        return false;
+    if (levels == 0)
+        return true;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (nests_deeper(json_array_get(v, i), levels - 1))
+                return true;
+        return false;
+    }
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x)
+        if (nests_deeper(x, levels - 1))
+            return true;
+    return false;
+}
+
+/* HOST:PORT of a tcp:// or ws:// endpoint: a host and a port 1..65535 (a
+ * ws:// path after the port is allowed).  nanomsg would refuse anything else
+ * only when connecting, as a transport error. */
+static bool valid_host_port(const char *hp)
+{
+    const char *slash = strchr(hp, '/');
+    size_t n = slash ? (size_t)(slash - hp) : strlen(hp);
+    const char *colon = memrchr(hp, ':', n);
+    if (colon == NULL || colon == hp)
+        return false;
+    const char *port = colon + 1, *end = hp + n;
+    if (port == end || end - port > 5)
+        return false;
+    unsigned v = 0;
+    for (const char *q = port; q < end; q++) {
+        if (*q < '0' || *q > '9')
+            return false;
+        v = v * 10 + (unsigned)(*q - '0');
+    }
+    return v >= 1 && v <= 65535;
+}
+
 static bool valid_endpoint_syntax(const char *url)
 {
     static const char *const schemes[] = {"ipc://", "tcp://", "inproc://", "ws://"};
@@ -191,7 +234,7 @@ static bool valid_endpoint_syntax(const char *url)
     for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++) {
         size_t sl = strlen(schemes[i]);
         if (len > sl && strncmp(url, schemes[i], sl) == 0)
-            return true;
+            return (i != 1 && i != 3) || valid_host_port(url + sl);
     }
     return false;
 }
@@ -591,6 +634,14 @@ int encode_call(tq_client *c, const char *tenant, const char *op, const char *ar
             const char *what = json_type_name(args);
             json_decref(args);
             return status_set(st, TQ_E_USAGE, "args must be a JSON object, got %s", what);
+        }
+        /* the envelope map is level 1, args level 2 */
+        if (nests_deeper(args, TQ_MAX_DEPTH - 1)) {
+            json_decref(args);
+            return status_set(st, TQ_E_USAGE,
+                              "args nest deeper than %d levels of maps and arrays (the "
+                              "protocol allows %d levels in all, the envelope included)",
+                              TQ_MAX_DEPTH - 1, TQ_MAX_DEPTH);
         }
     }
 

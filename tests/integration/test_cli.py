@@ -50,6 +50,28 @@ def test_usage_errors_exit_2(daemon, db):
     assert db.snapshot() == []
 
 
+def test_usage_errors_say_what_is_wrong(daemon, db):
+    """Each of these was reported misleadingly: nesting as "out of memory", a
+    huge timeout as "expected milliseconds > 0", a port beyond 65535 as a
+    transport error (exit 3)."""
+    deep = '{"page":"home","section":{"type":"hero","x":' + '[' * 40 + ']' * 40 + '}}'
+    cases = [
+        (["-e", daemon.endpoint, "call", "acme", "section.upsert", deep],
+         "USAGE: args nest deeper than 31 levels"),
+        (["-e", daemon.endpoint, "-t", "99999999999999", "call", "acme", "draft.get"],
+         "expected 1..2147483647 milliseconds"),
+        (["-e", daemon.endpoint, "-d", "99999999999", "call", "acme", "draft.get"],
+         "expected 1..4294967295 milliseconds"),
+        (["-e", "tcp://127.0.0.1:99999", "call", "acme", "draft.get"],
+         'USAGE: invalid endpoint "tcp://127.0.0.1:99999"'),
+        (["-e", "tcp://127.0.0.1", "call", "acme", "draft.get"], "USAGE: invalid endpoint"),
+    ]
+    for args, want in cases:
+        p = cli(*args)
+        assert p.returncode == 2 and want in p.stderr, (args, p.returncode, p.stderr)
+    assert db.snapshot() == []
+
+
 def test_ping_and_env_endpoint(daemon, db):
     p = cli("-e", daemon.endpoint, "ping")
     assert p.returncode == 0 and "pong" in p.stdout, (p.returncode, p.stdout, p.stderr)
