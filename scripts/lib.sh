@@ -17,7 +17,7 @@ TQ_PACKAGES=(
     build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
     libevent-dev libpq-dev libmsgpack-dev libnanomsg-dev nanomsg-utils
     libsystemd-dev libjansson-dev libjemalloc-dev postgresql-15
-    python3 python3-pytest python3-msgpack python3-psycopg
+    python3 python3-pytest python3-msgpack python3-psycopg scdoc man-db
 )
 
 tq_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
