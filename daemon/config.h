@@ -9,7 +9,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* The build sets it from prefix and sysconfdir (meson.build). */
+#ifndef TQ_DEFAULT_CONFIG
 #define TQ_DEFAULT_CONFIG "/etc/tenantq/tenantqd.conf"
+#endif
 #define TQ_MAX_BATCH_TENANTS 32 /* upper limit of max_batch_tenants */
 
 typedef struct tq_config {
