@@ -18,6 +18,7 @@ TQ_PACKAGES=(
     libevent-dev libpq-dev libmsgpack-dev libnanomsg-dev nanomsg-utils
     libsystemd-dev libjansson-dev libjemalloc-dev postgresql-15
     python3 python3-pytest python3-msgpack python3-psycopg scdoc man-db
+    debhelper dpkg-dev fakeroot lintian systemd
 )
 
 tq_log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
