@@ -9,7 +9,7 @@ import re
 import subprocess
 import tempfile
 
-from tqlib import build_dir
+from tqlib import build_dir, sanitized_build
 
 
 def _introspect(option):
@@ -55,7 +55,10 @@ def test_meson_install_destdir():
         f.write('#include <stdio.h>\n#include <tenantq.h>\n'
                 'int main(void) { puts(tq_code_name(TQ_E_REJECTED)); return 0; }\n')
     exe = os.path.join(dest, "prog")
-    cc = subprocess.run(["cc", src, "-o", exe, *flags], capture_output=True, text=True)
+    # a sanitized library needs the sanitizer runtime in the program too
+    san = ["-fsanitize=" + _introspect("b_sanitize")] if sanitized_build() else []
+    compiler = "clang" if san else "cc"
+    cc = subprocess.run([compiler, src, "-o", exe, *san, *flags], capture_output=True, text=True)
     assert cc.returncode == 0, (flags, cc.stderr)
     run = subprocess.run([exe], capture_output=True, text=True,
                          env=dict(os.environ, LD_LIBRARY_PATH=root(libdir)))
