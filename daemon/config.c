@@ -19,7 +19,7 @@
 
 #include "log.h"
 
-enum setting_type { SET_INT, SET_STR };
+enum setting_type { SET_INT, SET_STR, SET_BOOL };
 
 struct setting {
     const char *section;
@@ -36,6 +36,8 @@ struct setting {
     {sec, key, flag, SET_INT, offsetof(tq_config, field), lo, hi, def, help}
 #define STR_SETTING(sec, key, flag, field, def, help)                          \
     {sec, key, flag, SET_STR, offsetof(tq_config, field), 0, 0, def, help}
+#define BOOL_SETTING(sec, key, flag, field, def, help)                         \
+    {sec, key, flag, SET_BOOL, offsetof(tq_config, field), 0, 1, def, help}
 
 static const struct setting settings[] = {
     STR_SETTING("daemon", "listen", "listen", listen, "ipc:///run/tenantq/tenantqd.sock",
@@ -75,6 +77,29 @@ static const struct setting settings[] = {
                 "5000", "longest wait for a tenant's advisory lock"),
     INT_SETTING("database", "statement_timeout_ms", "statement-timeout-ms", statement_timeout_ms,
                 1, 3600000, "10000", "server-side statement timeout"),
+    STR_SETTING("database", "schema", "schema", schema, "",
+                "schema of tenantq's own tables (idempotency records, the default storage "
+                "table), created by --init-db; empty = the first schema of search_path"),
+    STR_SETTING("storage", "table", "storage-table", storage_table, "tenantq_storefront",
+                "the table (or view) holding each tenant's storefront state, as SQL writes "
+                "it: public.\"Tenant\""),
+    STR_SETTING("storage", "tenant_column", "storage-tenant-column", storage_tenant_column,
+                "tenant", "the tenant id: text, varchar, uuid, smallint, integer or bigint; unique"),
+    STR_SETTING("storage", "draft_column", "storage-draft-column", storage_draft_column, "draft",
+                "the draft: json, jsonb or text; NULL reads as {\"pages\":{}}"),
+    STR_SETTING("storage", "published_column", "storage-published-column",
+                storage_published_column, "published",
+                "the published copy: json, jsonb or text; empty = none (no draft.publish, "
+                "draft.discard)"),
+    STR_SETTING("storage", "version_column", "storage-version-column", storage_version_column,
+                "version", "bigint or integer; every committed change increments it"),
+    STR_SETTING("storage", "updated_at_column", "storage-updated-at-column",
+                storage_updated_at_column, "updated_at",
+                "timestamp or timestamptz set to now() (UTC) on every write; empty = none"),
+    BOOL_SETTING("storage", "create_missing", "storage-create-missing", storage_create_missing,
+                 "true",
+                 "true: the first change of a tenant without a row creates it; false: every op "
+                 "on such a tenant is NOT_FOUND"),
     INT_SETTING("storefront", "max_draft_bytes", "max-draft-bytes", max_draft_bytes, 1024,
                 256 * 1024 * 1024, "1048576", "largest draft (compact JSON) an edit may leave"),
     STR_SETTING("ops", "dir", "ops-dir", ops_dir, "",
@@ -98,6 +123,17 @@ static int set_value(tq_config *cfg, const struct setting *s, const char *value,
         free(*(char **)(void *)field);
         *(char **)(void *)field = copy;
         return 0;
+    }
+    if (s->type == SET_BOOL) {
+        static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
+        for (int i = 0; i < 4; i++)
+            if (strcmp(value, yes[i]) == 0 || strcmp(value, no[i]) == 0) {
+                *(int *)(void *)field = strcmp(value, yes[i]) == 0;
+                return 0;
+            }
+        snprintf(errbuf, errlen, "%s: [%s] %s must be true or false, got \"%.64s\"", where,
+                 s->section, s->key, value);
+        return -1;
     }
     char *end;
     errno = 0;

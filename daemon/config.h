@@ -35,6 +35,15 @@ typedef struct tq_config {
     char *lock_key_sql;
     int lock_timeout_ms;
     int statement_timeout_ms;
+    char *schema;               /* tenantq's own tables; "" = the search_path's first */
+    /* [storage]: where the storefront state lives (storage.h) */
+    char *storage_table;
+    char *storage_tenant_column;
+    char *storage_draft_column;
+    char *storage_published_column;  /* "" = none */
+    char *storage_version_column;
+    char *storage_updated_at_column; /* "" = none */
+    int storage_create_missing;      /* bool */
     /* [storefront] */
     int max_draft_bytes;
     /* [ops] */

@@ -20,6 +20,7 @@
 struct shard;
 struct tq_stats;
 struct opset;
+struct storage;
 
 struct daemon {
     const tq_config *cfg;
@@ -30,6 +31,7 @@ struct daemon {
     atomic_int pending;            /* admitted, not yet answered (max_pending) */
     atomic_bool draining;          /* SIGTERM seen: admit nothing new */
     struct tq_stats *front_stats;  /* the main thread's counters */
+    const struct storage *storage; /* where the storefront state lives (read-only) */
     struct opset *ops;             /* main thread only: the SQL operations of [ops] dir
                                     * (the front admits against it, SIGHUP swaps it) */
 };

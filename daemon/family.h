@@ -51,6 +51,7 @@ struct job;
 struct fam_ctx {
     const tq_config *cfg;
     const struct sql_table *sql; /* the connection's prepared statements */
+    const struct storage *storage; /* where the storefront state lives */
     struct dcache *cache;        /* the shard's draft cache */
     int shard_id;
     const char *tenant;          /* NUL-terminated */

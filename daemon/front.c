@@ -20,6 +20,7 @@
 #include <nanomsg/reqrep.h>
 
 #include "log.h"
+#include "storage.h"
 #include "metrics.h"
 #include "family.h"
 #include "job.h"
@@ -171,6 +172,25 @@ static int bind_one(const char *ep, void *arg)
     return 0;
 }
 
+/* What the storage decides of a storefront request: draft.publish and
+ * draft.discard need a published column; the tenant must be in the tenant
+ * column type's canonical form (a string that does not cast would fail a
+ * shared transaction; another spelling of the same key would get another
+ * lane and another lock). */
+static int storefront_admit(const struct storage *st, sf_op op, const tq_request *req,
+                            tq_error *err)
+{
+    if (!st->published[0] && (op == SF_OP_DRAFT_PUBLISH || op == SF_OP_DRAFT_DISCARD))
+        return tq_error_set(err, TQ_E_UNKNOWN_OP,
+                            "op: %s needs a published copy, and [storage] published_column is "
+                            "empty",
+                            req->op);
+    char why[TQ_ERRMSG_MAX];
+    if (storage_check_tenant(st, req->tenant, req->tenant_len, why, sizeof why) < 0)
+        return tq_error_set(err, TQ_E_INVALID_ARGUMENT, "%s", why);
+    return 0;
+}
+
 /* Validate and route one request.  body is borrowed. */
 static void handle(struct front *f, const void *body, size_t len, const uint8_t *hdr,
                    size_t hdr_len)
@@ -191,6 +211,11 @@ static void handle(struct front *f, const void *body, size_t len, const uint8_t 
         snprintf(msg, sizeof msg, "op: unknown operation \"%s\"", req.op);
         reply_error_raw(d, &f->sb, hdr, hdr_len, TQ_E_UNKNOWN_OP, msg);
         stats_request(-1, TQ_E_UNKNOWN_OP);
+        goto drop;
+    }
+    if (!def && op != SF_OP_PING && storefront_admit(d->storage, op, &req, &err) < 0) {
+        reply_error_raw(d, &f->sb, hdr, hdr_len, err.code, err.message);
+        stats_request((int)op, err.code);
         goto drop;
     }
     /* the op's counters: by name for an SQL op (a name of the loaded set,

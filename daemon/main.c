@@ -30,6 +30,7 @@
 #include "daemon.h"
 #include "job.h"
 #include "front.h"
+#include "initdb.h"
 #include "log.h"
 #include "metrics.h"
 #include "opset.h"
@@ -37,6 +38,7 @@
 #include "scan.h"
 #include "shard.h"
 #include "sql.h"
+#include "storage.h"
 
 #define MAIN_TICK_MS 20
 #define SHUTDOWN_LINGER_MS 200
@@ -268,6 +270,8 @@ static int check_values(const tq_config *cfg, char *err, size_t errlen)
         return -1;
     if (pg_check_conninfo(cfg->conninfo, err, errlen) < 0)
         return -1;
+    if (storage_check_names(cfg, err, errlen) < 0)
+        return -1;
     struct opset *ops = load_ops(cfg->ops_dir, err, errlen);
     if (!ops)
         return -1;
@@ -437,13 +441,7 @@ int main(int argc, char **argv)
         }
         break;
     case TQ_ACTION_INIT_DB:
-        if (pg_admin_exec(m.cfg.conninfo, SQL_SCHEMA, m.cfg.statement_timeout_ms, err,
-                          sizeof err) < 0) {
-            fprintf(stderr, "tenantqd: --init-db failed: %s\n", err);
-            rc = 1;
-        } else {
-            printf("tenantqd: schema ready\n");
-        }
+        rc = initdb_run(&m.cfg, stdout);
         break;
     case TQ_ACTION_SCAN:
         rc = scan_run(&m.cfg, stdout);
@@ -460,7 +458,17 @@ int main(int argc, char **argv)
             break;
         }
         log_info("%zu SQL operations from [ops] dir", opset_count(m.d.ops));
+        struct storage storage;
+        if (storage_open(&m.cfg, &storage) < 0) {
+            opset_unref(m.d.ops);
+            rc = 2;
+            break;
+        }
+        log_info("storage: %s%s", storage.table_name,
+                 storage.no_xmin ? " (a view: no draft cache)" : "");
+        m.d.storage = &storage;
         rc = run_daemon(&m);
+        storage_free(&storage);
         opset_unref(m.d.ops);
         break;
     }

@@ -683,48 +683,26 @@ int pg_admin_rows(PGconn *conn, const char *sql, int nparams, const char *const 
     }
 }
 
-int pg_admin_exec(const char *conninfo, const char *sql, int timeout_ms, char *err, size_t errlen)
+int pg_admin_script(PGconn *conn, const char *sql, int timeout_ms, char *err, size_t errlen)
 {
-    PGconn *conn = pg_admin_connect(conninfo, "tenantqd-init-db", timeout_ms, err, errlen);
-    int rc = -1;
-    if (!conn)
+    if (!PQsendQuery(conn, sql)) {
+        snprintf(err, errlen, "%s", PQerrorMessage(conn));
         return -1;
-    if (!PQsendQuery(conn, sql))
-        goto out;
-    while (PQflush(conn) == 1)
-        if (wait_fd(PQsocket(conn), POLLIN | POLLOUT, timeout_ms) <= 0 || !PQconsumeInput(conn))
-            goto out;
-    rc = 0;
+    }
+    int rc = 0;
     for (;;) {
-        while (PQisBusy(conn)) {
-            if (wait_fd(PQsocket(conn), POLLIN, timeout_ms) <= 0) {
-                snprintf(err, errlen, "timed out waiting for the server");
-                PQfinish(conn);
-                return -1;
-            }
-            if (!PQconsumeInput(conn)) {
-                rc = -1;
-                goto out;
-            }
+        if (admin_wait_result(conn, timeout_ms) < 0) {
+            snprintf(err, errlen, "timed out or lost the connection: %s", PQerrorMessage(conn));
+            return -1;
         }
         PGresult *r = PQgetResult(conn);
         if (!r)
-            break;
-        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+            return rc;
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK &&
+            rc == 0) {
             snprintf(err, errlen, "%s", PQresultErrorMessage(r));
-            rc = -2;
+            rc = -1;
         }
         PQclear(r);
     }
-    if (rc == -2) {
-        PQfinish(conn);
-        return -1;
-    }
-out:
-    if (rc < 0 && conn)
-        snprintf(err, errlen, "%s", PQerrorMessage(conn));
-    else if (rc < 0)
-        snprintf(err, errlen, "out of memory");
-    PQfinish(conn);
-    return rc;
 }

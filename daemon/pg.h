@@ -180,14 +180,6 @@ enum pg_err {
 enum pg_err pg_classify(const PGresult *r);
 
 /*
- * One-shot administrative execution for --init-db: connect to conninfo and run
- * sql (may hold several statements), waiting with poll(2) - this runs before
- * any event loop exists.  Returns 0, or -1 with a message in err.
- */
-int pg_admin_exec(const char *conninfo, const char *sql, int timeout_ms, char *err,
-                  size_t errlen);
-
-/*
  * One-shot administrative connection (--init-db, --scan), driven with
  * poll(2) before any event loop exists, nonblocking, each wait at most
  * timeout_ms.  app is the fallback application_name.  Returns the
@@ -206,5 +198,9 @@ PGconn *pg_admin_connect(const char *conninfo, const char *app, int timeout_ms, 
 int pg_admin_rows(PGconn *conn, const char *sql, int nparams, const char *const *params,
                   int timeout_ms, int (*row)(void *arg, const PGresult *r), void *arg,
                   char *err, size_t errlen);
+
+/* Run sql (may hold several statements) on an admin connection.  0, or -1
+ * with the first error in err. */
+int pg_admin_script(PGconn *conn, const char *sql, int timeout_ms, char *err, size_t errlen);
 
 #endif

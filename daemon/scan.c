@@ -1,9 +1,8 @@
 /*
  * scan.c - `tenantqd --scan` (contract: scan.h).
  *
- * The SQL of the scan is built in one place (scan_sql) from the storage's
- * table and column names, so that a configurable storage mapping only has
- * to hand over its (already validated and quoted) identifiers.
+ * The scan reads the [storage] table, resolved against the catalog on the
+ * scan's own connection (storage.h, which also writes its statements).
  */
 #include "scan.h"
 
@@ -16,33 +15,8 @@
 
 #include "jparse.h"
 #include "pg.h"
+#include "storage.h"
 #include "storefront.h"
-
-/* The storage the scan reads: SQL identifiers, quoted as needed. */
-struct scan_storage {
-    const char *table;
-    const char *tenant_column;
-    const char *draft_column;
-};
-
-static const struct scan_storage default_storage = {
-    .table = "tenantq_storefront", .tenant_column = "tenant", .draft_column = "draft"};
-
-/* The page statements: first (no $1) or after ($1 = the last tenant of the
- * previous page), $2 (or $1) = the page size.  The draft is read as text
- * whatever its type (json, jsonb or text). */
-static int scan_sql(const struct scan_storage *s, bool first, char *buf, size_t size)
-{
-    int n = first ? snprintf(buf, size,
-                             "SELECT %s::text, %s::text FROM %s ORDER BY %s LIMIT $1::int",
-                             s->tenant_column, s->draft_column, s->table, s->tenant_column)
-                  : snprintf(buf, size,
-                             "SELECT %s::text, %s::text FROM %s WHERE %s > $1 ORDER BY %s"
-                             " LIMIT $2::int",
-                             s->tenant_column, s->draft_column, s->table, s->tenant_column,
-                             s->tenant_column);
-    return n > 0 && (size_t)n < size ? 0 : -1;
-}
 
 struct scan_state {
     FILE *out;
@@ -123,32 +97,34 @@ int scan_run(const tq_config *cfg, FILE *out)
         fprintf(stderr, "tenantqd: --scan: cannot connect: %s\n", err);
         return 2;
     }
+    struct storage st;
+    int resolved = storage_resolve(conn, cfg, &st, stderr, NULL, err, sizeof err);
+    if (resolved != 0) {
+        if (resolved < 0)
+            fprintf(stderr, "tenantqd: --scan: cannot check [storage]: %s\n", err);
+        PQfinish(conn);
+        return 2;
+    }
     struct scan_state s = {.out = out};
-    char first_sql[512], next_sql[512], timeout[24], limit[24];
+    char timeout[24], limit[24];
     snprintf(timeout, sizeof timeout, "%d", cfg->statement_timeout_ms);
     snprintf(limit, sizeof limit, "%d", SCAN_PAGE_ROWS);
     const char *set_params[] = {timeout};
-    int rc = 0;
     /* every statement its own implicit read-only transaction */
-    if (scan_sql(&default_storage, true, first_sql, sizeof first_sql) < 0 ||
-        scan_sql(&default_storage, false, next_sql, sizeof next_sql) < 0) {
-        snprintf(err, sizeof err, "table or column names too long");
-        rc = -1;
-    }
-    if (rc == 0)
-        rc = pg_admin_rows(conn,
+    int rc = pg_admin_rows(conn,
                            "SELECT set_config('default_transaction_read_only', 'on', false),"
                            " set_config('statement_timeout', $1, false)",
                            1, set_params, cfg->statement_timeout_ms, NULL, NULL, err, sizeof err);
     for (bool first = true; rc == 0; first = false) {
         const char *params[] = {first ? limit : s.last, limit};
         s.rows_in_page = 0;
-        rc = pg_admin_rows(conn, first ? first_sql : next_sql, first ? 1 : 2, params,
+        rc = pg_admin_rows(conn, first ? st.scan_first : st.scan_next, first ? 1 : 2, params,
                            cfg->statement_timeout_ms, scan_row, &s, err, sizeof err);
         if (s.rows_in_page < SCAN_PAGE_ROWS)
             break;
     }
     free(s.last);
+    storage_free(&st);
     PQfinish(conn);
     if (rc < 0) {
         fprintf(stderr, "tenantqd: --scan failed after %ld rows: %s\n", s.scanned, err);

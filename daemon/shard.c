@@ -320,7 +320,7 @@ struct shard *shard_create(struct daemon *d, int id)
     if (!s->ev_pull || !s->ev_tick || event_add(s->ev_pull, NULL) < 0 ||
         event_add(s->ev_tick, &tick) < 0)
         goto fail;
-    if (sql_table_init(&s->sql, cfg) < 0)
+    if (sql_table_init(&s->sql, cfg, d->storage) < 0)
         goto fail;
 
     s->nconns = cfg->connections_per_shard;

@@ -9,8 +9,11 @@
 #ifndef TQ_SQL_H
 #define TQ_SQL_H
 
+#include <stdbool.h>
+
 #include "config.h"
 #include "pg.h"
+#include "storage.h"
 
 /* Statements prepared on every connection (pg_init), by index. */
 enum sql_stmt {
@@ -18,9 +21,11 @@ enum sql_stmt {
     ST_LOCK,          /* $1 tenant: wait for the tenant's advisory lock */
     ST_TRYLOCK,       /* $1 tenant: try it, returns whether it was taken */
     ST_TRYLOCK_GUARD, /* $1 tenant: try it, division by zero when it is held */
-    ST_SF_SELECT,     /* $1 tenant, $2 cached version, $3 cached xmin: the storefront row */
-    ST_SF_GUARD,      /* same parameters: division by zero unless the row is that version */
-    ST_SF_UPSERT,     /* $1 tenant, $2 draft, $3 published, $4 version: RETURNING xmin */
+    ST_SF_SELECT,     /* the storefront row and the storage's statements (storage.h) */
+    ST_SF_GUARD,
+    ST_SF_UPDATE,
+    ST_SF_UPDATE_PUB,
+    ST_SF_INSERT,
     ST_IDEM_INSERT,   /* $1 tenant, $2 keys, $3 fingerprints, $4 responses (text[]) */
     ST_IDEM_UPSERT,   /* the same, replacing a record past its TTL */
     ST_IDEM_CLEANUP,  /* $1 TTL (s): deletes up to SQL_CLEANUP_BATCH expired records */
@@ -31,14 +36,6 @@ enum sql_stmt {
 extern const char SQL_BEGIN[];     /* READ COMMITTED, whatever the role's default */
 extern const char SQL_COMMIT[];
 extern const char SQL_ROLLBACK[];
-/* $1 tenant, $2 keys (text[]), $3 TTL (s): key, fingerprint, response of the
- * live records.  Planned with the actual keys each time (a generic plan once
- * scanned all of a hot tenant's records). */
-extern const char SQL_IDEM_LOOKUP[];
-/* $1 tenant, $2 keys, $3 responses (text[]): fill in claimed records.  Not
- * prepared either, for the same reason. */
-extern const char SQL_IDEM_RESPOND[];
-
 /* The constraint a repeated key violates (the fast path of idempotency
  * records counts on it). */
 extern const char SQL_IDEM_PKEY[];
@@ -46,20 +43,30 @@ extern const char SQL_IDEM_PKEY[];
 /* Records one cleanup pass deletes at most. */
 #define SQL_CLEANUP_BATCH 500
 
-/* The schema --init-db creates (idempotent: safe to run again). */
-extern const char SQL_SCHEMA[];
+/* The schema --init-db creates (idempotent: safe to run again), in schema
+ * ("" or quoted; storage_own_schema): tenantq's own tables, the default
+ * storefront table only when storefront.  malloc'd; NULL out of memory. */
+char *sql_schema(const char *schema, bool storefront);
 
 /*
  * The prepared statements of a connection, over cfg (the advisory-lock
- * statements embed cfg->lock_key_sql).  Fills prep[ST__COUNT]; the lock
- * statements' text is allocated in *owned (free it with sql_table_free once
- * no connection uses prep).  Returns 0 or -1 (out of memory).
+ * statements embed cfg->lock_key_sql; the idempotency statements name the
+ * table in [database] schema) and st (the storefront statements, borrowed:
+ * st outlives t).  Also the two idempotency statements sent unprepared:
+ * idem_lookup ($1 tenant, $2 keys (text[]), $3 TTL (s): key, fingerprint,
+ * response of the live records; planned with the actual keys each time, as
+ * a generic plan once scanned all of a hot tenant's records) and
+ * idem_respond ($1 tenant, $2 keys, $3 responses: fill in claimed records).
+ * Returns 0 or -1 (out of memory); sql_table_free once no connection uses it.
  */
 struct sql_table {
     struct pg_stmt prep[ST__COUNT];
-    char *owned[3];
+    const char *idem_lookup, *idem_respond;
+    char *owned[8];
+    int nowned;
 };
-int sql_table_init(struct sql_table *t, const tq_config *cfg) __attribute__((warn_unused_result));
+int sql_table_init(struct sql_table *t, const tq_config *cfg, const struct storage *st)
+    __attribute__((warn_unused_result));
 void sql_table_free(struct sql_table *t);
 
 /* Prepared statement which of t, with up to four parameters (NULL = SQL NULL

@@ -1,7 +1,9 @@
 /*
  * storefront_family.c - the storefront ops as an op family (family.h): the
- * tenant's state is its row of tenantq_storefront, parsed; requests apply
- * to it in memory with storefront.c and the row is written back whole.
+ * tenant's state is its row of the [storage] table (storage.h), parsed;
+ * requests apply to it in memory with storefront.c and the mapped columns
+ * are written back: the draft and the version always, the published copy
+ * only when a draft.publish changed it, updated_at when mapped.
  *
  * The shard's draft cache keeps the state a batch committed (or read) for
  * the tenant's next batch: begin() takes it out, and the read sends its row
@@ -29,6 +31,9 @@ struct sf_batch {
     sf_state st;
     int64_t before;              /* st.version when begin()/load() had it */
     bool cached;                 /* st came from the draft cache */
+    bool exists;                 /* the tenant has a row (else an INSERT creates it) */
+    bool missing;                /* no row, and create_missing is off: NOT_FOUND */
+    bool pub_dirty;              /* a draft.publish changed the published copy */
     uint32_t xmin;               /* the row's xmin as read or written */
     size_t cost;                 /* what st is reckoned at in the draft cache */
     char cached_version[24], cached_xmin[16]; /* read/guard parameters */
@@ -76,6 +81,7 @@ static bool sf_fam_begin(void *fs, const struct fam_ctx *ctx, bool mutating)
              b->cached ? b->st.version : -1);
     snprintf(b->cached_xmin, sizeof b->cached_xmin, "%" PRIu32, b->cached ? b->xmin : 0);
     b->before = b->st.version;
+    b->exists = b->cached;
     return b->cached;
 }
 
@@ -106,8 +112,11 @@ static int sf_fam_load(void *fs, const struct fam_ctx *ctx, PGresult *const *res
         sf_state_clear(&b->st);
         sf_state_init_empty(&b->st);
         b->before = 0;
+        b->exists = false;
+        b->missing = !ctx->storage->create_missing;
         return 0;
     }
+    b->exists = true;
     b->xmin = (uint32_t)strtoul(PQgetvalue(r, 0, 3), NULL, 10);
     if (b->cached && PQgetvalue(r, 0, 4)[0] == 't') {
         ctx->cache->hits++;
@@ -121,7 +130,14 @@ static int sf_fam_load(void *fs, const struct fam_ctx *ctx, PGresult *const *res
     size_t len = (size_t)PQgetlength(r, 0, 0);
     char jerr[160];
     bool big = false, pub_big = false;
-    b->st.draft = jparse(text, len, &big, jerr, sizeof jerr);
+    /* SQL NULL and JSON null (a foreign table's column) read as no pages */
+    b->st.draft = PQgetisnull(r, 0, 0) ? json_null() : jparse(text, len, &big, jerr, sizeof jerr);
+    if (b->st.draft && json_is_null(b->st.draft)) {
+        json_decref(b->st.draft);
+        b->st.draft = json_pack("{s:{}}", "pages");
+        text = "";
+        len = 0;
+    }
     if (!b->st.draft || !json_is_object(b->st.draft)) {
         snprintf(why, whylen, "stored draft is not a JSON object (%s)",
                  b->st.draft ? "another JSON value" : jerr);
@@ -134,6 +150,10 @@ static int sf_fam_load(void *fs, const struct fam_ctx *ctx, PGresult *const *res
         if (!b->st.published) {
             snprintf(why, whylen, "stored published config is not JSON (%s)", jerr);
             return -1;
+        }
+        if (json_is_null(b->st.published)) {
+            json_decref(b->st.published);
+            b->st.published = NULL;
         }
     }
     /* jsonb prints big numbers without exponent; a direct writer may have
@@ -151,8 +171,17 @@ static int sf_fam_apply(void *fs, const struct fam_ctx *ctx, const struct job *j
                         json_t **result, tq_error *err)
 {
     struct sf_batch *b = fs;
-    return sf_apply(&b->st, (sf_op)j->op, j->req.args, (size_t)ctx->cfg->max_draft_bytes, result,
-                    err);
+    if (b->missing)
+        return tq_error_set(err, TQ_E_NOT_FOUND,
+                            "tenant \"%s\" has no row in %s (create_missing is off)",
+                            ctx->tenant, ctx->storage->table_name);
+    int64_t v = b->st.version;
+    if (sf_apply(&b->st, (sf_op)j->op, j->req.args, (size_t)ctx->cfg->max_draft_bytes, result,
+                 err) < 0)
+        return -1;
+    if (j->op == SF_OP_DRAFT_PUBLISH && b->st.version != v)
+        b->pub_dirty = true;
+    return 0;
 }
 
 static bool sf_fam_changed(const void *fs)
@@ -164,16 +193,25 @@ static bool sf_fam_changed(const void *fs)
 static int sf_fam_write(void *fs, const struct fam_ctx *ctx, struct pg_stmt *out, tq_error *err)
 {
     struct sf_batch *b = fs;
+    /* the published copy is written (and serialised) only when it changed:
+     * unchanged, it would be a second TOAST write of the same JSON */
+    enum sql_stmt which = !b->exists    ? ST_SF_INSERT
+                          : b->pub_dirty ? ST_SF_UPDATE_PUB
+                                         : ST_SF_UPDATE;
+    bool pub = which != ST_SF_UPDATE && b->st.published;
     b->draft_text = jdump(b->st.draft, b->st.size_ub, &b->draft_len);
-    b->pub_text = b->st.published ? jdump(b->st.published, 0, &b->pub_len) : NULL;
+    b->pub_text = pub ? jdump(b->st.published, 0, &b->pub_len) : NULL;
+    if (!pub && b->st.published)
+        b->pub_len = b->draft_len; /* (what the draft cache reckons it at) */
     snprintf(b->version, sizeof b->version, "%" PRId64, b->st.version);
-    if (!b->draft_text || (b->st.published && !b->pub_text)) {
+    if (!b->draft_text || (pub && !b->pub_text)) {
         tq_error_set(err, TQ_E_INTERNAL, "tenant \"%s\": out of memory serialising the draft",
                      ctx->tenant);
         return -1;
     }
-    out[0] = sql_stmt(ctx->sql, ST_SF_UPSERT, ctx->tenant, b->draft_text, b->pub_text,
-                      b->version);
+    /* parameters: tenant, draft, version[, published] */
+    out[0] = sql_stmt(ctx->sql, which, ctx->tenant, b->draft_text, b->version,
+                      which == ST_SF_UPDATE ? NULL : b->pub_text);
     return 1;
 }
 
@@ -182,7 +220,7 @@ static void sf_fam_end(void *fs, const struct fam_ctx *ctx, bool kept, PGresult 
     struct sf_batch *b = fs;
     if (kept && wres) {
         /* the committed state is the row's new version: keep it parsed */
-        if (PQntuples(wres[0]) == 1) {
+        if (PQntuples(wres[0]) == 1 && !PQgetisnull(wres[0], 0, 0)) {
             b->st.size_ub = b->draft_len;
             b->xmin = (uint32_t)strtoul(PQgetvalue(wres[0], 0, 0), NULL, 10);
             b->cost = dcache_cost(b->draft_len + b->pub_len);

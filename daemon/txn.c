@@ -56,6 +56,7 @@ static struct fam_ctx batch_ctx(const struct batch *b)
     return (struct fam_ctx){
         .cfg = s->cfg,
         .sql = &s->sql,
+        .storage = s->d->storage,
         .cache = &b->t->s->cache,
         .shard_id = s->id,
         .tenant = b->lane->tenant,
@@ -233,21 +234,37 @@ static int first_failed(PGresult *const *res, int n)
  * cut at the batch's tightest deadline when that came before
  * lock_timeout_ms: those whose deadline is what ran out hear so; the others
  * hear about the lock.  Nothing changed either way. */
-static void fail_batch_lock_timeout(struct batch *b)
+static void fail_batch_lock_timeout(struct batch *b, bool row)
 {
     struct txn *t = b->t;
     const char *tenant = b->lane->tenant;
     shard_count(t->s, SHARD_GAUGE_LOCK_TIMEOUTS);
     char lock_msg[TQ_ERRMSG_MAX], dl_msg[TQ_ERRMSG_MAX];
-    snprintf(lock_msg, sizeof lock_msg,
-             "tenant \"%s\": advisory lock not acquired within %s ms: it is held elsewhere "
-             "(another tenantqd instance or a direct writer); nothing changed",
-             tenant, t->tout_lock);
-    snprintf(dl_msg, sizeof dl_msg,
-             "tenant \"%s\": deadline passed while waiting %s ms for the advisory lock, "
-             "which is held elsewhere (another tenantqd instance or a direct writer); "
-             "not executed",
-             tenant, t->tout_lock);
+    if (row) {
+        /* the write waited for the row itself: someone holds the tenant's
+         * row without its advisory lock (SELECT ... FOR UPDATE, or an
+         * uncommitted UPDATE of any of its columns) */
+        const char *table = t->s->d->storage->table_name;
+        snprintf(lock_msg, sizeof lock_msg,
+                 "tenant \"%s\": its row in %s stayed locked for %s ms by another transaction "
+                 "(an application transaction holding the row, not the advisory lock); "
+                 "nothing changed",
+                 tenant, table, t->tout_lock);
+        snprintf(dl_msg, sizeof dl_msg,
+                 "tenant \"%s\": deadline passed while waiting %s ms for its row in %s, which "
+                 "another transaction holds (not the advisory lock); not executed",
+                 tenant, t->tout_lock, table);
+    } else {
+        snprintf(lock_msg, sizeof lock_msg,
+                 "tenant \"%s\": advisory lock not acquired within %s ms: it is held elsewhere "
+                 "(another tenantqd instance or a direct writer); nothing changed",
+                 tenant, t->tout_lock);
+        snprintf(dl_msg, sizeof dl_msg,
+                 "tenant \"%s\": deadline passed while waiting %s ms for the advisory lock, "
+                 "which is held elsewhere (another tenantqd instance or a direct writer); "
+                 "not executed",
+                 tenant, t->tout_lock);
+    }
     uint64_t now = now_us();
     for (int i = 0; i < b->n; i++) {
         if (!b->jobs[i])
@@ -269,8 +286,21 @@ static void fail_batch_from_results(struct batch *b, PGresult *const *res, int n
     const char *state = pg_sqlstate(bad);
     const char *tenant = b->lane->tenant;
     enum pg_err e = bad ? pg_classify(bad) : PG_ERR_OTHER;
+    bool at_write = f >= 0 && f == b->r_write && b->fam->kind == FAM_STATE;
     if (e == PG_ERR_LOCK) {
-        fail_batch_lock_timeout(b);
+        fail_batch_lock_timeout(b, at_write);
+        return;
+    }
+    if (e == PG_ERR_GUARD && at_write) {
+        /* the write found no row to update (or one already there to
+         * insert): not the row this transaction read */
+        log_err("shard %d tenant \"%s\": the write of its row in %s matched no row", t->s->id,
+                tenant, t->s->d->storage->table_name);
+        fail_batch(b, TQ_E_INTERNAL,
+                   "tenant \"%s\": the row read from %s could not be written back (a row-level "
+                   "security policy, a view's condition, or a writer that ignores the advisory "
+                   "lock); nothing changed",
+                   tenant, t->s->d->storage->table_name);
         return;
     }
     char detail[256] = "no result";
@@ -981,7 +1011,7 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
         }
         b->r_idem = ns;
         stmts[ns++] = (struct pg_stmt){
-            .sql = SQL_IDEM_RESPOND, .nparams = 3, .params = {b->lane->tenant, k, r}};
+            .sql = t->s->sql.idem_respond, .nparams = 3, .params = {b->lane->tenant, k, r}};
     } else if (b->new_keys.n > 0) {
         const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
                    *r = pg_text_array_get(&b->new_resps);
@@ -1107,7 +1137,7 @@ static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stm
         b->lookup = true;
         b->r_lookup = ns;
         stmts[ns++] =
-            (struct pg_stmt){.sql = SQL_IDEM_LOOKUP, .nparams = 3, .params = {tenant, keys, t->ttl}};
+            (struct pg_stmt){.sql = t->s->sql.idem_lookup, .nparams = 3, .params = {tenant, keys, t->ttl}};
         t->nres = ns;
         if (pg_pipeline(t->pc, stmts, ns, stmt_keys_done, t) < 0)
             fail_lost_before_commit(t);
@@ -1301,7 +1331,7 @@ void txn_start(struct txn *t, int lanes)
             snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
             b->r_lookup = ns;
             stmts[ns++] = (struct pg_stmt){
-                .sql = SQL_IDEM_LOOKUP, .nparams = 3, .params = {tenant, keys, t->ttl}};
+                .sql = t->s->sql.idem_lookup, .nparams = 3, .params = {tenant, keys, t->ttl}};
         }
     }
     t->nres = ns;

@@ -2,7 +2,7 @@
 # tests/fuzz/run-ci.sh - a time-boxed fuzz run of the decoders and parsers for CI.
 #
 # Runs fuzz_request, fuzz_response, fuzz_msgpack_json, fuzz_jparse, fuzz_opfile,
-# fuzz_sqlargs and fuzz_repair (or FUZZ_TARGETS) one after the
+# fuzz_sqlargs, fuzz_repair and fuzz_storage (or FUZZ_TARGETS) one after the
 # other, each for SECONDS seconds, on a scratch copy of its committed seed
 # corpus (tests/fuzz/corpus is never written), prints each target's exec
 # count, and exits non-zero if any target crashed, leaked, hit a sanitizer
@@ -17,7 +17,7 @@
 # Environment:
 #   SECONDS         seconds per target (default 60); FUZZ_SECONDS wins if set
 #   FUZZ_TARGETS    space-separated target names without the fuzz_ prefix
-#                   (default "request response msgpack_json jparse opfile sqlargs repair")
+#                   (default "request response msgpack_json jparse opfile sqlargs repair storage")
 #   FUZZ_ARTIFACTS  where crash-*/leak-*/oom-*/timeout-* inputs and the logs
 #                   go (default: a new directory under /tmp, printed; kept)
 # Exit status: 0 all targets ran clean; 1 a target failed; 2 usage error.
@@ -39,7 +39,7 @@ case $1 in -h|--help) usage ;; esac
 build=$(cd "$1" && pwd) || { echo "run-ci.sh: no build dir $1" >&2; exit 2; }
 [[ $dur =~ ^[0-9]+$ ]] || { echo "run-ci.sh: SECONDS must be a number, got $dur" >&2; exit 2; }
 
-targets=${FUZZ_TARGETS:-request response msgpack_json jparse opfile sqlargs repair}
+targets=${FUZZ_TARGETS:-request response msgpack_json jparse opfile sqlargs repair storage}
 out=${FUZZ_ARTIFACTS:-$(mktemp -d /tmp/tq-fuzz.XXXXXX)}
 mkdir -p "$out"
 scratch=$(mktemp -d /tmp/tq-fuzz-corpus.XXXXXX)
