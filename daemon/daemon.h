@@ -20,6 +20,7 @@
 struct shard;
 struct tq_stats;
 struct opset;
+struct auth_token;
 
 struct daemon {
     const tq_config *cfg;
@@ -32,6 +33,8 @@ struct daemon {
     struct tq_stats *front_stats;  /* the main thread's counters */
     struct opset *ops;             /* main thread only: the SQL operations of [ops] dir
                                     * (the front admits against it, SIGHUP swaps it) */
+    struct auth_token *auth;       /* main thread only: the token of [daemon] auth_token_file,
+                                    * NULL = none (the front checks it, SIGHUP re-reads it) */
 };
 
 #endif
