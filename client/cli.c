@@ -43,6 +43,11 @@ static void usage(FILE *out)
             "                            (default: the daemon's default_deadline_ms)\n"
             "  -r, --retries N           tries for retryable errors, same key each time\n"
             "                            (default 1: no retry)\n"
+            "  -a, --auth-token-file FILE\n"
+            "                            send the token in FILE (trailing whitespace\n"
+            "                            removed) as auth, for a daemon with an\n"
+            "                            auth_token_file (default: $TENANTQ_AUTH_TOKEN,\n"
+            "                            else none)\n"
             "  -h, --help                show this help\n"
             "\n"
             "ARGS-JSON is a JSON object (default {}).  ping uses tenant \"_ping\" unless\n"
@@ -81,6 +86,32 @@ static bool parse_ulong(const char *s, unsigned long min, unsigned long max,
         return false;
     *out = v;
     return true;
+}
+
+/* The token of --auth-token-file FILE: the file's content without its
+ * trailing whitespace, malloc'd; NULL with a message on stderr. */
+static char *read_token_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "tenantq: --auth-token-file %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    enum { MAX = 8192 }; /* beyond any valid token (tq_set_auth checks the length) */
+    char *buf = malloc(MAX + 1);
+    size_t n = buf ? fread(buf, 1, MAX + 1, f) : 0;
+    bool failed = buf == NULL || ferror(f);
+    fclose(f);
+    if (failed || n > MAX) {
+        fprintf(stderr, "tenantq: --auth-token-file %s: %s\n", path,
+                failed ? "cannot read it" : "too large for a token");
+        free(buf);
+        return NULL;
+    }
+    while (n > 0 && strchr(" \t\r\n\v\f", buf[n - 1]) != NULL)
+        n--;
+    buf[n] = '\0';
+    return buf;
 }
 
 static int exit_for(const tq_status *st)
@@ -151,18 +182,33 @@ static int repair_one(tq_client *c, const char *line, const char *args,
     return rc;
 }
 
-/* tenantq repair [--dry-run]: every tenant line of the scan on stdin. */
-static int run_repair(const char *endpoint, const tq_call_opts *opts, bool dry)
+/* A client for endpoint that sends auth (NULL: none); NULL after the
+ * error went to stderr, with *status the exit status. */
+static tq_client *connect_with(const char *endpoint, const char *auth, int *status)
 {
     tq_status st;
     tq_client *c = tq_connect(endpoint, &st);
+    if (c != NULL && auth != NULL && tq_set_auth(c, auth, &st) < 0) {
+        tq_close(c);
+        c = NULL;
+    }
     if (c == NULL)
-        return exit_for(&st);
+        *status = exit_for(&st);
+    return c;
+}
+
+/* tenantq repair [--dry-run]: every tenant line of the scan on stdin. */
+static int run_repair(const char *endpoint, const char *auth, const tq_call_opts *opts,
+                      bool dry)
+{
+    int status = 0;
+    tq_client *c = connect_with(endpoint, auth, &status);
+    if (c == NULL)
+        return status;
     struct repair_totals totals = {0};
     const char *args = dry ? "{\"dry_run\":true}" : "{}";
     char *line = NULL;
     size_t cap = 0;
-    int status = 0;
     while (getline(&line, &cap, stdin) > 0) {
         int rc = repair_one(c, line, args, opts, &totals);
         if (rc < 0)
@@ -185,6 +231,70 @@ static int run_repair(const char *endpoint, const tq_call_opts *opts, bool dry)
     return status;
 }
 
+/* The command (args[0..nargs)) with the options of main. */
+static int run(int nargs, char **args, const char *endpoint, const char *auth,
+               const tq_call_opts *opts)
+{
+    if (nargs < 1)
+        return usage_error("missing command");
+
+    const char *tenant, *op, *args_json = NULL;
+    bool ping = false;
+    if (strcmp(args[0], "call") == 0) {
+        if (nargs < 3 || nargs > 4)
+            return usage_error("call needs TENANT OP [ARGS-JSON]");
+        tenant = args[1];
+        op = args[2];
+        if (nargs == 4)
+            args_json = args[3];
+    } else if (strcmp(args[0], "ping") == 0) {
+        if (nargs > 2)
+            return usage_error("ping takes at most one TENANT");
+        ping = true;
+        tenant = nargs == 2 ? args[1] : "_ping";
+        op = "ping";
+    } else if (strcmp(args[0], "repair") == 0) {
+        bool dry = nargs == 2 && strcmp(args[1], "--dry-run") == 0;
+        if (nargs > 2 || (nargs == 2 && !dry))
+            return usage_error("repair takes only --dry-run (and the scan's lines on stdin)");
+        return run_repair(endpoint, auth, opts, dry);
+    } else {
+        return usage_error("unknown command \"%s\"", args[0]);
+    }
+
+    int status = 0;
+    tq_client *c = connect_with(endpoint, auth, &status);
+    if (c == NULL)
+        return status;
+
+    tq_status st;
+    char *result = NULL;
+    int rc = tq_call(c, tenant, op, args_json, opts, &result, &st);
+    tq_close(c);
+    if (rc < 0)
+        return exit_for(&st);
+
+    if (ping) {
+        json_t *r = json_loads(result, JSON_DECODE_ANY, NULL);
+        if (r != NULL && json_is_true(json_object_get(r, "pong"))) {
+            puts("pong");
+        } else {
+            fprintf(stderr, "%s: unexpected ping result %s\n", tq_code_name(TQ_E_PROTOCOL),
+                    result);
+            status = EXIT_NO_ANSWER;
+        }
+        json_decref(r);
+    } else {
+        puts(result);
+    }
+    free(result);
+    if (fflush(stdout) != 0 && status == 0) {
+        perror("tenantq: stdout");
+        status = EXIT_NO_ANSWER;
+    }
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -193,6 +303,7 @@ int main(int argc, char **argv)
         {"key", required_argument, NULL, 'k'},
         {"deadline", required_argument, NULL, 'd'},
         {"retries", required_argument, NULL, 'r'},
+        {"auth-token-file", required_argument, NULL, 'a'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -200,12 +311,13 @@ int main(int argc, char **argv)
     if (endpoint == NULL || *endpoint == '\0')
         endpoint = DEFAULT_ENDPOINT;
     tq_call_opts opts = {.key = NULL, .deadline_ms = 0, .timeout_ms = 0};
+    const char *auth_file = NULL;
 
     /* '+': stop at the first non-option, so the command's own arguments
      * (an ARGS-JSON or tenant starting with '-') are never taken as options. */
     int ch;
     unsigned long v;
-    while ((ch = getopt_long(argc, argv, "+e:t:k:d:r:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "+e:t:k:d:r:a:h", longopts, NULL)) != -1) {
         switch (ch) {
         case 'e':
             endpoint = optarg;
@@ -232,6 +344,9 @@ int main(int argc, char **argv)
                 return usage_error("invalid retries \"%s\": expected 1..100", optarg);
             opts.attempts = (int)v;
             break;
+        case 'a':
+            auth_file = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -243,64 +358,19 @@ int main(int argc, char **argv)
         }
     }
 
-    int nargs = argc - optind;
-    char **args = argv + optind;
-    if (nargs < 1)
-        return usage_error("missing command");
-
-    const char *tenant, *op, *args_json = NULL;
-    bool ping = false;
-    if (strcmp(args[0], "call") == 0) {
-        if (nargs < 3 || nargs > 4)
-            return usage_error("call needs TENANT OP [ARGS-JSON]");
-        tenant = args[1];
-        op = args[2];
-        if (nargs == 4)
-            args_json = args[3];
-    } else if (strcmp(args[0], "ping") == 0) {
-        if (nargs > 2)
-            return usage_error("ping takes at most one TENANT");
-        ping = true;
-        tenant = nargs == 2 ? args[1] : "_ping";
-        op = "ping";
-    } else if (strcmp(args[0], "repair") == 0) {
-        bool dry = nargs == 2 && strcmp(args[1], "--dry-run") == 0;
-        if (nargs > 2 || (nargs == 2 && !dry))
-            return usage_error("repair takes only --dry-run (and the scan's lines on stdin)");
-        return run_repair(endpoint, &opts, dry);
-    } else {
-        return usage_error("unknown command \"%s\"", args[0]);
+    /* the file wins over the environment; an empty variable is none */
+    char *auth_buf = NULL;
+    const char *auth = getenv("TENANTQ_AUTH_TOKEN");
+    if (auth != NULL && *auth == '\0')
+        auth = NULL;
+    if (auth_file != NULL) {
+        if ((auth = auth_buf = read_token_file(auth_file)) == NULL)
+            return EXIT_USAGE;
     }
-
-    tq_status st;
-    tq_client *c = tq_connect(endpoint, &st);
-    if (c == NULL)
-        return exit_for(&st);
-
-    char *result = NULL;
-    int rc = tq_call(c, tenant, op, args_json, &opts, &result, &st);
-    tq_close(c);
-    if (rc < 0)
-        return exit_for(&st);
-
-    int status = 0;
-    if (ping) {
-        json_t *r = json_loads(result, JSON_DECODE_ANY, NULL);
-        if (r != NULL && json_is_true(json_object_get(r, "pong"))) {
-            puts("pong");
-        } else {
-            fprintf(stderr, "%s: unexpected ping result %s\n", tq_code_name(TQ_E_PROTOCOL),
-                    result);
-            status = EXIT_NO_ANSWER;
-        }
-        json_decref(r);
-    } else {
-        puts(result);
-    }
-    free(result);
-    if (fflush(stdout) != 0 && status == 0) {
-        perror("tenantq: stdout");
-        status = EXIT_NO_ANSWER;
+    int status = run(argc - optind, argv + optind, endpoint, auth, &opts);
+    if (auth_buf != NULL) {
+        explicit_bzero(auth_buf, strlen(auth_buf));
+        free(auth_buf);
     }
     return status;
 }

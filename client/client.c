@@ -514,6 +514,41 @@ oom:
     return NULL;
 }
 
+static void clear_auth(tq_client *c)
+{
+    if (c->auth != NULL) {
+        explicit_bzero(c->auth, c->auth_len);
+        free(c->auth);
+    }
+    c->auth = NULL;
+    c->auth_len = 0;
+}
+
+int tq_set_auth(tq_client *c, const char *token, tq_status *st)
+{
+    if (c == NULL)
+        return status_set(st, TQ_E_USAGE, "client handle is NULL");
+    if (token == NULL) {
+        clear_auth(c);
+        status_ok(st);
+        return 0;
+    }
+    size_t n = strlen(token);
+    if (!tq_auth_valid(token, n))
+        return status_set(st, TQ_E_USAGE,
+                          "auth token: must be 1..%d bytes of UTF-8 without control "
+                          "characters, got %zu bytes",
+                          TQ_MAX_AUTH_BYTES, n);
+    char *copy = strdup(token);
+    if (copy == NULL)
+        return status_set(st, TQ_E_USAGE, "auth token: out of memory");
+    clear_auth(c);
+    c->auth = copy;
+    c->auth_len = n;
+    status_ok(st);
+    return 0;
+}
+
 void tq_close(tq_client *c)
 {
     if (c == NULL)
@@ -527,6 +562,7 @@ void tq_close(tq_client *c)
     }
     free(c->eps);
     msgpack_sbuffer_destroy(&c->sb);
+    clear_auth(c);
     free(c);
 }
 
@@ -658,7 +694,8 @@ int encode_call(tq_client *c, const char *tenant, const char *op, const char *ar
     uint64_t deadline_ms = opts ? opts->deadline_ms : 0;
 
     msgpack_sbuffer_clear(&c->sb);
-    int rc = tq_request_encode(&c->sb, tenant, op, args, key, deadline_ms);
+    int rc = tq_request_encode_auth(&c->sb, tenant, op, args, key, deadline_ms, c->auth,
+                                    c->auth_len);
     json_decref(args);
     if (rc < 0)
         return status_set(st, TQ_E_USAGE,

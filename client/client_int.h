@@ -50,6 +50,8 @@ struct tq_client {
     int max_inflight;        /* asynchronous calls at once (tq_set_max_inflight) */
     bool last_replayed;
     msgpack_sbuffer sb;      /* request encoding buffer, reused per call */
+    char *auth;              /* owned token sent as "auth" (tq_set_auth), or NULL */
+    size_t auth_len;
     struct tq_async *async;  /* owned; NULL until the first tq_call_async/tq_fd */
 };
 

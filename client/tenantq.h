@@ -77,6 +77,19 @@ void tq_set_timeout(tq_client *c, int timeout_ms);
 void tq_set_retries(tq_client *c, int attempts);
 
 /*
+ * The token of a daemon with an auth_token_file (tenantqd.conf(5)): sent as
+ * the envelope key "auth" on every later request of c (synchronous and
+ * asynchronous; tq_call_raw sends its bytes unchanged).  A daemon without
+ * one ignores it.  The string is copied; NULL sends none again.  A token
+ * must be 1..4096 bytes of UTF-8 without control characters (what the
+ * daemon accepts in its file), else TQ_E_USAGE and nothing changes.  It
+ * travels in clear: see the daemon's docs/security.md.  Returns 0, or -1
+ * with st filled.  The library reads no environment variable; the CLI
+ * takes $TENANTQ_AUTH_TOKEN or --auth-token-file.
+ */
+int tq_set_auth(tq_client *c, const char *token, tq_status *st);
+
+/*
  * Call op for tenant with args_json (a JSON object as text; NULL = {}).
  * Text that is not JSON, a repeated key in an object, an integer beyond the
  * 64-bit range or a top-level value other than an object is TQ_E_USAGE

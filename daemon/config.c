@@ -68,6 +68,9 @@ static const struct setting settings[] = {
                 365 * 86400, "86400", "how long idempotency records are kept"),
     STR_SETTING("daemon", "log_level", "log-level", log_level, "info",
                 "err, warning, notice, info or debug"),
+    STR_SETTING("daemon", "auth_token_file", "auth-token-file", auth_token_file, "",
+                "file holding the token every request must carry as auth (no access for "
+                "others; empty: no authentication); SIGHUP re-reads it"),
     STR_SETTING("database", "conninfo", "database", conninfo, "",
                 "libpq conninfo or URI; empty = libpq environment"),
     STR_SETTING("database", "lock_key_sql", "lock-key-sql", lock_key_sql,

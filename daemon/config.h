@@ -30,6 +30,7 @@ typedef struct tq_config {
     int shutdown_grace_ms;
     int idempotency_ttl_s;
     char *log_level;
+    char *auth_token_file;      /* shared secret every request must carry; "" = none */
     /* [database] */
     char *conninfo;
     char *lock_key_sql;

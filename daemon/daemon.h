@@ -21,6 +21,7 @@ struct shard;
 struct tq_stats;
 struct opset;
 struct storage;
+struct auth_token;
 
 struct daemon {
     const tq_config *cfg;
@@ -34,6 +35,8 @@ struct daemon {
     const struct storage *storage; /* where the storefront state lives (read-only) */
     struct opset *ops;             /* main thread only: the SQL operations of [ops] dir
                                     * (the front admits against it, SIGHUP swaps it) */
+    struct auth_token *auth;       /* main thread only: the token of [daemon] auth_token_file,
+                                    * NULL = none (the front checks it, SIGHUP re-reads it) */
 };
 
 #endif

@@ -19,6 +19,7 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
 
+#include "auth.h"
 #include "log.h"
 #include "storage.h"
 #include "metrics.h"
@@ -141,9 +142,16 @@ static int bind_one(const char *ep, void *arg)
         return -1;
     if (strncmp(ep, "tcp://", 6) == 0) {
         const char *host = ep + 6, *colon = strrchr(host, ':');
-        if (!is_loopback_host(host, (size_t)(colon - host)))
-            log_warn("listening on non-loopback %s: nanomsg tcp has no authentication or "
-                     "encryption; anyone who can reach it can edit any tenant",
+        bool remote = !is_loopback_host(host, (size_t)(colon - host));
+        if (remote && !c->d->auth)
+            log_warn("listening on non-loopback %s without [daemon] auth_token_file: nanomsg "
+                     "tcp has no authentication or encryption of its own; anyone who can reach "
+                     "it can edit any tenant",
+                     ep);
+        else if (remote)
+            log_warn("listening on non-loopback %s: requests must carry the token of [daemon] "
+                     "auth_token_file, but nanomsg tcp has no encryption: the token and every "
+                     "request cross the network in clear (use a private network or a TLS tunnel)",
                      ep);
     }
     if (strncmp(ep, "ipc://", 6) == 0) {
@@ -159,9 +167,11 @@ static int bind_one(const char *ep, void *arg)
         struct stat st;
         if (stat(dir, &st) == 0 && (st.st_mode & S_IXOTH))
             log_warn("%s: directory %s can be entered by every local user (mode %03o); "
-                     "anyone can connect and edit any tenant - use a directory with mode 0750 "
+                     "anyone can connect and %s - use a directory with mode 0750 "
                      "owned by the service's group",
-                     ep, dir, (unsigned)(st.st_mode & 0777));
+                     ep, dir, (unsigned)(st.st_mode & 0777),
+                     c->d->auth ? "crash the daemon with a malformed frame"
+                                : "edit any tenant");
     }
     if (nn_bind(c->d->rep_sock, ep) < 0) {
         snprintf(c->err, c->errlen, "[daemon] listen: cannot bind %.200s: %s", ep,
@@ -191,6 +201,28 @@ static int storefront_admit(const struct storage *st, sf_op op, const tq_request
     return 0;
 }
 
+/* With [daemon] auth_token_file set, every request carries its token as
+ * auth: before anything else is looked at, so a request without it learns
+ * nothing about ops, tenants or the queue.  false with err set. */
+static bool authenticated(const struct daemon *d, const tq_request *req, tq_error *err)
+{
+    if (req->auth_not_str)
+        tq_error_set(err, TQ_E_UNAUTHENTICATED,
+                     "auth: must be a string (the token of the daemon's auth_token_file); "
+                     "nothing was queued");
+    else if (!req->auth)
+        tq_error_set(err, TQ_E_UNAUTHENTICATED,
+                     "auth: missing; this daemon requires the token of its auth_token_file on "
+                     "every request; nothing was queued");
+    else if (!auth_matches(d->auth, req->auth, req->auth_len))
+        tq_error_set(err, TQ_E_UNAUTHENTICATED,
+                     "auth: wrong token (not the one of the daemon's auth_token_file); "
+                     "nothing was queued");
+    else
+        return true;
+    return false;
+}
+
 /* Validate and route one request.  body is borrowed. */
 static void handle(struct front *f, const void *body, size_t len, const uint8_t *hdr,
                    size_t hdr_len)
@@ -202,6 +234,18 @@ static void handle(struct front *f, const void *body, size_t len, const uint8_t 
         reply_error_raw(d, &f->sb, hdr, hdr_len, err.code, err.message);
         stats_request(-1, err.code);
         return;
+    }
+    if (d->auth && !authenticated(d, &req, &err)) {
+        reply_error_raw(d, &f->sb, hdr, hdr_len, err.code, err.message);
+        stats_request(-1, err.code);
+        goto drop;
+    }
+    /* what the client sent as auth goes no further (not into jobs) */
+    if (req.auth) {
+        explicit_bzero(req.auth, req.auth_len);
+        free(req.auth);
+        req.auth = NULL;
+        req.auth_len = 0;
     }
     sf_op op = SF_OP__COUNT;
     const opfile_def *def = NULL;

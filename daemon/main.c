@@ -5,7 +5,7 @@
  * bound -> shards created and started -> front reading -> READY=1 once every
  * shard has a database connection.  Signals are handled on the main base
  * only (libevent delivers them to one base); SIGTERM/SIGINT start the drain,
- * SIGHUP re-reads the log level.  Shutdown follows the order nanomsg needs:
+ * SIGHUP re-reads the log level, the SQL operations and the auth token.  Shutdown follows the order nanomsg needs:
  * stop intake, let the shards finish, close sockets, nn_term last.
  */
 #include <errno.h>
@@ -26,6 +26,7 @@
 #include <jemalloc/jemalloc.h>
 #endif
 
+#include "auth.h"
 #include "config.h"
 #include "daemon.h"
 #include "job.h"
@@ -200,13 +201,39 @@ static void reload_ops(struct main_ctx *m, const char *dir)
     log_notice("reload: %zu SQL operations from [ops] dir", opset_count(set));
 }
 
+/* SIGHUP: the token file named by the configuration as it reads now.  A
+ * good file replaces the token (or turns authentication on); a failed read
+ * keeps what runs.  Turning authentication off needs a restart, so that a
+ * slip in the file cannot open the daemon to everyone. */
+static void reload_auth(struct main_ctx *m, const char *path)
+{
+    if (!path[0]) {
+        if (m->d.auth)
+            log_warn("reload: [daemon] auth_token_file is now empty, but turning "
+                     "authentication off needs a restart; keeping the token read before");
+        return;
+    }
+    char err[512];
+    struct auth_token *t = auth_load(path, err, sizeof err);
+    if (!t) {
+        log_warn("reload: %s (%s)", err,
+                 m->d.auth ? "keeping the token read before" : "authentication stays off");
+        return;
+    }
+    log_notice("reload: %s the token of [daemon] auth_token_file %s",
+               m->d.auth ? "requests now need" : "authentication on: requests now need", path);
+    auth_free(m->d.auth);
+    m->d.auth = t;
+}
+
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
     (void)what;
     struct main_ctx *m = arg;
-    /* Only the log level can change safely at run time; everything else
-     * needs a restart, which systemd's drain-aware stop makes cheap. */
+    /* Only the log level, the SQL operations and the auth token can change
+     * at run time; everything else needs a restart, which systemd's
+     * drain-aware stop makes cheap. */
     tq_config fresh;
     tq_action act;
     char err[512];
@@ -222,6 +249,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         atomic_store(&log_level, log_parse_level(fresh.log_level));
         log_notice("reload: log level %s", fresh.log_level);
         reload_ops(m, fresh.ops_dir);
+        reload_auth(m, fresh.auth_token_file);
     }
     config_free(&fresh);
     if (notify)
@@ -256,7 +284,8 @@ static void raise_fd_limit(void)
 }
 
 /* What the config parser cannot check alone: the endpoints' syntax, the
- * metrics address and the connection string (libpq's own parser), so that
+ * metrics address, the connection string (libpq's own parser), the SQL
+ * operations and the auth token file, so that
  * --check-config catches them and the daemon refuses them at start (exit 2)
  * instead of failing to bind or retrying a connection that cannot work. */
 static int check_values(const tq_config *cfg, char *err, size_t errlen)
@@ -276,6 +305,12 @@ static int check_values(const tq_config *cfg, char *err, size_t errlen)
     if (!ops)
         return -1;
     opset_unref(ops);
+    if (cfg->auth_token_file[0]) {
+        struct auth_token *t = auth_load(cfg->auth_token_file, err, errlen);
+        if (!t)
+            return -1;
+        auth_free(t);
+    }
     return 0;
 }
 
@@ -458,9 +493,22 @@ int main(int argc, char **argv)
             break;
         }
         log_info("%zu SQL operations from [ops] dir", opset_count(m.d.ops));
+        if (m.cfg.auth_token_file[0]) {
+            if (!(m.d.auth = auth_load(m.cfg.auth_token_file, err, sizeof err))) {
+                fprintf(stderr, "tenantqd: %s\n", err);
+                opset_unref(m.d.ops);
+                rc = 2;
+                break;
+            }
+            log_info("every request must carry the token of [daemon] auth_token_file %s",
+                     m.cfg.auth_token_file);
+        } else {
+            log_info("no [daemon] auth_token_file: requests are not authenticated");
+        }
         struct storage storage;
         if (storage_open(&m.cfg, &storage) < 0) {
             opset_unref(m.d.ops);
+            auth_free(m.d.auth);
             rc = 2;
             break;
         }
@@ -470,6 +518,7 @@ int main(int argc, char **argv)
         rc = run_daemon(&m);
         storage_free(&storage);
         opset_unref(m.d.ops);
+        auth_free(m.d.auth);
         break;
     }
     config_free(&m.cfg);

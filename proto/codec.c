@@ -607,11 +607,17 @@ static int get_text(const msgpack_object *o, const char *field, size_t maxlen, b
 
 /* --------------------------------------------------------------- request */
 
-enum { RQ_V, RQ_TENANT, RQ_OP, RQ_ARGS, RQ_KEY, RQ_DEADLINE, RQ__N };
+enum { RQ_V, RQ_TENANT, RQ_OP, RQ_ARGS, RQ_KEY, RQ_DEADLINE, RQ_AUTH, RQ__N };
 static const char *const request_keys[RQ__N] = {
     [RQ_V] = "v", [RQ_TENANT] = "tenant", [RQ_OP] = "op", [RQ_ARGS] = "args",
-    [RQ_KEY] = "key", [RQ_DEADLINE] = "deadline_ms",
+    [RQ_KEY] = "key", [RQ_DEADLINE] = "deadline_ms", [RQ_AUTH] = "auth",
 };
+
+bool tq_auth_valid(const char *s, size_t n)
+{
+    return s != NULL && n >= 1 && n <= TQ_MAX_AUTH_BYTES && tq_utf8_valid(s, n) &&
+           find_control((const unsigned char *)s, n) == (size_t)-1;
+}
 
 #define TQ_MAX_DEADLINE_MS 86400000u
 
@@ -677,6 +683,18 @@ static int request_fields(const msgpack_object *root, tq_request *req, tq_error 
         req->has_deadline = true;
         req->deadline_ms = u;
     }
+
+    /* kept as sent, never refused here: a daemon without a token ignores
+     * it, one with a token refuses anything else as UNAUTHENTICATED */
+    const msgpack_object *au = present(f[RQ_AUTH]);
+    if (au != NULL && au->type != MSGPACK_OBJECT_STR) {
+        req->auth_not_str = true;
+    } else if (au != NULL) {
+        req->auth = dup_bytes(au->via.str.ptr, au->via.str.size);
+        if (req->auth == NULL)
+            return tq_error_set(err, TQ_E_INTERNAL, "auth: out of memory");
+        req->auth_len = au->via.str.size;
+    }
     return 0;
 }
 
@@ -700,6 +718,9 @@ void tq_request_free(tq_request *req)
     free(req->tenant);
     free(req->op);
     free(req->key);
+    if (req->auth != NULL)
+        explicit_bzero(req->auth, req->auth_len);
+    free(req->auth);
     json_decref(req->args);
     memset(req, 0, sizeof *req);
 }
@@ -787,6 +808,13 @@ static int finish(msgpack_sbuffer *sb, size_t start, int rc)
 int tq_request_encode(msgpack_sbuffer *sb, const char *tenant, const char *op,
                       const json_t *args, const char *key, uint64_t deadline_ms)
 {
+    return tq_request_encode_auth(sb, tenant, op, args, key, deadline_ms, NULL, 0);
+}
+
+int tq_request_encode_auth(msgpack_sbuffer *sb, const char *tenant, const char *op,
+                           const json_t *args, const char *key, uint64_t deadline_ms,
+                           const char *auth, size_t auth_len)
+{
     msgpack_packer pk;
     size_t start;
     int rc;
@@ -795,7 +823,8 @@ int tq_request_encode(msgpack_sbuffer *sb, const char *tenant, const char *op,
         return -1;
     start = sb->size;
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-    rc = msgpack_pack_map(&pk, 3 + (args != NULL) + (key != NULL) + (deadline_ms != 0));
+    rc = msgpack_pack_map(&pk, 3 + (args != NULL) + (key != NULL) + (deadline_ms != 0) +
+                                   (auth != NULL));
     rc = rc || pack_cstr(&pk, "v") || msgpack_pack_unsigned_int(&pk, TQ_PROTO_VERSION);
     rc = rc || pack_cstr(&pk, "tenant") || pack_cstr(&pk, tenant);
     rc = rc || pack_cstr(&pk, "op") || pack_cstr(&pk, op);
@@ -805,6 +834,8 @@ int tq_request_encode(msgpack_sbuffer *sb, const char *tenant, const char *op,
         rc = rc || pack_cstr(&pk, "key") || pack_cstr(&pk, key);
     if (deadline_ms != 0)
         rc = rc || pack_cstr(&pk, "deadline_ms") || msgpack_pack_uint64(&pk, deadline_ms);
+    if (auth != NULL)
+        rc = rc || pack_cstr(&pk, "auth") || pack_strn(&pk, auth, auth_len);
     return finish(sb, start, rc);
 }
 

@@ -40,6 +40,8 @@ typedef enum tq_code {
     TQ_E_USAGE,     /* the caller passed invalid arguments to the library */
     /* wire codes added after the first release (appended: values never change) */
     TQ_E_REJECTED,  /* an SQL operation's own rule refused the request; nothing changed */
+    TQ_E_UNAUTHENTICATED, /* auth missing or wrong (the daemon has an auth_token_file);
+                           * nothing was queued */
     TQ_CODE__COUNT
 } tq_code;
 

@@ -33,6 +33,7 @@ extern "C" {
 #define TQ_MAX_TENANT_BYTES 128
 #define TQ_MAX_KEY_BYTES 128
 #define TQ_MAX_OP_BYTES 64
+#define TQ_MAX_AUTH_BYTES 4096   /* a shared-secret token (auth_token_file) */
 #define TQ_ERRMSG_MAX 512
 
 /* An error with a human message naming the offending field/id/page/limit. */
@@ -61,7 +62,20 @@ typedef struct tq_request {
     size_t key_len;
     bool has_deadline;
     uint64_t deadline_ms;
+    /* The envelope's "auth": the decoder keeps whatever str it holds (any
+     * bytes, any length, unchecked: only a daemon with an auth_token_file
+     * looks at it, and then anything but the token is refused), NUL-terminated
+     * copy of auth_len bytes (which may hold a NUL).  NULL when absent or nil;
+     * auth_not_str when present with another type. */
+    char *auth;
+    size_t auth_len;
+    bool auth_not_str;
 } tq_request;
+
+/* Whether s (n bytes) can be a token: 1..TQ_MAX_AUTH_BYTES bytes of valid
+ * UTF-8 without control characters (what every reference client can send:
+ * an environment variable, a JavaScript string). */
+bool tq_auth_valid(const char *s, size_t n);
 
 /*
  * Decode one request body.  Returns 0 and fills *req (caller owns, free with
@@ -84,6 +98,11 @@ void tq_request_free(tq_request *req);
 int tq_request_encode(msgpack_sbuffer *sb, const char *tenant, const char *op,
                       const json_t *args, const char *key, uint64_t deadline_ms)
     __attribute__((warn_unused_result));
+
+/* The same with an "auth" str of auth_len bytes (auth NULL = absent). */
+int tq_request_encode_auth(msgpack_sbuffer *sb, const char *tenant, const char *op,
+                           const json_t *args, const char *key, uint64_t deadline_ms,
+                           const char *auth, size_t auth_len) __attribute__((warn_unused_result));
 
 /* Optional timing block of a response. */
 typedef struct tq_timing {

@@ -4,7 +4,8 @@
  * Any input must either be rejected with a request-class error code and a
  * clean message, or decode to a request that satisfies the envelope limits
  * and survives encode -> decode unchanged (tenant, op, key, deadline, args
- * compared with json_equal).  The error path also round-trips the message
+ * compared with json_equal, auth byte for byte; an auth that is not a str
+ * is flagged and encodes as absent).  The error path also round-trips the message
  * through an error response, as the daemon does.
  */
 #include <stdint.h>
@@ -45,7 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (err.code != TQ_E_BAD_REQUEST && err.code != TQ_E_UNSUPPORTED_VERSION &&
             err.code != TQ_E_INVALID_ARGUMENT)
             fuzz_fail("unexpected error code", tq_code_name(err.code));
-        if (req.tenant != NULL || req.op != NULL || req.args != NULL || req.key != NULL)
+        if (req.tenant != NULL || req.op != NULL || req.args != NULL || req.key != NULL ||
+            req.auth != NULL || req.auth_not_str)
             fuzz_fail("request not zeroed on failure", err.message);
         fuzz_check_message(&err);
         check_error_reply(&err);
@@ -63,16 +65,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_fail("args is not an object", NULL);
     if (req.has_deadline && (req.deadline_ms < 1 || req.deadline_ms > 86400000))
         fuzz_fail("deadline range", NULL);
+    if ((req.auth != NULL && (req.auth_not_str || req.auth[req.auth_len] != '\0')) ||
+        (req.auth == NULL && req.auth_len != 0))
+        fuzz_fail("auth shape", NULL);
 
     msgpack_sbuffer_init(&sb);
-    if (tq_request_encode(&sb, req.tenant, req.op, req.args, req.key,
-                          req.has_deadline ? req.deadline_ms : 0) != 0)
+    if (tq_request_encode_auth(&sb, req.tenant, req.op, req.args, req.key,
+                               req.has_deadline ? req.deadline_ms : 0, req.auth,
+                               req.auth_len) != 0)
         fuzz_fail("re-encode of a decoded request failed", NULL);
     if (tq_request_decode(sb.data, sb.size, &again, &err) != 0)
         fuzz_fail("decode of re-encoded request failed", err.message);
     if (!streq(req.tenant, again.tenant) || !streq(req.op, again.op) ||
         !streq(req.key, again.key) || req.has_deadline != again.has_deadline ||
-        req.deadline_ms != again.deadline_ms || !json_equal(req.args, again.args))
+        req.deadline_ms != again.deadline_ms || !json_equal(req.args, again.args) ||
+        (req.auth == NULL) != (again.auth == NULL) || req.auth_len != again.auth_len ||
+        (req.auth != NULL && memcmp(req.auth, again.auth, req.auth_len) != 0) ||
+        again.auth_not_str)
         fuzz_fail("request round trip differs", NULL);
     tq_request_free(&again);
     tq_request_free(&req);

@@ -23,6 +23,7 @@ max_message_bytes = 1048576
 default_deadline_ms = 10000
 shutdown_grace_ms = 10000
 idempotency_ttl_s = 86400
+auth_token_file =
 
 [database]
 conninfo = host=/nonexistent dbname=tenantq

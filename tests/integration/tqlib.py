@@ -364,7 +364,8 @@ class DB:
 # daemons
 
 class Daemon:
-    def __init__(self, conninfo, extra, sock_timeout_ms=10000, preexec_fn=None):
+    def __init__(self, conninfo, extra, sock_timeout_ms=10000, preexec_fn=None, auth=None):
+        self.auth = auth  # the token its readiness pings carry (auth_token_file)
         self.dir = tempfile.mkdtemp(prefix="tq-it-")
         self.endpoint = "ipc://%s/tq.sock" % self.dir
         self.conf = os.path.join(self.dir, "tenantqd.conf")
@@ -401,7 +402,7 @@ class Daemon:
                 pytest.fail("tenantqd exited with %d during startup (%s)\n%s" % (
                     self.proc.returncode, " ".join(self.args), self.tail()))
             try:
-                r = call(self.endpoint, "ping", "ping", timeout_ms=500)
+                r = call(self.endpoint, "ping", "ping", timeout_ms=500, **self._auth())
                 if r.get("ok") and r["result"] == {"pong": True}:
                     return
                 last = r
@@ -415,8 +416,11 @@ class Daemon:
         """Assert the daemon is alive and answers a ping over the wire."""
         assert self.proc.poll() is None, "tenantqd died (%s)\n%s" % (
             self.proc.returncode, self.tail())
-        r = call(self.endpoint, "ping", "ping", timeout_ms=5000)
+        r = call(self.endpoint, "ping", "ping", timeout_ms=5000, **self._auth())
         assert r["ok"] and r["result"] == {"pong": True}, r
+
+    def _auth(self):
+        return {} if self.auth is None else {"auth": self.auth}
 
     def rss_kb(self):
         with open("/proc/%d/status" % self.pid) as f:
@@ -460,8 +464,8 @@ class DaemonFactory:
         self.conninfo = conninfo
         self.daemons = []
 
-    def __call__(self, *extra, conninfo=None):
-        d = Daemon(conninfo or self.conninfo, [str(a) for a in extra])
+    def __call__(self, *extra, conninfo=None, auth=None):
+        d = Daemon(conninfo or self.conninfo, [str(a) for a in extra], auth=auth)
         self.daemons.append(d)
         d.wait_ready()
         return d

@@ -4,7 +4,7 @@
  * Two in-process responder threads play tenantqd: each binds a cooked NN_REP
  * socket on its own inproc:// endpoint, decodes requests with the real codec
  * and answers by op:
- *   echo     ok, result {"server","tenant","op","args","key","deadline_ms"}
+ *   echo     ok, result {"server","tenant","op","args","key","deadline_ms"[,"auth"]}
  *   fail     error QUEUE_FULL (retryable) with a message naming the tenant
  *   replay   ok with "replayed": true
  *   hang     no answer at all (the client must time out)
@@ -97,10 +97,11 @@ static void answer(struct responder *r, const void *buf, size_t len)
         default: {
             if (op == OP_SLOW)
                 sleep_ms(300); /* answers like echo, only late */
-            json_t *res = json_pack("{s:s, s:s, s:s, s:O, s:s?, s:I}", "server", r->name,
+            json_t *res = json_pack("{s:s, s:s, s:s, s:O, s:s?, s:I, s:s*}", "server", r->name,
                                     "tenant", req.tenant, "op", req.op, "args", req.args,
                                     "key", req.key, "deadline_ms",
-                                    (json_int_t)(req.has_deadline ? req.deadline_ms : 0));
+                                    (json_int_t)(req.has_deadline ? req.deadline_ms : 0),
+                                    "auth", req.auth);
             if (res == NULL)
                 abort();
             rc = tq_response_encode_ok(&sb, res, op == OP_REPLAY, NULL);
@@ -1000,6 +1001,60 @@ static void test_async(void)
     }
 }
 
+/* tq_set_auth: the token goes out as "auth" on every request, synchronous
+ * and asynchronous, until it is cleared; a bad token changes nothing. */
+static void test_auth(void)
+{
+    tq_status st;
+    tq_client *c = tq_connect(EP_A, &st);
+    CHECK(c != NULL, "connect: %s", st.message);
+    if (c == NULL)
+        return;
+    CHECK(tq_set_auth(NULL, "x", &st) == -1 && st.code == TQ_E_USAGE, "auth: NULL handle");
+    char *res = NULL;
+    CHECK(tq_call(c, "t", "echo", NULL, NULL, &res, &st) == 0 && res &&
+              strstr(res, "\"auth\"") == NULL,
+          "no auth by default: %s", res ? res : st.message);
+    free(res);
+
+    CHECK(tq_set_auth(c, "s3cret token", &st) == 0 && st.code == TQ_OK, "set: %s", st.message);
+    static char big[TQ_MAX_AUTH_BYTES + 2];
+    memset(big, 'a', sizeof big - 1);
+    const char *bad[] = {"", "tab\there", "caf\xc3", big};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK(tq_set_auth(c, bad[i], &st) == -1 && st.code == TQ_E_USAGE && !st.retryable &&
+                  strstr(st.message, "auth token") != NULL,
+              "bad token %zu refused: %s", i, st.message);
+        CHECK(strstr(st.message, bad[i][0] ? bad[i] : "\x01") == NULL,
+              "the message does not echo the token");
+    }
+    res = NULL;
+    CHECK(tq_call(c, "t", "echo", NULL, NULL, &res, &st) == 0 && res &&
+              strstr(res, "\"auth\":\"s3cret token\"") != NULL,
+          "sync call carries the token (a bad one changed nothing): %s",
+          res ? res : st.message);
+    free(res);
+
+    struct outcome o;
+    memset(&o, 0, sizeof o);
+    CHECK(tq_call_async(c, "t", "echo", NULL, NULL, on_done, &o, &st) == 0, "async: %s",
+          st.message);
+    CHECK(loop(c, 5000) == 1 && o.code == TQ_OK &&
+              strstr(o.result, "\"auth\":\"s3cret token\"") != NULL,
+          "async call carries the token: %s", o.result);
+
+    big[TQ_MAX_AUTH_BYTES] = '\0';
+    CHECK(tq_set_auth(c, big, &st) == 0, "a 4096-byte token: %s", st.message);
+    CHECK(tq_set_auth(c, NULL, &st) == 0, "clear: %s", st.message);
+    res = NULL;
+    CHECK(tq_call(c, "t", "echo", NULL, NULL, &res, &st) == 0 && res &&
+              strstr(res, "\"auth\"") == NULL,
+          "cleared: no auth sent: %s", res ? res : st.message);
+    free(res);
+    CHECK(tq_set_auth(c, "again", &st) == 0, "set again");
+    tq_close(c); /* frees the token (ASan: no leak) */
+}
+
 int main(void)
 {
     responder_start(&ra, "A", EP_A);
@@ -1011,6 +1066,7 @@ int main(void)
     test_rendezvous();
     test_unreachable();
     test_async();
+    test_auth();
     test_restart(false);
     test_restart(true);
     test_failover(false);

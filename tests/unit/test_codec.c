@@ -208,6 +208,7 @@ static void test_codes(void)
         {TQ_E_OUTCOME_UNKNOWN, "OUTCOME_UNKNOWN"}, {TQ_E_SHUTTING_DOWN, "SHUTTING_DOWN"},
         {TQ_E_INTERNAL, "INTERNAL"}, {TQ_E_TIMEOUT, "TIMEOUT"}, {TQ_E_TRANSPORT, "TRANSPORT"},
         {TQ_E_PROTOCOL, "PROTOCOL"}, {TQ_E_USAGE, "USAGE"}, {TQ_E_REJECTED, "REJECTED"},
+        {TQ_E_UNAUTHENTICATED, "UNAUTHENTICATED"},
     };
     CHECK(sizeof names / sizeof names[0] == TQ_CODE__COUNT, "codes: name table covers all");
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -1329,9 +1330,83 @@ static void test_utf8_offsets(void)
     }
 }
 
+/* auth: kept as sent whatever it holds (the daemon decides), never a
+ * reason to refuse the request; nil is absent; another type is flagged. */
+static void test_auth(void)
+{
+    mp m;
+    tq_request req;
+    struct { const char *name; const char *raw; size_t n; const char *want; size_t want_len;
+             bool not_str; } cases[] = {
+        {"auth str", "\xa3tok", 4, "tok", 3, false},
+        {"auth empty str", "\xa0", 1, "", 0, false},
+        {"auth with NUL and control bytes", "\xa4\x00\t\xff!", 5, "\x00\t\xff!", 4, false},
+        {"auth nil", "\xc0", 1, NULL, 0, false},
+        {"auth integer", "\x07", 1, NULL, 0, true},
+        {"auth bin", "\xc4\x03tok", 5, NULL, 0, true},
+        {"auth map", "\x81\xa1k\xa1v", 5, NULL, 0, true},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        req_field(&m, "auth", cases[i].raw, cases[i].n);
+        if (expect_req_ok(cases[i].name, m.sb.data, m.sb.size, &req)) {
+            CHECK(req.auth_not_str == cases[i].not_str, "%s: auth_not_str", cases[i].name);
+            if (cases[i].want == NULL)
+                CHECK(req.auth == NULL && req.auth_len == 0, "%s: no auth", cases[i].name);
+            else
+                CHECK(req.auth != NULL && req.auth_len == cases[i].want_len &&
+                          memcmp(req.auth, cases[i].want, req.auth_len) == 0 &&
+                          req.auth[req.auth_len] == '\0',
+                      "%s: auth kept as sent", cases[i].name);
+            tq_request_free(&req);
+        }
+        mp_free(&m);
+    }
+    /* a repeated auth is a duplicate key like any other */
+    start_req(&m, 2);
+    mp_str(&m, "auth");
+    mp_str(&m, "a");
+    mp_str(&m, "auth");
+    mp_str(&m, "b");
+    expect_req_fail_mp("auth twice", &m, TQ_E_BAD_REQUEST, "duplicate key \"auth\"");
+
+    /* the encoder: absent without a token, a str with one (NUL inside kept) */
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    CHECK(tq_request_encode_auth(&sb, "acme", "ping", NULL, "k", 0, "s\0cret", 7) == 0,
+          "encode with auth");
+    if (expect_req_ok("encoded auth", sb.data, sb.size, &req)) {
+        CHECK(req.auth_len == 7 && memcmp(req.auth, "s\0cret", 7) == 0 &&
+                  strcmp(req.key, "k") == 0,
+              "encoded auth decodes to the same bytes");
+        tq_request_free(&req);
+    }
+    msgpack_sbuffer_clear(&sb);
+    CHECK(tq_request_encode_auth(&sb, "acme", "ping", NULL, NULL, 0, NULL, 5) == 0,
+          "encode without auth");
+    if (expect_req_ok("encoded without auth", sb.data, sb.size, &req)) {
+        CHECK(req.auth == NULL && !req.auth_not_str, "no auth encoded");
+        tq_request_free(&req);
+    }
+    msgpack_sbuffer_destroy(&sb);
+
+    /* what a token may be (the daemon's file, tq_set_auth) */
+    char big[TQ_MAX_AUTH_BYTES + 2];
+    memset(big, 'a', sizeof big);
+    CHECK(tq_auth_valid("s3cret token", 12), "token: spaces inside are fine");
+    CHECK(tq_auth_valid("caf\xc3\xa9", 5), "token: UTF-8");
+    CHECK(tq_auth_valid(big, TQ_MAX_AUTH_BYTES), "token: 4096 bytes");
+    CHECK(!tq_auth_valid(big, TQ_MAX_AUTH_BYTES + 1), "token: 4097 bytes");
+    CHECK(!tq_auth_valid("", 0) && !tq_auth_valid(NULL, 0), "token: empty");
+    CHECK(!tq_auth_valid("a\tb", 3) && !tq_auth_valid("a\0b", 3) &&
+              !tq_auth_valid("a\xc2\x85", 3),
+          "token: control characters");
+    CHECK(!tq_auth_valid("a\xff", 2), "token: invalid UTF-8");
+}
+
 int main(void)
 {
     test_utf8_offsets();
+    test_auth();
     test_codes();
     test_request_roundtrip();
     test_envelope();

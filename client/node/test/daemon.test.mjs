@@ -4,7 +4,9 @@
 // the ported executor, and the routing agreement with libtenantq's CLI.
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 
 import { Client, TenantqError, endpointOrder } from "../dist/esm/index.js";
@@ -259,5 +261,38 @@ test("SQL operations through the generic call: a double booking is REJECTED", as
     } finally {
         await c.close();
         await d.stop();
+    }
+});
+
+test("auth_token_file: the auth option is required, checked and then accepted", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tq-node-auth-"));
+    const token = `node-${process.pid}-${Date.now()}`;
+    const path = join(dir, "token");
+    writeFileSync(path, `${token}\n`);
+    chmodSync(path, 0o600);
+    const d = new Daemon(db.conninfo, ["--auth-token-file", path]);
+    d.auth = token;
+    const none = new Client({ endpoints: [d.endpoint], attempts: 3 });
+    const wrong = new Client({ endpoints: [d.endpoint], attempts: 3, auth: token.slice(0, -1) });
+    const right = new Client({ endpoints: [d.endpoint], auth: token });
+    try {
+        await d.ready();
+        for (const c of [none, wrong]) {
+            const e = await c.storefront.upsertSection("auth-t", hero("home-hero-main"))
+                .then(() => null, (x) => x);
+            assert.ok(e instanceof TenantqError, String(e));
+            assert.equal(e.code, "UNAUTHENTICATED");
+            assert.equal(e.retryable, false);
+            assert.ok(!e.message.includes(token), e.message);
+        }
+        assert.deepEqual(sections(db.conninfo, "auth-t", "home"), []);
+        const r = await right.storefront.upsertSection("auth-t", hero("home-hero-main"));
+        assert.equal(r.version, 1);
+        assert.equal(sections(db.conninfo, "auth-t", "home").length, 1);
+        assert.ok(!d.log().includes(token), "the token is in the daemon's log");
+    } finally {
+        await Promise.all([none.close(), wrong.close(), right.close()]);
+        await d.stop();
+        rmSync(dir, { recursive: true, force: true });
     }
 });

@@ -77,8 +77,9 @@ export class Daemon {
         return readFileSync(this.logPath, "utf8");
     }
 
+    /** Set `auth` (the token of an --auth-token-file) before ready(). */
     async ready(timeoutMs = 20000) {
-        const c = new Client({ endpoints: [this.endpoint], timeoutMs: 500 });
+        const c = new Client({ endpoints: [this.endpoint], timeoutMs: 500, auth: this.auth });
         const until = Date.now() + timeoutMs;
         try {
             for (;;) {
