@@ -34,6 +34,9 @@ struct sf_batch {
     bool exists;                 /* the tenant has a row (else an INSERT creates it) */
     bool missing;                /* no row, and create_missing is off: NOT_FOUND */
     bool pub_dirty;              /* a draft.publish changed the published copy */
+    bool unusable;               /* the stored draft is not a JSON object: only
+                                  * draft.check and draft.repair answer (bad_shape) */
+    char unusable_why[200];
     uint32_t xmin;               /* the row's xmin as read or written */
     size_t cost;                 /* what st is reckoned at in the draft cache */
     char cached_version[24], cached_xmin[16]; /* read/guard parameters */
@@ -139,9 +142,20 @@ static int sf_fam_load(void *fs, const struct fam_ctx *ctx, PGresult *const *res
         len = 0;
     }
     if (!b->st.draft || !json_is_object(b->st.draft)) {
-        snprintf(why, whylen, "stored draft is not a JSON object (%s)",
+        /* not a failure of the batch: draft.check and draft.repair report
+         * it as bad_shape; the other ops refuse it (st stays a valid empty
+         * state, never written and never cached) */
+        snprintf(b->unusable_why, sizeof b->unusable_why,
+                 "the stored draft is not a JSON object (%s)",
                  b->st.draft ? "another JSON value" : jerr);
-        return -1;
+        json_decref(b->st.draft);
+        b->st.draft = json_pack("{s:{}}", "pages");
+        b->unusable = true;
+        b->st.version = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+        b->before = b->st.version;
+        (void)why;
+        (void)whylen;
+        return b->st.draft ? 0 : -1;
     }
     b->st.size_ub = sf_stored_size_ub(text, len);
     if (!PQgetisnull(r, 0, 1)) {
@@ -167,6 +181,25 @@ static int sf_fam_load(void *fs, const struct fam_ctx *ctx, PGresult *const *res
     return 0;
 }
 
+/* What an op answers on a tenant whose stored draft is unusable. */
+static int unusable_answer(const struct sf_batch *b, const struct fam_ctx *ctx, sf_op op,
+                           json_t **result, tq_error *err)
+{
+    if (op != SF_OP_DRAFT_CHECK && op != SF_OP_DRAFT_REPAIR)
+        return tq_error_set(err, TQ_E_INTERNAL,
+                            "tenant \"%s\": %s; draft.check reports it, and it must be "
+                            "repaired in the table (tenantq cannot guess the draft)",
+                            ctx->tenant, b->unusable_why);
+    json_t *pbs = json_pack("[{s:s, s:n, s:n, s:s}]", "problem", "bad_shape", "page", "index",
+                            "message", b->unusable_why);
+    *result = !pbs ? NULL
+              : op == SF_OP_DRAFT_CHECK
+                  ? json_pack("{s:o, s:I}", "problems", pbs, "version", (json_int_t)b->st.version)
+                  : json_pack("{s:[], s:o, s:I}", "renamed", "unrepaired", pbs, "version",
+                              (json_int_t)b->st.version);
+    return *result ? 0 : tq_error_set(err, TQ_E_INTERNAL, "out of memory");
+}
+
 static int sf_fam_apply(void *fs, const struct fam_ctx *ctx, const struct job *j,
                         json_t **result, tq_error *err)
 {
@@ -175,6 +208,8 @@ static int sf_fam_apply(void *fs, const struct fam_ctx *ctx, const struct job *j
         return tq_error_set(err, TQ_E_NOT_FOUND,
                             "tenant \"%s\" has no row in %s (create_missing is off)",
                             ctx->tenant, ctx->storage->table_name);
+    if (b->unusable)
+        return unusable_answer(b, ctx, (sf_op)j->op, result, err);
     int64_t v = b->st.version;
     if (sf_apply(&b->st, (sf_op)j->op, j->req.args, (size_t)ctx->cfg->max_draft_bytes, result,
                  err) < 0)
@@ -230,7 +265,7 @@ static void sf_fam_end(void *fs, const struct fam_ctx *ctx, bool kept, PGresult 
     }
     /* xmin below 3 is a special id (2: the row was frozen), which a later
      * write followed by another freeze would show again: never trust it */
-    if (kept && b->st.version > 0 && b->xmin >= 3)
+    if (kept && !b->unusable && b->st.version > 0 && b->xmin >= 3)
         dcache_put(ctx->cache, ctx->tenant, ctx->tenant_len, ctx->hash, &b->st, b->xmin, b->cost);
     sf_fam_clear(b);
 }

@@ -6,7 +6,7 @@ import json
 import subprocess
 import threading
 
-from tqlib import call, cli_bin, daemon_bin, ok
+from tqlib import call, cli_bin, daemon_bin, err, ok
 
 DAMAGED = {"pages": {
     "home": {"sections": [
@@ -148,17 +148,25 @@ def test_hostile_stored_drafts(daemon, db):
     }
     for t, text in hostile.items():
         put(db, t, text, raw=True)
-    rc, lines, summary, err = scan(db)
-    assert rc == 1, err
+    rc, lines, summary, stderr = scan(db)
+    assert rc == 1, stderr
     got = {line["tenant"]: line for line in lines}
     assert set(got) == set(hostile) - {"h-null", "h-deep"}
     assert kinds(got["h-array"]["problems"]) == ["bad_shape@None/None"]
     assert len(got["h-many"]["problems"]) == 1000 and got["h-many"]["omitted"] == 9000
     assert all(len(p["id"]) <= 80 for p in got["h-huge-id"]["problems"])
-    # through the daemon: a report or a clear error, and the daemon stays up
+    # through the daemon: always a report (a draft that is not an object is
+    # bad_shape, as in the scan), and the daemon stays up
     for t in hostile:
-        r = call(daemon.endpoint, t, "draft.check", timeout_ms=30000)
-        assert r["ok"] or r["error"]["code"] == "INTERNAL", r
+        r = ok(call(daemon.endpoint, t, "draft.check", timeout_ms=30000))
+        if t in ("h-array", "h-string"):
+            assert kinds(r["problems"]) == ["bad_shape@None/None"], r
+            assert "not a JSON object" in r["problems"][0]["message"], r
+            rep = ok(call(daemon.endpoint, t, "draft.repair"))
+            assert rep["renamed"] == [] and kinds(rep["unrepaired"]) == ["bad_shape@None/None"]
+            assert rep["version"] == 3 and db.row(t)["version"] == 3
+            e = err(call(daemon.endpoint, t, "draft.get"), "INTERNAL")
+            assert "not a JSON object" in e["message"], e
     r = ok(call(daemon.endpoint, "h-many", "draft.repair", timeout_ms=30000))
     assert len(r["renamed"]) == 1000 and r["renamed_omitted"] == 9000 and r["version"] == 4
     ids = [s["id"] for s in db.row("h-many")["draft"]["pages"]["p"]["sections"]]
