@@ -300,6 +300,15 @@ static int load_file(tq_config *cfg, const char *path, bool must_exist, char *er
     return rc;
 }
 
+/* The settings a SIGHUP applies (main.c's on_hup); every other one needs a
+ * restart. */
+static bool reloadable(const struct setting *s)
+{
+    return (strcmp(s->section, "daemon") == 0 &&
+            (strcmp(s->key, "log_level") == 0 || strcmp(s->key, "auth_token_file") == 0)) ||
+           (strcmp(s->section, "ops") == 0 && strcmp(s->key, "dir") == 0);
+}
+
 void config_usage(const char *prog)
 {
     printf("usage: %s [-c FILE] [--check-config | --init-db | --scan] [--KEY VALUE ...]\n\n"
@@ -311,9 +320,16 @@ void config_usage(const char *prog)
            "  -h, --help          this text;  -V, --version  print the version\n\n"
            "settings (flags win over the file):\n",
            prog, TQ_DEFAULT_CONFIG);
-    for (size_t i = 0; i < N_SETTINGS; i++)
-        printf("  --%-24s [%s] %s (default \"%s\"): %s\n", settings[i].flag,
-               settings[i].section, settings[i].key, settings[i].def, settings[i].help);
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const struct setting *st = &settings[i];
+        char range[48] = "";
+        if (st->type == SET_INT)
+            snprintf(range, sizeof range, "; %ld..%ld", st->min, st->max);
+        else if (st->type == SET_BOOL)
+            snprintf(range, sizeof range, "; true or false");
+        printf("  --%-24s [%s] %s (default \"%s\"%s%s): %s\n", st->flag, st->section, st->key,
+               st->def, range, reloadable(st) ? "; SIGHUP" : "", st->help);
+    }
 }
 
 int config_load(tq_config *cfg, int argc, char **argv, tq_action *action, char *errbuf,
