@@ -482,6 +482,8 @@ static void pg_read(struct pgconn *c)
         ExecStatusType st = PQresultStatus(r);
         if (st == PGRES_PIPELINE_SYNC) {
             PQclear(r);
+            if (--c->syncs > 0)
+                continue; /* one of the pipeline's intermediate Syncs */
             pg_finish_pipeline(c);
             return;
         }
@@ -544,6 +546,7 @@ static int pg_send(struct pgconn *c, const struct pg_stmt *stmts, int n, bool pr
 {
     if (c->state != PGC_IDLE || n <= 0 || n > PG_MAX_STMTS)
         return -1;
+    int syncs = 0;
     for (int i = 0; i < n; i++) {
         const struct pg_stmt *s = &stmts[i];
         const char *const *pv = s->paramv ? s->paramv : s->params;
@@ -554,9 +557,15 @@ static int pg_send(struct pgconn *c, const struct pg_stmt *stmts, int n, bool pr
                                                0);
         if (!ok)
             goto fail;
+        if (s->sync && i < n - 1) {
+            if (!PQpipelineSync(c->conn))
+                goto fail;
+            syncs++;
+        }
     }
     if (!PQpipelineSync(c->conn))
         goto fail;
+    c->syncs = syncs + 1;
     c->state = PGC_BUSY;
     c->nstmts = n;
     c->cur = 0;

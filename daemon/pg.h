@@ -18,10 +18,12 @@
 
 #include "config.h"
 
-/* Statements in one pipeline.  The largest is a one-round-trip transaction
- * of TQ_MAX_BATCH_TENANTS batches (shard.c: BEGIN, timeouts, COMMIT and
- * four per batch), asserted there. */
-#define PG_MAX_STMTS (3 + 4 * TQ_MAX_BATCH_TENANTS)
+/* Statements in one pipeline: the largest is a statement batch of
+ * PG_MAX_REQUESTS requests, five statements each and a few around them
+ * (txn.c); a one-round-trip transaction of TQ_MAX_BATCH_TENANTS storefront
+ * batches is smaller (asserted in shard_int.h). */
+#define PG_MAX_REQUESTS 64
+#define PG_MAX_STMTS (16 + 5 * PG_MAX_REQUESTS)
 #define PG_MAX_PARAMS 6
 
 enum pgc_state {
@@ -39,6 +41,9 @@ struct pg_stmt {
     const char *params[PG_MAX_PARAMS]; /* text values, NULL = SQL NULL */
     const char *const *paramv; /* if set, the nparams values instead of params (borrowed) */
     bool prepare;     /* prepare name as sql (nparams) instead of running it (pg_prepared) */
+    bool sync;        /* a Sync follows it: a statement failing before it skips only the
+                       * statements up to it; those after it run (in the same transaction,
+                       * which is then aborted: the next one must be ROLLBACK [TO]) */
     int dyn;          /* with prepare: the connection's registry entry it fills */
 };
 
@@ -86,6 +91,7 @@ struct pgconn {
     bool was_up;            /* for log messages: lost vs never connected */
     /* the running pipeline */
     int nstmts, cur;
+    int syncs;              /* Syncs of the running pipeline not yet seen */
     bool cur_has;
     PGresult *results[PG_MAX_STMTS];
     pg_pipeline_cb cb;

@@ -92,6 +92,10 @@ struct txn {
     int nb;                    /* batches in this transaction; 0: the slot is free */
     int njobs;
     int nres;                  /* statements of the first pipeline */
+    int seg_from;              /* statement batches: where the running pipeline's
+                                * requests begin (what comes before is the batch's own) */
+    char sp_before[PG_MAX_REQUESTS][24];   /* "SAVEPOINT tq_<i>" */
+    char sp_undo[PG_MAX_REQUESTS][40];     /* "ROLLBACK TO SAVEPOINT tq_<i>" */
     uint64_t change_deadline_us; /* tightest deadline of a state-changing job, or UINT64_MAX */
     bool committing;           /* COMMIT sent: the transaction must not be aborted */
     bool one_trip;             /* sent whole from precomputed states */

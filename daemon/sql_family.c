@@ -28,7 +28,7 @@
  * the timeouts, the lock and a key lookup, and before the key records and
  * COMMIT, within a pipeline. */
 struct sql_batch {
-    sqlargs args[PG_MAX_STMTS];
+    sqlargs args[PG_MAX_REQUESTS];
     int nargs;
 };
 
@@ -83,8 +83,10 @@ static int sql_bind(void *fs, const struct fam_ctx *ctx, const struct job *j, in
                     struct pg_stmt *out, tq_error *err)
 {
     struct sql_batch *b = fs;
-    if (i >= PG_MAX_STMTS)
+    if (i >= PG_MAX_REQUESTS)
         return tq_error_set(err, TQ_E_INTERNAL, "too many statements in one batch");
+    if (i < b->nargs)
+        sqlargs_clear(&b->args[i]); /* bound again: its request runs again */
     if (sqlargs_bind(j->def, j->req.args, ctx->tenant, &b->args[i], err) < 0)
         return -1;
     if (i >= b->nargs)

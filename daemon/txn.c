@@ -554,9 +554,15 @@ static void txn_lost_at_commit(struct txn *t, PGresult *const *res, int n)
      * transaction, so nothing of it happened.  Only the server's own
      * errors (with a SQLSTATE) say where it stopped: the one libpq makes
      * up for a lost connection goes to the first statement whose result
-     * had not arrived, which may be before a COMMIT that did run. */
-    int f = first_failed(res, n);
-    if (f >= 0 && f < n - 1 && pg_sqlstate(res[f]) != NULL) {
+     * had not arrived, which may be before a COMMIT that did run.  In a
+     * statement batch a request's own failure is rolled back to its
+     * savepoint and does not abort the transaction: only the batch's own
+     * statements (before seg_from) count. */
+    int upto = n - 1;
+    if (t->nb == 1 && t->b[0].fam->kind == FAM_STATEMENTS && t->seg_from < upto)
+        upto = t->seg_from;
+    int f = first_failed(res, upto);
+    if (f >= 0 && pg_sqlstate(res[f]) != NULL) {
         fail_lost_before_commit(t);
         return;
     }
@@ -793,49 +799,240 @@ static void txn_start_precomputed(struct txn *t, struct pg_stmt *stmts, int ns)
 
 /* --- statement batches (FAM_STATEMENTS) ---------------------------------- */
 
-/* Requests of a statement batch at most: one statement each, besides
- * BEGIN, the timeouts, the lock, a key lookup and COMMIT. */
-#define STMT_BATCH_MAX ((PG_MAX_STMTS - 6) / 2) /* (a Prepare may come before each) */
+/*
+ * Each request of a statement batch runs in a savepoint of its own, inside
+ * the batch's one transaction, and the whole batch still goes out as one
+ * pipeline.  Request i is a segment ended by a Sync:
+ *
+ *   ROLLBACK TO SAVEPOINT tq;  SAVEPOINT tq_i;  [Prepare;]  its statement;
+ *   SAVEPOINT tq;  Sync
+ *
+ * A statement that fails skips only the rest of its segment (its SAVEPOINT
+ * tq) and leaves the transaction aborted; the next segment's ROLLBACK TO
+ * SAVEPOINT tq returns it to the state after the last request that
+ * succeeded (after one that succeeded it rolls back nothing).  A trailing
+ * ROLLBACK TO SAVEPOINT tq does the same for the last request before
+ * COMMIT.  So a failed request changed nothing and its companions commit,
+ * in one round trip.  A statement that succeeded but is refused after the
+ * fact (reject_if_empty: its result is known only when it arrives) is undone
+ * with ROLLBACK TO SAVEPOINT tq_i, which undoes the requests after it too:
+ * those run again, in the same transaction, in one more round trip.
+ */
+#define STMT_BATCH_MAX PG_MAX_REQUESTS
+_Static_assert(16 + 5 * STMT_BATCH_MAX <= PG_MAX_STMTS, "a statement batch must fit in pg.c");
+
+static const char SQL_SP[] = "SAVEPOINT tq";
+static const char SQL_SP_BACK[] = "ROLLBACK TO SAVEPOINT tq";
 
 static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost);
 static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res, int n,
                                bool lost);
 
-/* Answer b's request i now with its error, put every other unanswered
- * request back to run again in a new transaction (this one is rolled back,
- * so whatever they did is undone), and end the transaction. */
-static void stmt_fail_one(struct batch *b, int i)
+/* Whether request i of b still has to run. */
+static bool stmt_pending(const struct batch *b, int i)
 {
-    struct txn *t = b->t;
-    struct job *j = b->jobs[i];
-    b->jobs[i] = NULL;
-    shard_fail_job(t->s, j, b->errs[i].code, b->errs[i].message);
-    /* (a key claimed without a conflict is new: no lookup needed next time) */
-    batch_put_back(b, false, b->lookup);
-    txn_end_with_rollback(t);
+    return b->jobs[i] && !b->results[i] && b->errs[i].code == TQ_OK && b->dup[i] < 0;
 }
 
-/* Add the statements of b's requests that still need to run (rpos >= 0
- * afterwards) to stmts.  Returns 0, or -1 when one could not be bound (it
- * has been answered and the transaction ended). */
-static int stmt_bind_all(struct batch *b, struct pg_stmt *stmts, int *ns)
+/* Add the segments of b's requests from `from` on that still have to run
+ * (rpos set), and the trailing rollback, to stmts.  A request that cannot
+ * be bound keeps its error and is left out. */
+static void stmt_segments(struct batch *b, int from, struct pg_stmt *stmts, int *ns)
+{
+    struct txn *t = b->t;
+    struct fam_ctx ctx = batch_ctx(b);
+    for (int i = from; i < b->n; i++) {
+        b->rpos[i] = -1;
+        if (!stmt_pending(b, i))
+            continue;
+        struct pg_stmt st;
+        if (b->fam->bind(b->fs, &ctx, b->jobs[i], i, &st, &b->errs[i]) < 0)
+            continue;
+        stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP_BACK};
+        stmts[(*ns)++] = (struct pg_stmt){.sql = t->sp_before[i]};
+        /* prepared once per connection: a Prepare before the first use */
+        *ns += pg_prepared(t->pc, &st, &stmts[*ns]);
+        b->rpos[i] = *ns - 1;
+        stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
+    }
+    stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP_BACK};
+}
+
+/* The result that decides request i's outcome: its statement's, or the
+ * error that made its segment skip it (a Prepare that failed). */
+static const PGresult *stmt_result(const struct batch *b, int i, PGresult *const *res, int n)
+{
+    int at = b->rpos[i];
+    const PGresult *r = at < n ? res[at] : NULL;
+    for (int q = at - 1; r && PQresultStatus(r) == PGRES_PIPELINE_ABORTED && q >= at - 2; q--)
+        if (res[q] && !result_ok(res[q]) && PQresultStatus(res[q]) != PGRES_PIPELINE_ABORTED)
+            r = res[q];
+    return r;
+}
+
+/* Read the outcome of every request that ran in this pipeline.  A failed
+ * statement was rolled back by its savepoint: its error is final.  Returns
+ * the first request whose statement succeeded but must not stand
+ * (reject_if_empty), answered with its error and still to be undone, or -1. */
+static int stmt_outcomes(struct batch *b, PGresult *const *res, int n)
 {
     struct fam_ctx ctx = batch_ctx(b);
     for (int i = 0; i < b->n; i++) {
-        b->rpos[i] = -1;
-        if (!b->jobs[i] || b->results[i] || b->errs[i].code != TQ_OK || b->dup[i] >= 0)
+        if (b->rpos[i] < 0)
             continue;
-        struct pg_stmt st;
-        if (b->fam->bind(b->fs, &ctx, b->jobs[i], i, &st, &b->errs[i]) < 0) {
-            stmt_fail_one(b, i);
-            return -1;
+        const PGresult *r = stmt_result(b, i, res, n);
+        b->rpos[i] = -1;
+        if (r && PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
+            tq_error_set(&b->errs[i], TQ_E_INTERNAL, "%s: its statement was skipped",
+                         b->jobs[i]->req.op);
+            continue;
         }
-        /* prepared once per connection: a Prepare before the first use */
-        int k = pg_prepared(b->t->pc, &st, &stmts[*ns]);
-        *ns += k;
-        b->rpos[i] = *ns - 1;
+        bool undo = true;
+        if (b->fam->outcome(&ctx, b->jobs[i], r, &b->results[i], &b->errs[i], &undo) < 0) {
+            b->results[i] = NULL;
+            if (undo && r && result_ok(r))
+                return i;
+        }
     }
-    return 0;
+    return -1;
+}
+
+/* The batch's pipeline failed before its requests (the lock, the key
+ * claims): answer or put back the whole batch and end the transaction.
+ * Returns whether it did. */
+static bool stmt_prefix_failed(struct txn *t, struct batch *b, PGresult *const *res, int n)
+{
+    int upto = t->seg_from < n ? t->seg_from : n;
+    int f = first_failed(res, upto);
+    if (f < 0 && upto == t->seg_from)
+        return false;
+    if (f >= 0 && f == b->r_idem && !b->lookup && key_seen_before(res[f]))
+        batch_put_back(b, false, true); /* a key seen before: again, with lookups */
+    else
+        fail_batch_from_results(b, res, upto);
+    txn_end_with_rollback(t);
+    return true;
+}
+
+/* Bind the keys of b's successful requests to their answers (records to
+ * write with COMMIT), and give repeats inside the batch the first one's. */
+static void stmt_record_keys(struct batch *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        struct job *j = b->jobs[i];
+        if (!j || !j->req.key)
+            continue;
+        if (b->dup[i] >= 0) {
+            struct job *first = b->jobs[b->dup[i]];
+            char fa[IDEM_FINGERPRINT_HEX], fb[IDEM_FINGERPRINT_HEX];
+            bool same = idem_fingerprint(first->req.op, first->req.args, fa) == 0 &&
+                        idem_fingerprint(j->req.op, j->req.args, fb) == 0 &&
+                        strcmp(fa, fb) == 0;
+            if (same && b->results[b->dup[i]]) {
+                b->results[i] = json_incref(b->results[b->dup[i]]);
+                b->replayed[i] = true;
+            } else if (same) {
+                b->errs[i] = b->errs[b->dup[i]];
+            } else {
+                key_reused(&b->errs[i], j);
+            }
+            continue;
+        }
+        if (b->replayed[i] || !b->results[i])
+            continue; /* answered from a record, or failed: nothing to bind */
+        char fp[IDEM_FINGERPRINT_HEX];
+        char *resp = jdump(b->results[i], 0, NULL);
+        if (idem_fingerprint(j->req.op, j->req.args, fp) < 0 || !resp ||
+            pg_text_array_add(&b->new_keys, j->req.key) < 0 ||
+            pg_text_array_add(&b->new_fps, fp) < 0 || pg_text_array_add(&b->new_resps, resp) < 0)
+            b->oom = true;
+        free(resp);
+    }
+}
+
+/* Every request has its outcome: record the keys of those that succeeded
+ * (filling in their claims, or inserting records after a lookup), release
+ * the claims of those that failed, and COMMIT (commit_done answers). */
+static void stmt_commit(struct txn *t, struct batch *b)
+{
+    const char *tenant = b->lane->tenant;
+    bool claimed = !b->lookup && b->r_idem >= 0;
+    struct pg_text_array failed = {0};
+    if (claimed) {
+        pg_text_array_free(&b->new_keys);
+        pg_text_array_free(&b->new_fps);
+        pg_text_array_free(&b->new_resps);
+        for (int i = 0; i < b->n; i++)
+            if (b->jobs[i] && b->jobs[i]->req.key && !b->results[i] &&
+                pg_text_array_add(&failed, b->jobs[i]->req.key) < 0)
+                b->oom = true;
+    }
+    b->r_idem = -1;
+    stmt_record_keys(b);
+    struct pg_stmt stmts[3];
+    int ns = 0;
+    const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
+               *r = pg_text_array_get(&b->new_resps), *fk = pg_text_array_get(&failed);
+    if (b->oom || (b->new_keys.n > 0 && (!k || !f || !r)) || (failed.n > 0 && !fk)) {
+        pg_text_array_free(&failed);
+        fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys", tenant);
+        txn_end_with_rollback(t);
+        return;
+    }
+    if (b->new_keys.n > 0) {
+        b->r_idem = ns;
+        stmts[ns++] = claimed ? (struct pg_stmt){.sql = t->s->sql.idem_respond,
+                                                 .nparams = 3,
+                                                 .params = {tenant, k, r}}
+                              : stmt(t->s, ST_IDEM_UPSERT, tenant, k, f, r);
+    }
+    if (failed.n > 0)
+        stmts[ns++] = (struct pg_stmt){
+            .sql = t->s->sql.idem_unclaim, .nparams = 2, .params = {tenant, fk}};
+    t->seg_from = ns; /* (all of this pipeline before COMMIT is the batch's own) */
+    stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
+    b->role = BATCH_WRITES;
+    b->lookup = true; /* (the keys were settled: a record conflict is not a retry) */
+    t->committing = true;
+    int rc = pg_pipeline(t->pc, stmts, ns, commit_done, t);
+    pg_text_array_free(&failed); /* (libpq copied the parameters) */
+    if (rc < 0)
+        fail_lost_before_commit(t);
+}
+
+/* The requests' pipeline is back (keyed batches, or ones whose outcome may
+ * need undoing): a request refused after its statement ran is undone and
+ * the requests after it run again; then the batch commits. */
+static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
+{
+    struct txn *t = arg;
+    struct batch *b = &t->b[0];
+    if (lost) {
+        fail_lost_before_commit(t);
+        return;
+    }
+    if (stmt_prefix_failed(t, b, res, n))
+        return;
+    int k = stmt_outcomes(b, res, n);
+    if (k < 0) {
+        stmt_commit(t, b);
+        return;
+    }
+    /* undo k and what ran after it; run those again on the state before k */
+    for (int i = k + 1; i < b->n; i++) {
+        json_decref(b->results[i]);
+        b->results[i] = NULL;
+        if (b->jobs[i] && b->dup[i] < 0 && !b->replayed[i])
+            b->errs[i].code = TQ_OK;
+    }
+    struct pg_stmt stmts[PG_MAX_STMTS];
+    int ns = 0;
+    stmts[ns++] = (struct pg_stmt){.sql = t->sp_undo[k], .sync = true};
+    t->seg_from = ns;
+    stmt_segments(b, k + 1, stmts, &ns);
+    t->nres = ns;
+    if (pg_pipeline(c, stmts, ns, stmt_ran, t) < 0)
+        fail_lost_before_commit(t);
 }
 
 /* The keys of b were looked up (with the lock): answer repeats from their
@@ -891,149 +1088,29 @@ static void stmt_keys_done(struct pgconn *c, void *arg, PGresult *const *res, in
                 break;
             }
     }
-    struct pg_stmt stmts[TXN_MAX_STMTS];
-    int ns = 0;
-    if (stmt_bind_all(b, stmts, &ns) < 0)
-        return;
-    if (ns == 0) {
+    int pending = 0;
+    for (int i = 0; i < b->n; i++)
+        pending += stmt_pending(b, i);
+    if (pending == 0) {
         /* everything answered from the records: nothing to run or commit */
+        stmt_record_keys(b);
         reply_all(b);
         txn_end_with_rollback(t);
         txn_outbox_flush(t->s);
         return;
     }
+    struct pg_stmt stmts[PG_MAX_STMTS];
+    int ns = 0;
+    stmts[ns++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
+    t->seg_from = ns;
+    stmt_segments(b, 0, stmts, &ns);
     t->nres = ns;
     if (pg_pipeline(c, stmts, ns, stmt_ran, t) < 0)
         fail_lost_before_commit(t);
 }
 
-/* Read the outcome of every request that ran (their results at rpos in
- * res).  Returns the first request that must not commit (answered with its
- * error in errs), or -1 when the transaction may commit. */
-static int stmt_outcomes(struct batch *b, PGresult *const *res, int n)
-{
-    struct fam_ctx ctx = batch_ctx(b);
-    int f = first_failed(res, n);
-    for (int i = 0; i < b->n; i++) {
-        if (b->rpos[i] < 0)
-            continue;
-        const PGresult *r = b->rpos[i] < n ? res[b->rpos[i]] : NULL;
-        if (f >= 0 && f < b->rpos[i] && r && PQresultStatus(r) == PGRES_PIPELINE_ABORTED)
-            r = res[f]; /* its Prepare failed: that is its outcome */
-        bool undo = true;
-        if (b->fam->outcome(&ctx, b->jobs[i], r, &b->results[i], &b->errs[i], &undo) < 0) {
-            b->results[i] = NULL;
-            if (undo)
-                return i;
-        }
-    }
-    return -1;
-}
-
-/* Bind the keys of b's successful requests to their answers (records to
- * write with COMMIT), and give repeats inside the batch the first one's. */
-static void stmt_record_keys(struct batch *b)
-{
-    for (int i = 0; i < b->n; i++) {
-        struct job *j = b->jobs[i];
-        if (!j || !j->req.key)
-            continue;
-        if (b->dup[i] >= 0) {
-            struct job *first = b->jobs[b->dup[i]];
-            char fa[IDEM_FINGERPRINT_HEX], fb[IDEM_FINGERPRINT_HEX];
-            bool same = idem_fingerprint(first->req.op, first->req.args, fa) == 0 &&
-                        idem_fingerprint(j->req.op, j->req.args, fb) == 0 &&
-                        strcmp(fa, fb) == 0;
-            if (same && b->results[b->dup[i]]) {
-                b->results[i] = json_incref(b->results[b->dup[i]]);
-                b->replayed[i] = true;
-            } else if (same) {
-                b->errs[i] = b->errs[b->dup[i]];
-            } else {
-                key_reused(&b->errs[i], j);
-            }
-            continue;
-        }
-        if (b->rpos[i] < 0 || !b->results[i])
-            continue; /* answered from a record, or failed: nothing to bind */
-        char fp[IDEM_FINGERPRINT_HEX];
-        char *resp = jdump(b->results[i], 0, NULL);
-        if (idem_fingerprint(j->req.op, j->req.args, fp) < 0 || !resp ||
-            pg_text_array_add(&b->new_keys, j->req.key) < 0 ||
-            pg_text_array_add(&b->new_fps, fp) < 0 || pg_text_array_add(&b->new_resps, resp) < 0)
-            b->oom = true;
-        free(resp);
-    }
-}
-
-/* The requests ran (keyed batches, or ones whose outcome may need undoing):
- * one that failed ends the transaction; else the keys are recorded and the
- * transaction commits (commit_done answers). */
-static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
-{
-    struct txn *t = arg;
-    struct batch *b = &t->b[0];
-    if (lost) {
-        fail_lost_before_commit(t);
-        return;
-    }
-    bool claimed = !b->lookup && b->r_idem >= 0;
-    if (claimed && b->r_idem < n && !result_ok(res[b->r_idem])) {
-        if (key_seen_before(res[b->r_idem]))
-            batch_put_back(b, false, true);
-        else
-            fail_batch_from_results(b, res, n);
-        txn_end_with_rollback(t);
-        return;
-    }
-    int bad = stmt_outcomes(b, res, n);
-    if (bad >= 0) {
-        stmt_fail_one(b, bad);
-        return;
-    }
-    if (claimed) {
-        /* every request ran and succeeded: fill in the claimed records */
-        pg_text_array_free(&b->new_keys);
-        pg_text_array_free(&b->new_fps);
-        pg_text_array_free(&b->new_resps);
-        b->r_idem = -1;
-    }
-    stmt_record_keys(b);
-    struct pg_stmt stmts[2];
-    int ns = 0;
-    if (b->new_keys.n > 0 && claimed) {
-        const char *k = pg_text_array_get(&b->new_keys), *r = pg_text_array_get(&b->new_resps);
-        if (b->oom || !k || !r) {
-            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys",
-                       b->lane->tenant);
-            txn_end_with_rollback(t);
-            return;
-        }
-        b->r_idem = ns;
-        stmts[ns++] = (struct pg_stmt){
-            .sql = t->s->sql.idem_respond, .nparams = 3, .params = {b->lane->tenant, k, r}};
-    } else if (b->new_keys.n > 0) {
-        const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
-                   *r = pg_text_array_get(&b->new_resps);
-        if (b->oom || !k || !f || !r) {
-            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys",
-                       b->lane->tenant);
-            txn_end_with_rollback(t);
-            return;
-        }
-        b->r_idem = ns;
-        stmts[ns++] = stmt(t->s, ST_IDEM_UPSERT, b->lane->tenant, k, f, r);
-    }
-    stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
-    b->role = BATCH_WRITES;
-    b->lookup = true; /* (the keys were looked up: a record conflict is not a retry) */
-    t->committing = true;
-    if (pg_pipeline(c, stmts, ns, commit_done, t) < 0)
-        fail_lost_before_commit(t);
-}
-
 /* An unkeyed batch sent whole with COMMIT (every outcome final once its
- * statement succeeded). */
+ * statement ran). */
 static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res, int n,
                                bool lost)
 {
@@ -1047,32 +1124,23 @@ static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res
     bool committed = n >= 1 && result_ok(res[n - 1]) &&
                      strcmp(PQcmdStatus(res[n - 1]), "COMMIT") == 0;
     if (!committed) {
-        /* a request failed (the rest of the pipeline was skipped), or the
-         * lock did: nothing was committed */
-        int f = first_failed(res, n);
-        for (int i = 0; i < b->n && f >= 0; i++)
-            if (b->rpos[i] == f || (b->rpos[i] == f + 1 && t->pc->dyn_at[f] >= 0)) {
-                struct fam_ctx ctx = batch_ctx(b);
-                bool undo;
-                json_t *r = NULL;
-                (void)b->fam->outcome(&ctx, b->jobs[i], res[f], &r, &b->errs[i], &undo);
-                json_decref(r);
-                stmt_fail_one(b, i);
-                return;
-            }
-        fail_batch_from_results(b, res, n);
-        txn_end_with_rollback(t);
+        /* the lock (or, deferred, the COMMIT itself) failed: nothing of it
+         * was committed */
+        if (!stmt_prefix_failed(t, b, res, n)) {
+            fail_batch_from_results(b, res + n - 1, 1); /* the COMMIT's own error */
+            txn_end_with_rollback(t);
+        }
         return;
     }
-    (void)stmt_outcomes(b, res, n); /* every one is final: rejections stand alone */
+    (void)stmt_outcomes(b, res, n); /* every one is final: failures were rolled back alone */
     reply_all(b);
     txn_end(t, true);
     txn_outbox_flush(t->s);
 }
 
 /* Start statement batch b (alone in t): BEGIN, the timeouts (in stmts,
- * ns of them), its lock, then either its keys' lookup, or its statements
- * (and COMMIT, when no outcome can need undoing). */
+ * ns of them), its lock, then either its keys' lookup, or its key claims
+ * and its requests (and COMMIT, when no outcome can need undoing). */
 static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stmts, int ns)
 {
     struct shard *s = t->s;
@@ -1090,11 +1158,34 @@ static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stm
         b->dup[i] = -1;
         b->errs[i].code = TQ_OK;
         b->replayed[i] = false;
+        b->rpos[i] = -1;
     }
-    if (b->has_keys && !b->lane->recheck_keys) {
+    if (b->has_keys && b->lane->recheck_keys) {
+        b->lane->recheck_keys = false;
+        b->records = json_object();
+        for (int i = 0; b->records && i < b->n; i++)
+            if (b->jobs[i]->req.key && pg_text_array_add(&b->keys, b->jobs[i]->req.key) < 0)
+                break;
+        const char *keys = b->records ? pg_text_array_get(&b->keys) : NULL;
+        if (!keys) {
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
+            txn_end(t, true);
+            return;
+        }
+        snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
+        b->lookup = true;
+        b->r_lookup = ns;
+        stmts[ns++] = (struct pg_stmt){
+            .sql = t->s->sql.idem_lookup, .nparams = 3, .params = {tenant, keys, t->ttl}};
+        t->nres = ns;
+        if (pg_pipeline(t->pc, stmts, ns, stmt_keys_done, t) < 0)
+            fail_lost_before_commit(t);
+        return;
+    }
+    if (b->has_keys) {
         /* Fast path: claim every key with a record (its response filled in
-         * before COMMIT) ahead of the statements.  A key seen before fails
-         * the claim before any statement runs; the batch then runs again
+         * before COMMIT) ahead of the requests.  A key seen before fails
+         * the claim before any request runs; the batch then runs again
          * with its keys looked up first. */
         for (int i = 0; i < b->n; i++) {
             struct job *j = b->jobs[i];
@@ -1114,38 +1205,11 @@ static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stm
         }
         b->r_idem = ns;
         stmts[ns++] = stmt(s, ST_IDEM_INSERT, tenant, k, f, r);
-        if (stmt_bind_all(b, stmts, &ns) < 0)
-            return;
-        t->nres = ns;
-        if (pg_pipeline(t->pc, stmts, ns, stmt_ran, t) < 0)
-            fail_lost_before_commit(t);
-        return;
     }
-    if (b->has_keys) {
-        b->lane->recheck_keys = false;
-        b->records = json_object();
-        for (int i = 0; b->records && i < b->n; i++)
-            if (b->jobs[i]->req.key && pg_text_array_add(&b->keys, b->jobs[i]->req.key) < 0)
-                break;
-        const char *keys = b->records ? pg_text_array_get(&b->keys) : NULL;
-        if (!keys) {
-            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
-            txn_end(t, true);
-            return;
-        }
-        snprintf(t->ttl, sizeof t->ttl, "%d", s->cfg->idempotency_ttl_s);
-        b->lookup = true;
-        b->r_lookup = ns;
-        stmts[ns++] =
-            (struct pg_stmt){.sql = t->s->sql.idem_lookup, .nparams = 3, .params = {tenant, keys, t->ttl}};
-        t->nres = ns;
-        if (pg_pipeline(t->pc, stmts, ns, stmt_keys_done, t) < 0)
-            fail_lost_before_commit(t);
-        return;
-    }
-    if (stmt_bind_all(b, stmts, &ns) < 0)
-        return;
-    bool blind = !s->draining;
+    stmts[ns++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
+    t->seg_from = ns;
+    stmt_segments(b, 0, stmts, &ns);
+    bool blind = !s->draining && !b->has_keys;
     for (int i = 0; blind && i < b->n; i++)
         blind = b->fam->commits_blind(b->jobs[i]);
     pg_pipeline_cb cb = stmt_ran;
@@ -1265,7 +1329,7 @@ void txn_start(struct txn *t, int lanes)
      * tenant locked elsewhere must not hold the others up, nor can two
      * transactions each wait for a lock the other holds. */
     bool mutating = t->change_deadline_us != UINT64_MAX;
-    struct pg_stmt stmts[TXN_MAX_STMTS];
+    struct pg_stmt stmts[PG_MAX_STMTS]; /* (a statement batch's pipeline is the longest) */
     int ns = 0;
     if (mutating) {
         uint64_t min_left_ms = (t->change_deadline_us - now) / 1000;
@@ -1365,6 +1429,10 @@ int txn_init(struct txn *t, struct shard *s, struct pgconn *pc)
     t->replayed = calloc(n, sizeof *t->replayed);
     t->rpos = calloc(n, sizeof *t->rpos);
     t->dup = calloc(n, sizeof *t->dup);
+    for (int i = 0; i < STMT_BATCH_MAX; i++) {
+        snprintf(t->sp_before[i], sizeof t->sp_before[i], "SAVEPOINT tq_%d", i);
+        snprintf(t->sp_undo[i], sizeof t->sp_undo[i], "ROLLBACK TO SAVEPOINT tq_%d", i);
+    }
     return t->jobs && t->results && t->errs && t->replayed && t->rpos && t->dup ? 0 : -1;
 }
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tqlib import Client, err, free_tcp_port, metrics_counters, ok, run_tenantqd
+from tqlib import (Client, err, free_tcp_port, idempotency_records, metric_value,
+                   metrics_counters, ok, run_tenantqd)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BOOKING = ROOT / "systemd" / "ops" / "booking"
@@ -304,3 +305,95 @@ def test_requests_are_counted_by_op_name(daemon_factory, schema, ops_dir):
     m = metrics_counters(port)
     assert m.get('op="booking.list",code="OK"') == 2, m
     assert m.get('op="booking.create",code="OK"') == 1, m
+
+
+LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:' || %s, 0))"
+
+
+def _queued_behind_the_lock(db, d, tenant, n, send):
+    """Hold tenant's advisory lock while n requests queue up in its lane,
+    then release it; returns their responses (send(i) makes request i)."""
+    res = [None] * n
+    with db.connect(autocommit=False) as holder:
+        holder.execute(LOCK, (tenant,))
+
+        def run(i):
+            with Client(d.endpoint, timeout_ms=30000) as c:
+                res[i] = send(c, i)
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+        for t in ts:
+            t.start()
+        time.sleep(1.0)  # all of them admitted and queued behind the first
+        holder.rollback()
+    for t in ts:
+        t.join(60)
+    return res
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_rejections_roll_back_alone_in_one_transaction(daemon_factory, schema, ops_dir, keyed):
+    """Each request of a batch runs in its own savepoint: 60 queued
+    requests (20 seats 3 times each, a unique constraint) commit in the
+    transaction that waited for the lock plus one more, not in one
+    transaction per rejection; the 40 rejected ones leave no trace, not even
+    their idempotency keys (a retry runs again), and the 20 that succeeded
+    replay."""
+    port = free_tcp_port()
+    d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--connections-per-shard", 1,
+                       "--metrics-listen", "127.0.0.1:%d" % port)
+    before = metric_value(port, "tenantq_transactions_total")
+    extra = (lambda i: {"key": "k%d" % i}) if keyed else (lambda i: {})
+    res = _queued_behind_the_lock(schema, d, "theatre", 60, lambda c, i: c.call(
+        "theatre", "seat.take", {"seat": "s%d" % (i % 20), "holder": "h%d" % i}, **extra(i)))
+    oks = {i: r for i, r in enumerate(res) if r["ok"]}
+    rej = [r for r in res if not r["ok"]]
+    assert len(oks) == 20 and len(rej) == 40, res
+    assert all(r["error"]["code"] == "REJECTED" and "tq_seat_once" in r["error"]["message"]
+               for r in rej), rej
+    txns = metric_value(port, "tenantq_transactions_total") - before
+    assert txns <= 3, "%d transactions for one burst: rejections were not isolated" % txns
+    with schema.connect() as c:
+        stored = dict(c.execute("SELECT seat, holder FROM tq_seat WHERE tenant_id = 'theatre'")
+                      .fetchall())
+    assert len(stored) == 20
+    for i, r in oks.items():
+        assert stored["s%d" % (i % 20)] == "h%d" % i == r["result"]["rows"][0]["holder"]
+    if keyed:
+        recs = idempotency_records(schema, "theatre")
+        assert sorted(k for _, k in recs) == sorted("k%d" % i for i in oks), recs
+        with Client(d.endpoint) as c:
+            i = next(iter(oks))
+            again = c.call("theatre", "seat.take", {"seat": "s%d" % (i % 20),
+                                                    "holder": "h%d" % i}, key="k%d" % i)
+            assert again["ok"] and again.get("replayed") and again["result"] == oks[i]["result"]
+            j = next(q for q in range(60) if q not in oks)
+            retry = c.call("theatre", "seat.take", {"seat": "s%d" % (j % 20),
+                                                    "holder": "h%d" % j}, key="k%d" % j)
+            err(retry, "REJECTED")
+            assert not retry.get("replayed")
+
+
+def test_reject_if_empty_undone_alone(daemon_factory, schema, ops_dir):
+    """reject_if_empty refuses a statement after it ran: it is rolled back to
+    its savepoint and the requests after it run again in the same
+    transaction.  30 queued creates of 10 slots: 10 bookings, 20 REJECTED,
+    a handful of transactions."""
+    port = free_tcp_port()
+    d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--connections-per-shard", 1,
+                       "--metrics-listen", "127.0.0.1:%d" % port)
+    before = metric_value(port, "tenantq_transactions_total")
+    res = _queued_behind_the_lock(schema, d, "clinic", 30, lambda c, i: c.call(
+        "clinic", "booking.create",
+        {"slot": "2026-04-01T%02d:00:00Z" % (i % 10), "customer": "c%d" % i}))
+    oks = [r for r in res if r["ok"]]
+    rej = [r for r in res if not r["ok"]]
+    assert len(oks) == 10 and len(rej) == 20, res
+    assert all(r["error"]["code"] == "REJECTED" and
+               "that slot is already booked" in r["error"]["message"] for r in rej), rej
+    txns = metric_value(port, "tenantq_transactions_total") - before
+    assert txns <= 3, "%d transactions for one burst" % txns
+    with schema.connect() as c:
+        rows = c.execute("SELECT slot, customer FROM booking WHERE tenant_id = 'clinic'"
+                         " ORDER BY slot").fetchall()
+    assert len(rows) == 10 and len({r[0] for r in rows}) == 10
+    assert sorted(r["result"]["rows"][0]["customer"] for r in oks) == sorted(r[1] for r in rows)
