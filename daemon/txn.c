@@ -396,6 +396,24 @@ static void key_reused(tq_error *err, const struct job *j)
                  j->req.key, j->req.tenant);
 }
 
+/* Whether b's request i (fingerprint fp) has a stored record: then it is
+ * answered from it (a repeat: the first execution's answer, never a second
+ * effect), or refused when the record is of other args. */
+static bool answer_from_record(struct batch *b, int i, const char *fp)
+{
+    json_t *rec = json_object_get(b->records, b->jobs[i]->req.key);
+    if (!rec)
+        return false;
+    const char *seen = json_string_value(json_object_get(rec, "f"));
+    if (seen && strcmp(seen, fp) == 0) {
+        b->results[i] = json_incref(json_object_get(rec, "r"));
+        b->replayed[i] = true;
+    } else {
+        key_reused(&b->errs[i], b->jobs[i]);
+    }
+    return true;
+}
+
 /* Apply the batch through its family, in arrival order: each request sees
  * the state the ones before it left.  A repeated key answers from its
  * record instead.  Returns whether the state changed. */
@@ -419,18 +437,8 @@ static bool apply_batch(struct batch *b)
                              "out of memory fingerprinting the request");
                 continue;
             }
-            json_t *rec = json_object_get(b->records, j->req.key);
-            if (rec) {
-                /* a repeat: the first execution's answer, never a second effect */
-                const char *seen = json_string_value(json_object_get(rec, "f"));
-                if (seen && strcmp(seen, fp) == 0) {
-                    b->results[i] = json_incref(json_object_get(rec, "r"));
-                    b->replayed[i] = true;
-                } else {
-                    key_reused(&b->errs[i], j);
-                }
+            if (answer_from_record(b, i, fp))
                 continue;
-            }
         }
         if (b->fam->apply(b->fs, &ctx, j, &b->results[i], &b->errs[i]) < 0) {
             b->results[i] = NULL;
@@ -1070,18 +1078,8 @@ static void stmt_keys_done(struct pgconn *c, void *arg, PGresult *const *res, in
             tq_error_set(&b->errs[i], TQ_E_INTERNAL, "out of memory fingerprinting the request");
             continue;
         }
-        json_t *rec = json_object_get(b->records, j->req.key);
-        if (rec) {
-            /* a repeat: the first execution's answer, never a second effect */
-            const char *seen = json_string_value(json_object_get(rec, "f"));
-            if (seen && strcmp(seen, fp) == 0) {
-                b->results[i] = json_incref(json_object_get(rec, "r"));
-                b->replayed[i] = true;
-            } else {
-                key_reused(&b->errs[i], j);
-            }
+        if (answer_from_record(b, i, fp))
             continue;
-        }
         for (int q = 0; q < i; q++)
             if (b->jobs[q]->req.key && strcmp(b->jobs[q]->req.key, j->req.key) == 0) {
                 b->dup[i] = q; /* runs once: the first one's answer, after COMMIT */
