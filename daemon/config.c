@@ -19,7 +19,9 @@
 
 #include "log.h"
 
-enum setting_type { SET_INT, SET_STR, SET_BOOL };
+/* SET_NAME: an SQL name, a string read verbatim from the file (its double
+ * quotes are SQL's, not the INI file's: "landingPageConfigDraft"). */
+enum setting_type { SET_INT, SET_STR, SET_BOOL, SET_NAME };
 
 struct setting {
     const char *section;
@@ -36,6 +38,8 @@ struct setting {
     {sec, key, flag, SET_INT, offsetof(tq_config, field), lo, hi, def, help}
 #define STR_SETTING(sec, key, flag, field, def, help)                          \
     {sec, key, flag, SET_STR, offsetof(tq_config, field), 0, 0, def, help}
+#define NAME_SETTING(sec, key, flag, field, def, help)                         \
+    {sec, key, flag, SET_NAME, offsetof(tq_config, field), 0, 0, def, help}
 #define BOOL_SETTING(sec, key, flag, field, def, help)                         \
     {sec, key, flag, SET_BOOL, offsetof(tq_config, field), 0, 1, def, help}
 
@@ -80,23 +84,23 @@ static const struct setting settings[] = {
                 "5000", "longest wait for a tenant's advisory lock"),
     INT_SETTING("database", "statement_timeout_ms", "statement-timeout-ms", statement_timeout_ms,
                 1, 3600000, "10000", "server-side statement timeout"),
-    STR_SETTING("database", "schema", "schema", schema, "",
+    NAME_SETTING("database", "schema", "schema", schema, "",
                 "schema of tenantq's own tables (idempotency records, the default storage "
                 "table), created by --init-db; empty = the first schema of search_path"),
-    STR_SETTING("storage", "table", "storage-table", storage_table, "tenantq_storefront",
+    NAME_SETTING("storage", "table", "storage-table", storage_table, "tenantq_storefront",
                 "the table (or view) holding each tenant's storefront state, as SQL writes "
                 "it: public.\"Tenant\""),
-    STR_SETTING("storage", "tenant_column", "storage-tenant-column", storage_tenant_column,
+    NAME_SETTING("storage", "tenant_column", "storage-tenant-column", storage_tenant_column,
                 "tenant", "the tenant id: text, varchar, uuid, smallint, integer or bigint; unique"),
-    STR_SETTING("storage", "draft_column", "storage-draft-column", storage_draft_column, "draft",
+    NAME_SETTING("storage", "draft_column", "storage-draft-column", storage_draft_column, "draft",
                 "the draft: json, jsonb or text; NULL reads as {\"pages\":{}}"),
-    STR_SETTING("storage", "published_column", "storage-published-column",
+    NAME_SETTING("storage", "published_column", "storage-published-column",
                 storage_published_column, "published",
                 "the published copy: json, jsonb or text; empty = none (no draft.publish, "
                 "draft.discard)"),
-    STR_SETTING("storage", "version_column", "storage-version-column", storage_version_column,
+    NAME_SETTING("storage", "version_column", "storage-version-column", storage_version_column,
                 "version", "bigint or integer; every committed change increments it"),
-    STR_SETTING("storage", "updated_at_column", "storage-updated-at-column",
+    NAME_SETTING("storage", "updated_at_column", "storage-updated-at-column",
                 storage_updated_at_column, "updated_at",
                 "timestamp or timestamptz set to now() (UTC) on every write; empty = none"),
     BOOL_SETTING("storage", "create_missing", "storage-create-missing", storage_create_missing,
@@ -117,7 +121,7 @@ static int set_value(tq_config *cfg, const struct setting *s, const char *value,
                      const char *where, char *errbuf, size_t errlen)
 {
     char *field = (char *)cfg + s->offset;
-    if (s->type == SET_STR) {
+    if (s->type == SET_STR || s->type == SET_NAME) {
         char *copy = strdup(value);
         if (!copy) {
             snprintf(errbuf, errlen, "%s: out of memory", where);
@@ -191,9 +195,24 @@ static char *trim(char *s)
 
 /* Value syntax: "double quoted" (no escapes) or bare up to a ';' or '#' that
  * starts a comment (preceded by whitespace). */
-static int parse_value(char *raw, char **out)
+static int parse_value(char *raw, bool sql_name, char **out)
 {
     char *v = trim(raw);
+    if (sql_name) {
+        /* verbatim; a comment starts outside SQL's double quotes */
+        bool quoted = false;
+        for (char *p = v; *p; p++) {
+            if (*p == '"')
+                quoted = !quoted;
+            else if (!quoted && (*p == ';' || *p == '#') &&
+                     (p == v || isspace((unsigned char)p[-1]))) {
+                *p = '\0';
+                break;
+            }
+        }
+        *out = trim(v);
+        return 0;
+    }
     if (*v == '"') {
         char *close = strchr(v + 1, '"');
         if (!close)
@@ -271,15 +290,15 @@ static int load_file(tq_config *cfg, const char *path, bool must_exist, char *er
         }
         *eq = '\0';
         char *key = trim(s), *value;
-        if (parse_value(eq + 1, &value) < 0) {
-            snprintf(errbuf, errlen, "%s: [%s] %s: unterminated quoted value", where, section, key);
-            rc = -1;
-            break;
-        }
         const struct setting *st = find_key(section, key);
         if (!st) {
             snprintf(errbuf, errlen, "%s: unknown key \"%s\" in section [%s]", where, key,
                      section);
+            rc = -1;
+            break;
+        }
+        if (parse_value(eq + 1, st->type == SET_NAME, &value) < 0) {
+            snprintf(errbuf, errlen, "%s: [%s] %s: unterminated quoted value", where, section, key);
             rc = -1;
             break;
         }
@@ -439,7 +458,7 @@ int config_load(tq_config *cfg, int argc, char **argv, tq_action *action, char *
 void config_free(tq_config *cfg)
 {
     for (size_t i = 0; i < N_SETTINGS; i++) {
-        if (settings[i].type == SET_STR) {
+        if (settings[i].type == SET_STR || settings[i].type == SET_NAME) {
             char **p = (char **)(void *)((char *)cfg + settings[i].offset);
             free(*p);
             *p = NULL;

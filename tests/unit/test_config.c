@@ -81,6 +81,32 @@ int main(void)
     unlink(file);
     free(file);
 
+    /* SQL names keep their double quotes (they are SQL's); a comment starts
+     * outside them; booleans */
+    file = write_file("[storage]\ntable = public.\"Tenant\"   ; Prisma's\n"
+                      "draft_column = \"landing #Page; Draft\" # quoted\n"
+                      "published_column =\ncreate_missing = false\n"
+                      "[database]\nschema = \"Tq\"\nlock_key_sql = \"hashtext($1)\"\n");
+    CHECK(load(&cfg, &act, err, sizeof err, 3, "-c", file) == 0, "names: %s", err);
+    CHECK(strcmp(cfg.storage_table, "public.\"Tenant\"") == 0, "table %s", cfg.storage_table);
+    CHECK(strcmp(cfg.storage_draft_column, "\"landing #Page; Draft\"") == 0, "draft %s",
+          cfg.storage_draft_column);
+    CHECK(cfg.storage_published_column[0] == '\0' && cfg.storage_create_missing == 0,
+          "empty name, false");
+    CHECK(strcmp(cfg.schema, "\"Tq\"") == 0, "schema %s", cfg.schema);
+    CHECK(strcmp(cfg.lock_key_sql, "hashtext($1)") == 0, "other strings still unquote: %s",
+          cfg.lock_key_sql);
+    config_free(&cfg);
+    unlink(file);
+    free(file);
+    file = write_file("[storage]\ncreate_missing = maybe\n");
+    CHECK(load(&cfg, &act, err, sizeof err, 3, "-c", file) < 0 &&
+              strstr(err, "create_missing must be true or false") != NULL,
+          "bad bool: %s", err);
+    config_free(&cfg);
+    unlink(file);
+    free(file);
+
     CHECK(load(&cfg, &act, err, sizeof err, 4, "-c", empty, "--check-config") == 0 &&
               act == TQ_ACTION_CHECK_CONFIG,
           "--check-config");
