@@ -354,10 +354,10 @@ OLD_LOCK = "SELECT pg_advisory_xact_lock(%s)"
 
 
 def advisory_locks(env, guide):
-    """The rows of the guide's pg_locks query, run as a superuser (to see
-    other roles' application_name)."""
+    """The rows of the guide's pg_locks query (as the guide's default role,
+    which sees the daemon's application_name)."""
     b, = [b for b in guide.steps_sql() if "pg_locks" in b.body]
-    return env.sql(b.body, role="postgres")
+    return env.run_block(b)
 
 
 def tenantq_key(env, guide):
