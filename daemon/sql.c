@@ -67,7 +67,12 @@ static const char SQL_IDEM_CLEANUP[] =
 static const char SQL_SCHEMA_BEGIN[] =
     "BEGIN;"
     "SELECT pg_advisory_xact_lock(hashtextextended('tenantq:init-db', 0));";
-static const char SQL_SCHEMA_NAMESPACE[] = "CREATE SCHEMA IF NOT EXISTS @N;";
+/* (CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+ * schema exists: a role that only owns its schema can run --init-db again) */
+static const char SQL_SCHEMA_NAMESPACE[] =
+    "DO $tq$ BEGIN"
+    "  IF to_regnamespace('@N') IS NULL THEN CREATE SCHEMA @N; END IF;"
+    "END $tq$;";
 static const char SQL_SCHEMA_STOREFRONT[] =
     "CREATE TABLE IF NOT EXISTS @S ("
     "  tenant     text COLLATE \"C\" PRIMARY KEY,"

@@ -413,12 +413,15 @@ static int scan_draft(json_t *pages, scan *sc, tq_error *err)
             json_t *sec = json_array_get(secs, i);
             if (!json_is_object(sec))
                 return tq_error_set(err, TQ_E_INTERNAL,
-                                    "draft.pages.%.80s.sections[%zu]: must be an object", pname, i);
+                                    "the stored draft.pages.%.80s.sections[%zu] is not an object "
+                                    "(draft.check lists it; it must be repaired by hand)",
+                                    pname, i);
             json_t *idv = json_object_get(sec, "id");
             if (!json_is_string(idv))
                 return tq_error_set(err, TQ_E_INTERNAL,
-                                    "draft.pages.%.80s.sections[%zu].id: must be a string", pname,
-                                    i);
+                                    "the stored draft.pages.%.80s.sections[%zu] has no string id "
+                                    "(draft.repair gives it one)",
+                                    pname, i);
             const char *id = json_string_value(idv);
             size_t len = json_string_length(idv);
             if (sc->want != NULL && !sc->found && len == sc->want_len &&

@@ -147,14 +147,6 @@ class Guide:
         assert m, "the ini block sets no lock_key_sql"
         return m.group(1).strip()
 
-    def workaround(self):
-        """The known problem's command of step 4: (its argv after
-        'tenantqd', the flags it adds to every tenantqd command)."""
-        b, = [b for b in self.of("sh") if b.step == 4 and "--storage-draft-column" in b.body]
-        argv = shlex.split(b.body.replace("\\\n", " "))
-        assert argv[:3] == ["tenantqd", "-c", GUIDE_CONF] and argv[-1] == "--init-db", argv
-        return argv[1:], argv[3:-1]
-
     def console(self):
         """[(argv after 'tenantqd', expected stdout lines)] of ```console blocks."""
         out = []
@@ -187,9 +179,7 @@ class Env:
         self.tmp = tmp
         self.conf = os.path.join(tmp, "tenantqd.conf")
         self.daemons = DaemonFactory(self.conninfo("tenantq"))
-        # the guide's workaround of the known problem of step 4 (see
-        # test_ini_block_alone_is_read_as_the_guide_means)
-        self.flags = []
+        self.flags = []  # flags added to every tenantqd command (none: the file says it all)
 
     def conninfo(self, role):
         return psycopg.conninfo.make_conninfo(self.pg.conninfo, user=role, dbname=DBNAME)
@@ -216,8 +206,7 @@ class Env:
             f.write(guide.ini())
 
     def tenantqd(self, *args, role="tenantq"):
-        """tenantqd with the guide's file (and workaround flags); the test's
-        database wins."""
+        """tenantqd with the guide's file; the test's database wins."""
         argv = [self.conf if a == GUIDE_CONF else a for a in args]
         return subprocess.run([daemon_bin(), *argv, *self.flags,
                                "--database", self.conninfo(role)],
@@ -276,15 +265,10 @@ def apply_steps(env, guide, upto=4, skip=lambda b: False):
     """The steps' SQL blocks in guide order up to step upto, with
     --check-config and --init-db where step 4 shows them."""
     env.write_conf(guide)
-    argv, env.flags = guide.workaround()
     for b in guide.steps_sql():
         if b.step > upto or skip(b):
             continue
         if b.step == 4 and "pg_tables" in b.body:
-            flags, env.flags = env.flags, []
-            p = env.tenantqd(*argv)  # the workaround's own command, as written
-            env.flags = flags
-            assert p.returncode == 0, (argv, p.stdout, p.stderr)
             run_console(env, guide)
         env.run_block(b)
 
@@ -476,7 +460,7 @@ def test_walk_through_the_guide(env, guide):
     # section without an id
     e = err(call(d.endpoint, "acme", "section.upsert",
                  {"page": "home", "section": {"type": "text"}}), "INTERNAL", retryable=False)
-    assert "sections[2].id: must be a string" in e["message"], e
+    assert "sections[2] has no string id (draft.repair gives it one)" in e["message"], e
 
     # step 5: the sh block, with an old-path writer editing the damaged
     # tenant meanwhile
@@ -712,23 +696,8 @@ def test_rollback(env, guide):
     assert draft["pages"]["home"]["sections"][0]["id"] == "home-hero-main"
 
 
-def test_ini_block_alone_is_misread_as_the_guide_says(env, guide):
-    """The known problem of step 4, as the guide describes it."""
-    apply_steps(env, guide, upto=3)
-    env.write_conf(guide)
-    env.flags = []
-    p = env.tenantqd("-c", GUIDE_CONF, "--check-config")
-    assert p.returncode == 0, p.stderr
-    p = env.tenantqd("-c", GUIDE_CONF, "--init-db")
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    assert '"public"."Tenant" has no column "landingpageconfigdraft"' in p.stderr, p.stderr
-
-
-@pytest.mark.xfail(strict=True, reason="daemon bug: daemon/config.c parse_value() takes a value "
-                   "starting with '\"' as an INI-quoted string and strips the quotes, so "
-                   "draft_column = \"landingPageConfigDraft\" names landingpageconfigdraft; "
-                   "when fixed, drop the guide's workaround of step 4")
 def test_ini_block_alone_is_read_as_the_guide_means(env, guide):
+    """The file's quoted names are SQL's: the ini block alone is enough."""
     apply_steps(env, guide, upto=3)
     env.write_conf(guide)
     env.flags = []

@@ -882,13 +882,13 @@ static void test_corrupt(void)
         {"{'pages':{'home':{'sections':{}}}}", "draft.pages.home.sections: must be an array"},
         {"{'pages':{'home':{'sections':'a'}}}", "draft.pages.home.sections: must be an array"},
         {"{'pages':{'ok':{'sections':[]},'home':{'sections':[{'id':'q'},5]}}}",
-         "draft.pages.home.sections[1]: must be an object"},
+         "the stored draft.pages.home.sections[1] is not an object"},
         {"{'pages':{'home':{'sections':[{'id':'q'},{'id':5}]}}}",
-         "draft.pages.home.sections[1].id: must be a string"},
+         "the stored draft.pages.home.sections[1] has no string id"},
         {"{'pages':{'home':{'sections':[{'type':'t'}]}}}",
-         "draft.pages.home.sections[0].id: must be a string"},
+         "the stored draft.pages.home.sections[0] has no string id"},
         {"{'pages':{'home':{'sections':[{'id':null}]}}}",
-         "draft.pages.home.sections[0].id: must be a string"},
+         "the stored draft.pages.home.sections[0] has no string id"},
     };
     static const struct {
         sf_op op;
