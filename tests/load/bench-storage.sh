@@ -26,7 +26,8 @@
 # separate writer updates "name" and "updatedAt" (as Prisma's update() does)
 # of random load tenants' rows at each of BENCH_FOREIGN_RATES writes/s, for
 # BENCH_FOREIGN_TENANTS tenants (10,000 = W2, where the 4 MiB draft cache
-# holds few tenants; 200 = every tenant cached).
+# holds a tenth of the tenants; 50 = every tenant cached), BENCH_FOREIGN_ROUNDS
+# rounds of every rate.
 #
 # Every figure except the load generator's own (throughput, latency) comes
 # from a window in the middle of the run: it opens 1 s after the first
@@ -41,7 +42,8 @@
 # Environment: BENCH_SECONDS per run (default 15), BENCH_PAIRS (3),
 #   BENCH_CLIENTS (64), BENCH_TENANTS (10000), BENCH_PART (all|compare|foreign),
 #   BENCH_VARIANTS ("default prisma"; add prisma-lz4 to isolate compression),
-#   BENCH_FOREIGN_RATES ("0 10 100"), BENCH_FOREIGN_TENANTS ("10000 200"),
+#   BENCH_FOREIGN_RATES ("0 10 100"), BENCH_FOREIGN_TENANTS ("10000 50"),
+#   BENCH_FOREIGN_ROUNDS (2),
 #   BENCH_OUT (keep every run's JSON in this directory).
 set -euo pipefail
 
@@ -57,7 +59,8 @@ tenants=${BENCH_TENANTS:-10000}
 part=${BENCH_PART:-all}
 read -r -a variants <<<"${BENCH_VARIANTS:-default prisma}"
 read -r -a rates <<<"${BENCH_FOREIGN_RATES:-0 10 100}"
-read -r -a ftenants <<<"${BENCH_FOREIGN_TENANTS:-10000 200}"
+read -r -a ftenants <<<"${BENCH_FOREIGN_TENANTS:-10000 50}"
+frounds=${BENCH_FOREIGN_ROUNDS:-2}
 load=$build/tests/load/tenantq-load
 tqd=$build/daemon/tenantqd
 [ -x "$load" ] && [ -x "$tqd" ] || tq_die "no $load or $tqd: build first (ninja -C ${1:-build})"
@@ -241,12 +244,21 @@ stmts = conn.execute(
     "SELECT query, calls, total_exec_time, total_plan_time, rows, shared_blks_hit,"
     " shared_blks_read, shared_blks_dirtied, shared_blks_written, wal_records, wal_fpi, wal_bytes"
     " FROM pg_stat_statements WHERE calls > 0 ORDER BY total_exec_time DESC LIMIT 12").fetchall()
+col = "draft" if rel == "tenantq_storefront" else "landingPageConfigDraft"
+# how the drafts are stored: compressed size, method, inline or out of line
+stored = conn.execute(
+    'SELECT avg(pg_column_size(d)), avg(octet_length(d::text)), string_agg(DISTINCT'
+    ' coalesce(pg_column_compression(d), \'none\'), \',\'), pg_relation_size(%s::regclass),'
+    ' pg_relation_size((SELECT reltoastrelid FROM pg_class WHERE oid = %s::regclass))'
+    ' FROM (SELECT "%s" AS d FROM "%s" LIMIT 500) s' % ("'\"%s\"'" % rel, "'\"%s\"'" % rel, col, rel)).fetchone()
 stop.set()
 if th:
     th.join(5)
 cols = ("query", "calls", "exec_ms", "plan_ms", "rows", "blks_hit", "blks_read", "blks_dirtied",
         "blks_written", "wal_records", "wal_fpi", "wal_bytes")
-json.dump({"a": a, "b": b, "foreign_writes": w1 - w0, "foreign_failed": writes[1],
+json.dump({"a": a, "b": b, "stored": {"draft_bytes": float(stored[0]), "text_bytes": float(stored[1]),
+           "compression": stored[2], "heap_bytes": int(stored[3]), "toast_bytes": int(stored[4])},
+           "foreign_writes": w1 - w0, "foreign_failed": writes[1],
            "statements": [dict(zip(cols, (float(v) if isinstance(v, (int, float)) or hasattr(v, "as_integer_ratio") else v for v in s))) for s in stmts]},
           open(out, "w"), indent=1, default=float)
 EOF
@@ -286,17 +298,20 @@ if [ "$part" != foreign ]; then
     done
 fi
 if [ "$part" != compare ]; then
-    for nt in "${ftenants[@]}"; do
-        for r in "${rates[@]}"; do
-            run "foreign-$nt-$r" prisma "$r" "$nt"
+    for k in $(seq "$frounds"); do
+        for nt in "${ftenants[@]}"; do
+            for r in "${rates[@]}"; do
+                run "foreign-$nt-$r.$k" prisma "$r" "$nt"
+            done
         done
     done
 fi
 
-"$PY" - "$out" "$secs" "$clients" "$pairs" "$part" "${variants[*]}" "${rates[*]}" "${ftenants[*]}" <<'EOF'
+"$PY" - "$out" "$secs" "$clients" "$pairs" "$part" "${variants[*]}" "${rates[*]}" "${ftenants[*]}" "$frounds" <<'EOF'
 import glob, json, os, statistics, sys
 d, secs, clients, pairs, part = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 variants, rates, ftenants = sys.argv[6].split(), sys.argv[7].split(), sys.argv[8].split()
+frounds = int(sys.argv[9])
 def load(name):
     r = json.load(open("%s/%s.json" % (d, name)))
     try:
@@ -378,25 +393,36 @@ if part != "foreign":
             print("    %7.0f calls  %6.1f µs exec  %5.1f µs plan  %6.0f B WAL  %.3f FPI  %.2f blks dirtied  %s" % (
                 s["calls"], 1e3 * s["exec_ms"] / c, 1e3 * s["plan_ms"] / c, s["wal_bytes"] / c,
                 s["wal_fpi"] / c, s["blks_dirtied"] / c, " ".join(s["query"].split())[:110]))
+        st = p["stored"]
+        print("    drafts stored: %.0f B (of %.0f B as text), compression %s; heap %.1f MiB, TOAST %.1f MiB" % (
+            st["draft_bytes"], st["text_bytes"], st["compression"], st["heap_bytes"] / 2**20,
+            st["toast_bytes"] / 2**20))
 if part != "compare":
     print()
     print("Foreign writes to the Prisma rows (\"name\", \"updatedAt\") during W2-shaped load, %s s per run:" % secs)
     print()
-    print("| tenants | foreign writes/s (measured) | tenantq throughput (whole run) | p50 / p99 | draft cache hit ratio | misses/s | stale one-trip batches | one-trip transactions | PostgreSQL / tenantqd µs/req | check |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| tenants | round | foreign writes/s (measured) | tenantq throughput (whole run) | p50 / p99 | draft cache hit ratio | misses per batch | extra misses per foreign write | stale one-trip batches | one-trip transactions | PostgreSQL / tenantqd µs/req | check |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for nt in ftenants:
-        for rate in rates:
-            r, p = load("foreign-%s-%s" % (nt, rate))
-            allruns.append(r)
-            w = window(p) if p else None
-            if not w:
-                print("| %s | %s | %s | | | | | | | %s |" % (nt, rate, fmt_run(r), r["check"]["passed"]))
-                continue
-            el = p["b"]["t"] - p["a"]["t"]
-            print("| %s | %s (%.1f) | %.0f req/s | %.1f / %.1f ms | %.1f %% | %.0f | %.0f | %.0f of %.0f | %.0f / %.0f | %s |" % (
-                nt, rate, p["foreign_writes"] / el, r["throughput_rps"], r["latency_us"]["p50"] / 1e3,
-                r["latency_us"]["p99"] / 1e3, 100 * w["hit_ratio"], w["misses"] / el, w["stale"],
-                w["one_trip"], w["txn"], w["pg"], w["tqd"], r["check"]["passed"]))
+        for k in range(1, frounds + 1):
+            base = None
+            for rate in rates:
+                r, p = load("foreign-%s-%s.%d" % (nt, rate, k))
+                allruns.append(r)
+                w = window(p) if p else None
+                if not w:
+                    print("| %s | %d | %s | %s | | | | | | | | %s |" % (nt, k, rate, fmt_run(r), r["check"]["passed"]))
+                    continue
+                el = p["b"]["t"] - p["a"]["t"]
+                mpb = w["misses"] / w["batches"] if w["batches"] else 0
+                if base is None:
+                    base = mpb
+                fw = p["foreign_writes"]
+                extra = "%.2f" % ((mpb - base) * w["batches"] / fw) if fw else ""
+                print("| %s | %d | %s (%.1f) | %.0f req/s | %.1f / %.1f ms | %.1f %% | %.3f | %s | %.0f | %.0f of %.0f | %.0f / %.0f | %s |" % (
+                    nt, k, rate, fw / el, r["throughput_rps"], r["latency_us"]["p50"] / 1e3,
+                    r["latency_us"]["p99"] / 1e3, 100 * w["hit_ratio"], mpb, extra, w["stale"],
+                    w["one_trip"], w["txn"], w["pg"], w["tqd"], r["check"]["passed"]))
 print()
 print("every run passed its database check: %s" % all(r["check"]["passed"] for r in allruns))
 EOF
