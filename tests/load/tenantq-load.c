@@ -85,6 +85,7 @@ struct options {
     uint64_t seed;
     bool unsafe_page_writes; /* unsafe: write back only the edited pages */
     unsigned async_loops;    /* daemon/echo: 0 = a thread per client */
+    enum wl_table table;     /* where the daemon keeps the state: seeding, check */
 };
 
 struct run;
@@ -847,6 +848,7 @@ static void usage(FILE *f)
             "         [--dist uniform|zipf:S|hot] [--mix upsert=80,get=10,remove=10[,ping=0][,booking.create=N,booking.list=N]]\n"
             "         [--collide P] (--duration S | --requests N) [--json FILE] [--no-check]\n"
             "         [--seed N] [--unsafe-write page|document] [--async LOOPS]\n"
+            "         [--table default|prisma]\n"
             "Drive tenantqd (or PostgreSQL directly) with concurrent storefront edits,\n"
             "report throughput and latency, then check the stored drafts.\n"
             "Exit status: 0 run done and check passed, 1 check failed or no request\n"
@@ -923,7 +925,8 @@ static int append_endpoint(struct options *o, const char *ep)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_DATABASE = 256, O_CLIENTS, O_TENANTS, O_DIST, O_MIX, O_COLLIDE, O_DURATION,
-           O_REQUESTS, O_JSON, O_NO_CHECK, O_SEED, O_UNSAFE_WRITE, O_ASYNC };
+           O_REQUESTS, O_JSON, O_NO_CHECK, O_SEED, O_UNSAFE_WRITE, O_ASYNC,
+           O_TABLE };
     static const struct option longopts[] = {
         {"mode", required_argument, NULL, 'm'},
         {"endpoint", required_argument, NULL, 'e'},
@@ -940,6 +943,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"seed", required_argument, NULL, O_SEED},
         {"unsafe-write", required_argument, NULL, O_UNSAFE_WRITE},
         {"async", required_argument, NULL, O_ASYNC},
+        {"table", required_argument, NULL, O_TABLE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1030,6 +1034,14 @@ static int parse_options(int argc, char **argv, struct options *o)
                 goto bad;
             o->async_loops = (unsigned)v;
             break;
+        case O_TABLE:
+            if (strcmp(optarg, "default") == 0)
+                o->table = WL_TABLE_DEFAULT;
+            else if (strcmp(optarg, "prisma") == 0)
+                o->table = WL_TABLE_PRISMA;
+            else
+                goto bad;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -1052,6 +1064,11 @@ static int parse_options(int argc, char **argv, struct options *o)
         o->duration_s = DEFAULT_DURATION_S;
     if (o->async_loops > 0 && (o->mode == MODE_DIRECT || o->mode == MODE_UNSAFE)) {
         fprintf(stderr, "tenantq-load: --async is for the daemon and echo modes\n");
+        return -1;
+    }
+    if (o->table != WL_TABLE_DEFAULT && o->mode != MODE_DAEMON) {
+        /* the baselines' statements are written for tenantq_storefront */
+        fprintf(stderr, "tenantq-load: --table prisma is for the daemon mode only\n");
         return -1;
     }
     if (o->async_loops > o->clients ||
@@ -1307,7 +1324,7 @@ int main(int argc, char **argv)
         }
     }
     if (seeded) {
-        if ((db == NULL && (db = db_connect(o->conninfo)) == NULL) || wl_seed(db, o->tenants) != 0)
+        if ((db == NULL && (db = db_connect(o->conninfo)) == NULL) || wl_seed(db, o->tenants, o->table) != 0)
             goto out;
         if ((run.track = track_new(o->tenants, WL_SEED_VERSION)) == NULL)
             goto out;
@@ -1383,7 +1400,7 @@ int main(int argc, char **argv)
         goto out;
     collect_totals(&run, tot);
     track_result chk = {0};
-    if (checked && track_check(run.track, db, &chk) != 0) {
+    if (checked && track_check(run.track, db, o->table, &chk) != 0) {
         free(tot);
         goto out;
     }

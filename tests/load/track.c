@@ -250,10 +250,9 @@ static int check_tenant(track *t, size_t idx, const char *draft_text, int64_t ve
     return 0;
 }
 
-int track_check(track *t, PGconn *conn, track_result *res)
+int track_check(track *t, PGconn *conn, enum wl_table table, track_result *res)
 {
-    static const char sql[] = "SELECT tenant, draft::text, version FROM tenantq_storefront"
-                              " WHERE tenant >= 'load-t' AND tenant < 'load-u'";
+    const char *sql = wl_check_sql(table);
     memset(res, 0, sizeof *res);
     bool *seen = calloc(t->ntenants ? t->ntenants : 1, sizeof *seen);
     struct seen_section *arr = NULL;

@@ -32,6 +32,8 @@
 
 #include <libpq-fe.h>
 
+#include "workload.h"
+
 typedef struct track track;
 
 typedef struct track_result {
@@ -62,9 +64,9 @@ void track_remove(track *t, size_t tenant, const char *id, int64_t version);
 void track_uncertain(track *t, size_t tenant);
 
 /*
- * Read the drafts of tenants 0..n-1 from conn and check them (see above).
- * Returns 0 with *res filled, or -1 with a message on stderr.
+ * Read the drafts of tenants 0..n-1 from table on conn and check them (see
+ * above).  Returns 0 with *res filled, or -1 with a message on stderr.
  */
-int track_check(track *t, PGconn *conn, track_result *res);
+int track_check(track *t, PGconn *conn, enum wl_table table, track_result *res);
 
 #endif

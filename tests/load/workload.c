@@ -86,14 +86,27 @@ fail:
     return NULL;
 }
 
-int wl_seed(PGconn *conn, size_t ntenants)
+int wl_seed(PGconn *conn, size_t ntenants, enum wl_table table)
 {
-    static const char sql[] =
+    static const char sql_default[] =
         "INSERT INTO tenantq_storefront AS t (tenant, draft, published, version, updated_at)"
         " SELECT 'load-t' || lpad(g::text, 6, '0'), $1::jsonb, NULL, $2::bigint, now()"
         " FROM generate_series(0, $3::int - 1) AS g"
         " ON CONFLICT (tenant) DO UPDATE SET draft = EXCLUDED.draft, published = NULL,"
         " version = EXCLUDED.version, updated_at = now()";
+    /* Prisma fills @updatedAt itself (UTC, in a timestamp(3)); "createdAt"
+     * and "plan" take their defaults */
+    static const char sql_prisma[] =
+        "INSERT INTO \"Tenant\" AS t (\"id\", \"name\", \"updatedAt\","
+        " \"landingPageConfigDraft\", \"landingPageConfig\", \"version\")"
+        " SELECT 'load-t' || lpad(g::text, 6, '0'), 'Load tenant ' || g,"
+        " now() AT TIME ZONE 'UTC', $1::jsonb, NULL, $2::int"
+        " FROM generate_series(0, $3::int - 1) AS g"
+        " ON CONFLICT (\"id\") DO UPDATE SET"
+        " \"landingPageConfigDraft\" = EXCLUDED.\"landingPageConfigDraft\","
+        " \"landingPageConfig\" = NULL, \"version\" = EXCLUDED.\"version\","
+        " \"updatedAt\" = EXCLUDED.\"updatedAt\"";
+    const char *sql = table == WL_TABLE_PRISMA ? sql_prisma : sql_default;
     char *draft = seed_draft_text();
     if (draft == NULL) {
         fprintf(stderr, "tenantq-load: cannot build the seeded draft\n");
@@ -119,4 +132,13 @@ int wl_seed(PGconn *conn, size_t ntenants)
     }
     free(draft);
     return rc;
+}
+
+const char *wl_check_sql(enum wl_table table)
+{
+    if (table == WL_TABLE_PRISMA)
+        return "SELECT \"id\", \"landingPageConfigDraft\"::text, \"version\" FROM \"Tenant\""
+               " WHERE \"id\" >= 'load-t' AND \"id\" < 'load-u'";
+    return "SELECT tenant, draft::text, version FROM tenantq_storefront"
+           " WHERE tenant >= 'load-t' AND tenant < 'load-u'";
 }

@@ -44,10 +44,29 @@ void wl_pool_id(char *buf, unsigned k);
 json_t *wl_section(const char *id, const char *rev);
 
 /*
- * Write the seeded draft to tenants 0..ntenants-1 (insert or overwrite;
- * published NULL, version WL_SEED_VERSION) in one statement on conn.
- * Returns 0, or -1 with a message on stderr.
+ * The table the tenants' state lives in, as the daemon under test is
+ * configured ([storage]):
+ *   WL_TABLE_DEFAULT  tenantq's own tenantq_storefront (--init-db creates it);
+ *   WL_TABLE_PRISMA   the Prisma-shaped "Tenant" of tests/integration/
+ *                     test_storage.py (PRISMA_TABLE): "id" text primary key,
+ *                     "name" and "updatedAt" NOT NULL without defaults,
+ *                     "landingPageConfigDraft" / "landingPageConfig" jsonb,
+ *                     "version" integer.  The caller creates the table; the
+ *                     daemon runs with create_missing = false, so every
+ *                     tenant's row must exist before the clock starts.
  */
-int wl_seed(PGconn *conn, size_t ntenants);
+enum wl_table { WL_TABLE_DEFAULT, WL_TABLE_PRISMA };
+
+/*
+ * Write the seeded draft to tenants 0..ntenants-1 of table (insert or
+ * overwrite; published NULL, version WL_SEED_VERSION; on the Prisma table
+ * also "name" and "updatedAt", as the application would have created the
+ * row) in one statement on conn.  Returns 0, or -1 with a message on stderr.
+ */
+int wl_seed(PGconn *conn, size_t ntenants, enum wl_table table);
+
+/* The check's query on table: tenant, draft::text, version of every load
+ * tenant's row (static text). */
+const char *wl_check_sql(enum wl_table table);
 
 #endif
