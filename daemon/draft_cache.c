@@ -68,6 +68,14 @@ static void drop_oldest(struct dcache *c)
     free(e);
 }
 
+size_t dcache_clear(struct dcache *c)
+{
+    size_t n = c->count;
+    while (c->oldest)
+        drop_oldest(c);
+    return n;
+}
+
 void dcache_destroy(struct dcache *c)
 {
     while (c->oldest)

@@ -41,6 +41,9 @@ struct dcache {
 int dcache_init(struct dcache *c, size_t budget) __attribute__((warn_unused_result));
 void dcache_destroy(struct dcache *c);
 
+/* Drop every entry (the cache stays usable); returns how many there were. */
+size_t dcache_clear(struct dcache *c);
+
 /* The heap a parsed state of json_len bytes of JSON text is reckoned at. */
 size_t dcache_cost(size_t json_len);
 

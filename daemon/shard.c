@@ -253,7 +253,18 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 static void on_conn_state(struct pgconn *c, void *owner)
 {
     struct shard *s = owner;
-    (void)c;
+    /* A connection made again may reach another server than the one the
+     * cache was filled from: a promoted standby after a failover, or a
+     * server restarted after a crash, that lacks edits the old one had
+     * acknowledged (asynchronous replication, synchronous_commit = off)
+     * and hands their transaction ids out again, so a row there can match
+     * a cached (version, xmin) and still differ (docs/failure.md).  Start
+     * from what the server holds. */
+    if (c->state == PGC_IDLE && c->reconnects > 0) {
+        size_t n = dcache_clear(&s->cache);
+        if (n > 0)
+            log_info("shard %d: draft cache emptied after reconnecting (%zu entries)", s->id, n);
+    }
     int up = 0;
     unsigned long reconnects = 0;
     for (int i = 0; i < s->nconns; i++) {

@@ -810,3 +810,138 @@ def join_threads(threads, errors, timeout=120):
 def run_threads(n, target, timeout=120):
     """target(i) in n threads, waited for; the first exception is re-raised."""
     join_threads(*start_threads(n, target), timeout=timeout)
+
+
+# --------------------------------------------------------------------------
+# a primary and a streaming standby, for failover tests
+
+class PgPair:
+    """Two PostgreSQL 15 servers on this machine, each on its own unix
+    socket directory (no TCP): a primary (wal_level=replica) and a hot
+    standby made from it with `pg_basebackup -R`, streaming from it.
+    sync=True sets synchronous_standby_names='*' on the primary (a commit
+    waits until the standby has flushed its WAL, synchronous_commit=on);
+    sync=False leaves replication asynchronous.  fsync stays on: these
+    tests are about what survives.  As root the servers run as postgres.
+
+    conninfo lists both socket directories with
+    target_session_attrs=read-write, so libpq connects to whichever of the
+    two accepts writes (never to a standby in recovery).  kill_primary()
+    is `pg_ctl stop -m immediate` (no shutdown checkpoint: a crash), then
+    promote() is `pg_ctl promote -w` of the standby."""
+
+    def __init__(self, sync=True):
+        self.sync = sync
+        self.dir = tempfile.mkdtemp(prefix="tq-pgpair-")
+        os.chmod(self.dir, 0o755)
+        self.as_root = os.geteuid() == 0
+        self.a = os.path.join(self.dir, "a")  # primary: socket dir, data in a/data
+        self.b = os.path.join(self.dir, "b")  # standby
+        for d in (self.a, self.b):
+            os.mkdir(d)
+            os.chmod(d, 0o755)
+        if self.as_root:
+            for d in (self.dir, self.a, self.b):
+                shutil.chown(d, "postgres", "postgres")
+        self.primary_data = os.path.join(self.a, "data")
+        self.standby_data = os.path.join(self.b, "data")
+        self.primary_log = os.path.join(self.a, "postgres.log")
+        self.standby_log = os.path.join(self.b, "postgres.log")
+        self.primary_conninfo = "host=%s user=postgres dbname=postgres" % self.a
+        self.standby_conninfo = "host=%s user=postgres dbname=postgres" % self.b
+        self.conninfo = ("host=%s,%s user=postgres dbname=postgres "
+                         "target_session_attrs=read-write connect_timeout=2" % (self.a, self.b))
+        self.primary_up = self.standby_up = False
+        try:
+            self._pg(["initdb", "-D", self.primary_data, "-A", "trust", "-U", "postgres",
+                      "--no-sync", "-E", "UTF8", "--locale=C"])
+            # initdb's pg_hba.conf already has "local replication all trust"
+            self._start(self.primary_data, self.a, self.primary_log,
+                        "-c synchronous_standby_names='%s'" % ("*" if sync else ""))
+            self.primary_up = True
+            self._pg(["pg_basebackup", "-h", self.a, "-U", "postgres", "-D", self.standby_data,
+                      "-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            self._start(self.standby_data, self.b, self.standby_log,
+                        "-c synchronous_standby_names='' -c hot_standby=on")
+            self.standby_up = True
+            self.wait_streaming()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _pg(self, argv, check=True, timeout=60):
+        cmd = [os.path.join(PG_BIN, argv[0]), *argv[1:]]
+        if self.as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=timeout)
+        if check:
+            assert p.returncode == 0, "%s failed:\n%s\nprimary:\n%s\nstandby:\n%s" % (
+                argv[0], p.stdout, log_tail(self.primary_log, 20),
+                log_tail(self.standby_log, 20))
+        return p
+
+    def _start(self, data, sockdir, logfile, extra):
+        self._pg(["pg_ctl", "-D", data, "-l", logfile, "-w", "-t", "30", "-o",
+                  "-k %s -c listen_addresses='' -c fsync=on -c max_connections=50 "
+                  "-c wal_level=replica -c max_wal_senders=4 -c shared_buffers=32MB "
+                  "%s" % (sockdir, extra), "start"])
+
+    def wait_streaming(self, timeout=30.0):
+        """Until the primary lists the standby as streaming (and sync when
+        sync=True)."""
+        want = "sync" if self.sync else "async"
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            with psycopg.connect(self.primary_conninfo, autocommit=True) as c:
+                last = c.execute("SELECT state, sync_state FROM pg_stat_replication").fetchall()
+            if any(s == "streaming" and ss == want for s, ss in last):
+                return
+            time.sleep(0.05)
+        raise AssertionError("standby not streaming (%s) within %.0fs: %r\n%s" % (
+            want, timeout, last, log_tail(self.standby_log, 20)))
+
+    def wait_replayed(self, timeout=30.0):
+        """Until the standby has replayed everything the primary wrote so far."""
+        with psycopg.connect(self.primary_conninfo, autocommit=True) as c:
+            target = c.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with psycopg.connect(self.standby_conninfo, autocommit=True) as c:
+                if c.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                             (target,)).fetchone()[0]:
+                    return
+            time.sleep(0.02)
+        raise AssertionError("standby did not replay up to %s within %.0fs" % (target, timeout))
+
+    def cut_replication(self):
+        """Stop the standby's WAL receiver and keep it stopped
+        (primary_conninfo = '' on the standby, reloaded): from here on
+        what the primary commits never reaches the standby."""
+        with psycopg.connect(self.standby_conninfo, autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET primary_conninfo = ''")
+            c.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 10
+            while c.execute("SELECT count(*) FROM pg_stat_wal_receiver").fetchone()[0]:
+                assert time.monotonic() < deadline, "the WAL receiver is still running"
+                time.sleep(0.02)
+
+    def kill_primary(self):
+        """The primary crashes: pg_ctl stop -m immediate."""
+        self._pg(["pg_ctl", "-D", self.primary_data, "-m", "immediate", "-w", "stop"])
+        self.primary_up = False
+
+    def promote(self):
+        """pg_ctl promote -w of the standby; returns once it accepts writes."""
+        self._pg(["pg_ctl", "-D", self.standby_data, "-w", "-t", "30", "promote"])
+
+    def destroy(self):
+        if self.primary_up or os.path.exists(os.path.join(self.primary_data, "postmaster.pid")):
+            self._pg(["pg_ctl", "-D", self.primary_data, "-m", "immediate", "-w", "stop"],
+                     check=False)
+        if self.standby_up or os.path.exists(os.path.join(self.standby_data, "postmaster.pid")):
+            self._pg(["pg_ctl", "-D", self.standby_data, "-m", "immediate", "-w", "stop"],
+                     check=False)
+        self.primary_up = self.standby_up = False
+        shutil.rmtree(self.dir, ignore_errors=True)

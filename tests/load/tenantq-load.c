@@ -1400,6 +1400,17 @@ int main(int argc, char **argv)
         goto out;
     collect_totals(&run, tot);
     track_result chk = {0};
+    /* the check reads on a new connection: the one that seeded sat idle
+     * through the run, and the server may have changed meanwhile (a
+     * primary killed and its standby promoted: tests/integration/
+     * test_failover.py gives a multi-host conninfo) */
+    if (db != NULL && (checked || booking)) {
+        PQfinish(db);
+        if ((db = db_connect(o->conninfo)) == NULL) {
+            free(tot);
+            goto out;
+        }
+    }
     if (checked && track_check(run.track, db, o->table, &chk) != 0) {
         free(tot);
         goto out;
