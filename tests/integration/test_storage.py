@@ -267,9 +267,9 @@ def test_create_missing_true_creates_rows_with_defaults(daemon_factory, db):
         sql(db, "DROP TABLE IF EXISTS app_pages")
 
 
-@pytest.mark.parametrize("doc,ver,ts", [("jsonb", "bigint", "timestamptz"),
-                                        ("json", "integer", "timestamp(3)"),
-                                        ("text", "bigint", None)])
+@pytest.mark.parametrize("doc", ["jsonb", "json", "text"])
+@pytest.mark.parametrize("ver", ["bigint", "integer"])
+@pytest.mark.parametrize("ts", ["timestamptz", "timestamp(3)", None])
 def test_column_types(daemon_factory, db, doc, ver, ts):
     cols = "t text PRIMARY KEY, d %s, p %s, v %s NOT NULL DEFAULT 0" % (doc, doc, ver)
     if ts:
