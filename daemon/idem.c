@@ -114,7 +114,10 @@ int idem_fingerprint(const char *op, const json_t *args, char out[IDEM_FINGERPRI
 {
     struct fp h = {0xcbf29ce484222325ULL, 0x84222325cbf29ce4ULL};
     fp_str(&h, op, strlen(op));
-    if (args && fp_value(&h, args) < 0)
+    json_t *none = args ? NULL : json_object(); /* no args are {} */
+    int rc = fp_value(&h, args ? args : none);
+    json_decref(none);
+    if (rc < 0)
         return -1;
     snprintf(out, IDEM_FINGERPRINT_HEX, "%016" PRIx64 "%016" PRIx64, h.a, h.b);
     return 0;

@@ -16,7 +16,8 @@
  * What a key is bound to: op and args in canonical form (object keys
  * sorted, so the same args sent with another key order match), hashed to
  * 128 bits with fixed parameters so every instance and restart agrees.
- * Streams the tree; never builds a string.  Returns 0, or -1 out of memory.
+ * args NULL counts as {}.  Streams the tree; never builds a string.
+ * Returns 0, or -1 out of memory.
  */
 int idem_fingerprint(const char *op, const json_t *args, char out[IDEM_FINGERPRINT_HEX])
     __attribute__((warn_unused_result));
