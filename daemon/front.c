@@ -348,6 +348,42 @@ static void on_clients(evutil_socket_t fd, short what, void *arg)
         set_paused(f, false, open);
 }
 
+/* Who can reach an ipc socket once bound.  nanomsg has no file mode for
+ * ipc sockets, and any local peer that can connect can abort it with a
+ * malformed frame (a frame type other than 1): connecting needs write
+ * permission on the socket file (0770 from the daemon's umask 007), and the
+ * directory is the second guard. */
+static void check_ipc_access(const char *path, bool auth)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    struct stat sock, dst;
+    if (stat(path, &sock) < 0 || stat(dir, &dst) < 0)
+        return;
+    unsigned smode = (unsigned)(sock.st_mode & 0777), dmode = (unsigned)(dst.st_mode & 0777);
+    if ((sock.st_mode & S_IWOTH) && (dst.st_mode & S_IXOTH))
+        log_warn("ipc://%s: the socket (mode %03o) and its directory %s (mode %03o) are open to "
+                 "every local user: anyone can connect and %s - use a directory with mode 0750 "
+                 "owned by the service's group",
+                 path, smode, dir, dmode,
+                 auth ? "crash the daemon with a malformed frame"
+                      : "edit any tenant or crash the daemon with a malformed frame");
+    else if (dst.st_mode & S_IXOTH)
+        log_warn("ipc://%s: directory %s can be entered by every local user (mode %03o); only "
+                 "the socket's own mode %03o keeps them from connecting (and from crashing the "
+                 "daemon with a malformed frame)%s - use a directory with mode 0750 owned by "
+                 "the service's group",
+                 path, dir, dmode, smode,
+                 (dst.st_mode & S_IWOTH) && !(dst.st_mode & S_ISVTX)
+                     ? ", and they can remove or replace it"
+                     : "");
+}
+
 static int bind_one(const char *ep, void *arg)
 {
     struct ep_ctx *c = arg;
@@ -367,25 +403,6 @@ static int bind_one(const char *ep, void *arg)
                      "request cross the network in clear (use a private network or a TLS tunnel)",
                      ep);
     }
-    if (strncmp(ep, "ipc://", 6) == 0) {
-        /* nanomsg has no file mode for ipc sockets and aborts on a malformed
-         * frame from any local peer (an ipc frame type other than 1): the directory is the guard */
-        char dir[512];
-        snprintf(dir, sizeof dir, "%s", ep + 6);
-        char *slash = strrchr(dir, '/');
-        if (slash)
-            *(slash == dir ? slash + 1 : slash) = '\0';
-        else
-            snprintf(dir, sizeof dir, ".");
-        struct stat st;
-        if (stat(dir, &st) == 0 && (st.st_mode & S_IXOTH))
-            log_warn("%s: directory %s can be entered by every local user (mode %03o); "
-                     "anyone can connect and %s - use a directory with mode 0750 "
-                     "owned by the service's group",
-                     ep, dir, (unsigned)(st.st_mode & 0777),
-                     c->d->auth ? "crash the daemon with a malformed frame"
-                                : "edit any tenant");
-    }
     if (nn_bind(c->d->rep_sock, ep) < 0) {
         snprintf(c->err, c->errlen, "[daemon] listen: cannot bind %.200s: %s", ep,
                  nn_strerror(nn_errno()));
@@ -393,6 +410,8 @@ static int bind_one(const char *ep, void *arg)
     }
     if (find_listener(c->f, ep, c->err, c->errlen) < 0)
         return -1;
+    if (strncmp(ep, "ipc://", 6) == 0)
+        check_ipc_access(ep + 6, c->d->auth != NULL);
     log_info("listening on %s", ep);
     return 0;
 }
