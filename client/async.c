@@ -76,6 +76,8 @@ struct slot {
     bool moved;            /* this call moved the socket to another endpoint */
     uint8_t order[TQ_MAX_ENDPOINTS]; /* the tenant's endpoints, best first */
     uint64_t broken;       /* WAITING: the socket's broken connections at the send */
+    int broke;             /* deliveries of this attempt whose connection broke
+                              before the reply (TQ_BROKEN_REPLIES) */
     int send_pause_ms;     /* SENDING: current pause between tries */
     int timeout_ms, attempt, attempts;
     tq_callback cb;
@@ -253,6 +255,7 @@ static void slot_attempt(tq_client *c, struct tq_async *a, int i, int64_t now)
         s->ep = ep;
     }
     s->attempt++;
+    s->broke = 0;
     s->deadline = now + s->timeout_ms;
     s->state = SLOT_SENDING;
     s->sending_since = now;
@@ -456,10 +459,13 @@ static int run_timers(tq_client *c, struct tq_async *a, int64_t now)
         case SLOT_WAITING:
             if (now >= s->deadline) {
                 tq_status st;
-                status_set(&st, TQ_E_TIMEOUT, s->state == SLOT_SENDING
-                           ? "endpoint %s: could not send within %d ms"
-                           : "endpoint %s: no reply within %d ms (outcome unknown)",
-                           c->eps[s->ep].url, s->timeout_ms);
+                if (s->state == SLOT_SENDING && s->broke > 0)
+                    reply_lost(&st, c->eps[s->ep].url, s->broke, s->timeout_ms);
+                else
+                    status_set(&st, TQ_E_TIMEOUT, s->state == SLOT_SENDING
+                               ? "endpoint %s: could not send within %d ms"
+                               : "endpoint %s: no reply within %d ms (outcome unknown)",
+                               c->eps[s->ep].url, s->timeout_ms);
                 if (s->state == SLOT_SENDING) /* the next call goes elsewhere */
                     (void)endpoint_mark_down(c, s->ep, s->sock);
                 /* a late reply must not arrive on a socket we reuse */
@@ -471,6 +477,12 @@ static int run_timers(tq_client *c, struct tq_async *a, int64_t now)
                 /* a send that found no connection, or a request whose
                  * connection broke: (again) once one is there */
                 tq_status st;
+                if (s->state == SLOT_WAITING && ++s->broke >= TQ_BROKEN_REPLIES) {
+                    reply_lost(&st, c->eps[s->ep].url, s->broke, s->timeout_ms);
+                    slot_close(a, s);
+                    slot_failed(a, s, &st, now);
+                    break;
+                }
                 if (s->state == SLOT_WAITING)
                     s->sending_since = now;
                 else if (failover(c, a, i, now, &st) < 0) {

@@ -346,6 +346,22 @@ int raw_recv(int sock, int flags, void **body, uint32_t *id)
  * again this way too, and its key makes that harmless, since the daemons of
  * one deployment share the database's idempotency records.
  */
+int reply_lost(tq_status *st, const char *url, int times, int timeout_ms)
+{
+    if (times >= TQ_BROKEN_REPLIES)
+        return status_set(st, TQ_E_TRANSPORT,
+                          "endpoint %s: the connection broke each time the reply was due (%d "
+                          "times): the reply most likely exceeds this client's receive limit of "
+                          "%d bytes, over which nanomsg drops the connection (outcome unknown)",
+                          url, times, TQ_RCVMAXSIZE);
+    return status_set(st, TQ_E_TIMEOUT,
+                      "endpoint %s: the connection broke while the reply was due and none came "
+                      "back within %d ms: the reply may exceed this client's receive limit of %d "
+                      "bytes, over which nanomsg drops the connection, or the daemon went away "
+                      "(outcome unknown)",
+                      url, timeout_ms, TQ_RCVMAXSIZE);
+}
+
 static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t req_len,
                     int timeout_ms, void **reply, size_t *reply_len,
                     const struct tq_endpoint **used, tq_status *st)
@@ -354,6 +370,7 @@ static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t 
     const char *what = "no reply";
     int e = ETIMEDOUT;
     int wait_ms = failover_wait_ms(timeout_ms);
+    int broke = 0; /* deliveries in a row whose connection broke before the reply */
     struct tq_endpoint *ep;
     for (;;) { /* one delivery of the request per turn */
         size_t i = endpoint_pick(c, order);
@@ -400,6 +417,8 @@ static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t 
             if (timed_out)
                 (void)endpoint_mark_down(c, i, ep->sock); /* the next call goes elsewhere */
             endpoint_close(ep);
+            if (timed_out && broke > 0)
+                return reply_lost(st, ep->url, broke, timeout_ms);
             if (timed_out)
                 return status_set(st, TQ_E_TIMEOUT, "endpoint %s: could not send within %d ms",
                                   ep->url, timeout_ms);
@@ -439,6 +458,10 @@ static int exchange(tq_client *c, const uint8_t *order, const void *req, size_t 
                 goto failed;
             }
             resend = nn_get_statistic(ep->sock, NN_STAT_BROKEN_CONNECTIONS) != broken;
+        }
+        if (++broke >= TQ_BROKEN_REPLIES) {
+            endpoint_close(ep);
+            return reply_lost(st, ep->url, broke, timeout_ms);
         }
     }
 failed:

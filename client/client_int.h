@@ -58,6 +58,16 @@ struct tq_client {
 /* Fill st (if not NULL); retryable follows tq_code_retryable.  Returns -1. */
 __attribute__((format(printf, 3, 4)))
 int status_set(tq_status *st, tq_code code, const char *fmt, ...);
+
+/* A reply over TQ_RCVMAXSIZE is not an error nanomsg reports: it drops the
+ * connection, and the request is sent again once one is back (nanomsg
+ * 1.1.5 may bring none back within the call's time), only for the same to
+ * happen.  After the connection broke this many times in a row while the
+ * reply was due, a call gives up with reply_lost's message; one whose
+ * connection broke so and that then runs out of time sending again says
+ * the same, not "could not send". */
+#define TQ_BROKEN_REPLIES 2
+int reply_lost(tq_status *st, const char *url, int times, int timeout_ms);
 void status_ok(tq_status *st);
 
 /*

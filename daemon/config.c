@@ -64,6 +64,10 @@ static const struct setting settings[] = {
                 "requests admitted and not yet answered, daemon-wide"),
     INT_SETTING("daemon", "max_message_bytes", "max-message-bytes", max_message_bytes, 256,
                 256 * 1024 * 1024, "1048576", "largest request accepted by the transport"),
+    INT_SETTING("daemon", "max_clients", "max-clients", max_clients, 0, 1000000, "0",
+                "client connections held at once, all endpoints together; at it the listeners "
+                "stop accepting until fewer than 90 % are open (0: 10000, or what the "
+                "descriptor limit leaves if less; a value it cannot fit is refused)"),
     INT_SETTING("daemon", "default_deadline_ms", "default-deadline-ms", default_deadline_ms, 1,
                 86400000, "10000", "deadline of requests that carry none"),
     INT_SETTING("daemon", "shutdown_grace_ms", "shutdown-grace-ms", shutdown_grace_ms, 0,

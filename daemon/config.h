@@ -26,6 +26,7 @@ typedef struct tq_config {
     int max_queue_per_tenant;
     int max_pending;
     int max_message_bytes;
+    int max_clients;            /* SP connections held at once; 0 = as the fd limit allows */
     int default_deadline_ms;
     int shutdown_grace_ms;
     int idempotency_ttl_s;

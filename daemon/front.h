@@ -33,4 +33,15 @@ void front_close(struct front *f);
  * Returns 0, or -1 with a message naming the key and endpoint. */
 int front_check_endpoints(const char *listen, char *err, size_t errlen);
 
+/* Descriptors kept for everything but client connections: the database
+ * connections, the metrics endpoint, the listen backlogs, what can arrive
+ * between two connection checks and the daemon's own. */
+long front_fd_reserve(const tq_config *cfg);
+
+/* The [daemon] max_clients that runs under a descriptor limit of fd_limit:
+ * the configured value, or for 0 CLIENT_DEFAULT or what the limit leaves
+ * if less.  -1 with a message naming the key when it does not fit. */
+int front_client_budget(const tq_config *cfg, long fd_limit, int *max_clients, char *err,
+                        size_t errlen);
+
 #endif

@@ -268,8 +268,9 @@ static void on_libevent_log(int severity, const char *msg)
 }
 
 /* Every client connection, database connection and metrics connection is a
- * descriptor: use the hard limit, not the soft default of 1024. */
-static void raise_fd_limit(void)
+ * descriptor: use the hard limit, not the soft default of 1024.  Returns the
+ * limit in force (what [daemon] max_clients must fit). */
+static long raise_fd_limit(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -279,8 +280,21 @@ static void raise_fd_limit(void)
             log_warn("cannot raise the descriptor limit to %llu: %s", (unsigned long long)want,
                      strerror(errno));
     }
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-        log_info("descriptor limit %llu", (unsigned long long)rl.rlim_cur);
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 1L << 20;
+    log_info("descriptor limit %llu", (unsigned long long)rl.rlim_cur);
+    return (long)rl.rlim_cur;
+}
+
+/* The limit the daemon would raise itself to (for --check-config, which
+ * leaves its own alone). */
+static long fd_limit_to_run(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 1L << 20;
+    rlim_t v = rl.rlim_max != RLIM_INFINITY ? rl.rlim_max : rl.rlim_cur;
+    return v == RLIM_INFINITY || v > (1L << 30) ? 1L << 30 : (long)v;
 }
 
 /* What the config parser cannot check alone: the endpoints' syntax, the
@@ -288,9 +302,12 @@ static void raise_fd_limit(void)
  * operations and the auth token file, so that
  * --check-config catches them and the daemon refuses them at start (exit 2)
  * instead of failing to bind or retrying a connection that cannot work. */
-static int check_values(const tq_config *cfg, char *err, size_t errlen)
+static int check_values(const tq_config *cfg, long fd_limit, char *err, size_t errlen)
 {
     if (front_check_endpoints(cfg->listen, err, errlen) < 0)
+        return -1;
+    int max_clients;
+    if (front_client_budget(cfg, fd_limit, &max_clients, err, errlen) < 0)
         return -1;
     char host[256];
     uint16_t port;
@@ -323,7 +340,6 @@ static int run_daemon(struct main_ctx *m)
     signal(SIGPIPE, SIG_IGN);
     umask(007); /* the ipc socket file gets no permissions for others */
     event_set_log_callback(on_libevent_log);
-    raise_fd_limit();
     if (evthread_use_pthreads() < 0) {
         log_err("libevent thread support is unavailable");
         return 1;
@@ -468,7 +484,7 @@ int main(int argc, char **argv)
         printf("tenantqd %s (allocator: %s)\n", TQ_VERSION, allocator_name());
         break;
     case TQ_ACTION_CHECK_CONFIG:
-        if (check_values(&m.cfg, err, sizeof err) < 0) {
+        if (check_values(&m.cfg, fd_limit_to_run(), err, sizeof err) < 0) {
             fprintf(stderr, "tenantqd: %s\n", err);
             rc = 2;
         } else {
@@ -482,7 +498,7 @@ int main(int argc, char **argv)
         rc = scan_run(&m.cfg, stdout);
         break;
     case TQ_ACTION_RUN:
-        if (check_values(&m.cfg, err, sizeof err) < 0) {
+        if (check_values(&m.cfg, raise_fd_limit(), err, sizeof err) < 0) {
             fprintf(stderr, "tenantqd: %s\n", err);
             rc = 2;
             break;

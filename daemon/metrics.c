@@ -1,9 +1,12 @@
 /*
  * metrics.c - per-thread counters and the small HTTP endpoint.
  *
- * The endpoint is hardened against hostile local clients: GET only, small header and body
- * limits, short timeouts; it runs on the main thread's base and only reads
- * atomics, so a slow scraper cannot disturb the shards.
+ * The endpoint is hardened against hostile local clients: GET only, one
+ * request a connection, 8 KiB of request head, 5 s from accept to the end of
+ * the reply, and METRICS_MAX_CONNECTIONS open at once (more are closed as
+ * they are accepted), so that a flood cannot take the descriptors the SP
+ * listeners need; it runs on the main thread's base and only reads atomics,
+ * so a slow scraper cannot disturb the shards.
  */
 #include "metrics.h"
 
@@ -18,7 +21,8 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/http.h>
+#include <event2/bufferevent.h>
+#include <event2/util.h>
 #include <event2/listener.h>
 
 #include "daemon.h"
@@ -117,12 +121,16 @@ void stats_txn(int tenants)
  * once, for ever, on the main thread that also reads the requests. */
 #define ACCEPT_PAUSE_MS 1000
 
+struct conn;
+
 struct metrics {
     struct daemon *d;
-    struct evhttp *http;
-    struct evconnlistener *listener; /* owned by http */
+    struct evconnlistener *listener;
     struct event *resume;            /* re-enables the listener after a pause */
     unsigned long paused;            /* pauses so far (logged, not each one) */
+    struct conn *conns;              /* the open HTTP connections */
+    int nconns;
+    unsigned long refused;           /* connections closed at the cap so far */
 };
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
@@ -223,15 +231,9 @@ static void process_metrics(struct evbuffer *b)
                             (unsigned long)rl.rlim_cur);
 }
 
-static void on_metrics(struct evhttp_request *req, void *arg)
+static void metrics_body(struct metrics *m, struct evbuffer *b)
 {
-    struct metrics *m = arg;
     struct daemon *d = m->d;
-    struct evbuffer *b = evbuffer_new();
-    if (!b) {
-        evhttp_send_error(req, HTTP_INTERNAL, NULL);
-        return;
-    }
     evbuffer_add_printf(b, "# HELP tenantq_requests_total Requests answered, by op and code.\n"
                            "# TYPE tenantq_requests_total counter\n");
     for (int op = 0; op <= SF_OP__COUNT; op++) {
@@ -347,25 +349,16 @@ static void on_metrics(struct evhttp_request *req, void *arg)
                         "tenantq_pending %d\n",
                         rec, lto, busy, atomic_load(&d->pending));
     process_metrics(b);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      "text/plain; version=0.0.4");
-    evhttp_send_reply(req, HTTP_OK, "OK", b);
-    evbuffer_free(b);
 }
 
-static void on_healthz(struct evhttp_request *req, void *arg)
+/* The /healthz body; returns the status code. */
+static int healthz_body(struct metrics *m, struct evbuffer *b)
 {
-    struct metrics *m = arg;
     struct daemon *d = m->d;
-    struct evbuffer *b = evbuffer_new();
-    if (!b) {
-        evhttp_send_error(req, HTTP_INTERNAL, NULL);
-        return;
-    }
     int down = 0;
     for (int i = 0; i < d->nshards; i++)
         down += shard_connected(d->shards[i]) == 0;
-    int code = HTTP_OK;
+    int code = 200;
     if (atomic_load(&d->draining)) {
         evbuffer_add_printf(b, "draining\n");
         code = 503;
@@ -375,14 +368,7 @@ static void on_healthz(struct evhttp_request *req, void *arg)
     } else {
         evbuffer_add_printf(b, "ok\n");
     }
-    evhttp_send_reply(req, code, code == HTTP_OK ? "OK" : "Service Unavailable", b);
-    evbuffer_free(b);
-}
-
-static void on_other(struct evhttp_request *req, void *arg)
-{
-    (void)arg;
-    evhttp_send_error(req, HTTP_NOTFOUND, NULL);
+    return code;
 }
 
 int metrics_parse_listen(const char *listen, char *host, size_t hostlen, uint16_t *port,
@@ -406,6 +392,180 @@ int metrics_parse_listen(const char *listen, char *host, size_t hostlen, uint16_
     return 0;
 }
 
+/* One HTTP/1.1 request a connection, answered with Connection: close.  A
+ * connection lives CONN_DEADLINE_S at the most, from accept to the last
+ * byte of the reply, however slowly it sends; at METRICS_MAX_CONNECTIONS
+ * open, new ones are accepted and closed at once. */
+#define REQUEST_MAX 8192 /* request line and headers */
+#define CONN_DEADLINE_S 5
+
+struct conn {
+    struct metrics *m;
+    struct bufferevent *bev;
+    struct event *deadline;
+    struct conn *prev, *next;
+    bool replied;
+};
+
+static void conn_free(struct conn *c)
+{
+    struct metrics *m = c->m;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        m->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    m->nconns--;
+    event_free(c->deadline);
+    bufferevent_free(c->bev);
+    free(c);
+}
+
+static void reply(struct conn *c, int code, const char *reason, const char *type,
+                  struct evbuffer *body)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                        "%sConnection: close\r\n\r\n",
+                        code, reason, type, body ? evbuffer_get_length(body) : strlen(reason) + 1,
+                        code == 405 ? "Allow: GET\r\n" : "");
+    if (body)
+        evbuffer_add_buffer(out, body);
+    else
+        evbuffer_add_printf(out, "%s\n", reason);
+    c->replied = true;
+    bufferevent_disable(c->bev, EV_READ);
+    bufferevent_enable(c->bev, EV_WRITE);
+}
+
+static void serve(struct conn *c, char *line)
+{
+    char *sp1 = strchr(line, ' '), *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+    if (!sp2 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0) {
+        reply(c, 400, "Bad Request", "text/plain", NULL);
+        return;
+    }
+    *sp1 = *sp2 = '\0';
+    char *target = sp1 + 1, *query = strchr(target, '?');
+    if (query)
+        *query = '\0';
+    if (strcmp(line, "GET") != 0) {
+        reply(c, 405, "Method Not Allowed", "text/plain", NULL);
+        return;
+    }
+    bool metrics = strcmp(target, "/metrics") == 0;
+    if (!metrics && strcmp(target, "/healthz") != 0) {
+        reply(c, 404, "Not Found", "text/plain", NULL);
+        return;
+    }
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        reply(c, 500, "Internal Server Error", "text/plain", NULL);
+        return;
+    }
+    if (metrics) {
+        metrics_body(c->m, b);
+        reply(c, 200, "OK", "text/plain; version=0.0.4", b);
+    } else {
+        int code = healthz_body(c->m, b);
+        reply(c, code, code == 200 ? "OK" : "Service Unavailable", "text/plain", b);
+    }
+    evbuffer_free(b);
+}
+
+static void on_conn_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (c->replied) {
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (end.pos < 0 ? evbuffer_get_length(in) > REQUEST_MAX : (size_t)end.pos > REQUEST_MAX) {
+        reply(c, 431, "Request Header Fields Too Large", "text/plain", NULL);
+        return;
+    }
+    if (end.pos < 0)
+        return;
+    size_t n;
+    char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF_STRICT);
+    if (!line) {
+        reply(c, 500, "Internal Server Error", "text/plain", NULL);
+        return;
+    }
+    serve(c, line);
+    free(line);
+}
+
+static void on_conn_write(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    if (c->replied && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        conn_free(c);
+}
+
+static void on_conn_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    (void)what; /* EOF or an error: nothing more to say */
+    conn_free(arg);
+}
+
+static void on_conn_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_free(arg);
+}
+
+static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    (void)lev;
+    (void)sa;
+    (void)salen;
+    struct metrics *m = arg;
+    if (m->nconns >= METRICS_MAX_CONNECTIONS) {
+        evutil_closesocket(fd);
+        m->refused++;
+        /* the 1st, 2nd, 4th, 8th ... refusal is logged */
+        if ((m->refused & (m->refused - 1)) == 0)
+            log_warn("metrics: refusing connections: %d are open, the most it holds (each "
+                     "%d s at the most); %lu refused so far",
+                     m->nconns, CONN_DEADLINE_S, m->refused);
+        return;
+    }
+    struct conn *c = calloc(1, sizeof *c);
+    struct event_base *base = evconnlistener_get_base(lev);
+    if (c)
+        c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (c && c->bev)
+        c->deadline = evtimer_new(base, on_conn_deadline, c);
+    struct timeval dl = {CONN_DEADLINE_S, 0};
+    if (!c || !c->bev || !c->deadline || evtimer_add(c->deadline, &dl) < 0) {
+        if (c && c->bev)
+            bufferevent_free(c->bev);
+        else
+            evutil_closesocket(fd);
+        if (c && c->deadline)
+            event_free(c->deadline);
+        free(c);
+        return;
+    }
+    c->m = m;
+    c->next = m->conns;
+    if (m->conns)
+        m->conns->prev = c;
+    m->conns = c;
+    m->nconns++;
+    bufferevent_setcb(c->bev, on_conn_read, on_conn_write, on_conn_event, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, REQUEST_MAX + 4);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
 static void on_resume(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -414,14 +574,9 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
     evconnlistener_enable(m->listener);
 }
 
-/* The one metrics server (main thread): the listener's callback argument
- * belongs to evhttp, so the error callback finds its state here. */
-static struct metrics *active;
-
 static void on_accept_error(struct evconnlistener *lev, void *arg)
 {
-    (void)arg; /* evhttp's */
-    struct metrics *m = active;
+    struct metrics *m = arg;
     int e = EVUTIL_SOCKET_ERROR();
     evconnlistener_disable(lev);
     struct timeval tv = {ACCEPT_PAUSE_MS / 1000, (ACCEPT_PAUSE_MS % 1000) * 1000};
@@ -437,38 +592,38 @@ static void on_accept_error(struct evconnlistener *lev, void *arg)
 struct metrics *metrics_start(struct daemon *d, struct event_base *base, const char *listen,
                               char *err, size_t errlen)
 {
-    char host[256];
-    uint16_t port;
-    if (metrics_parse_listen(listen, host, sizeof host, &port, err, errlen) < 0)
+    char host[256], port[8];
+    uint16_t portnum;
+    if (metrics_parse_listen(listen, host, sizeof host, &portnum, err, errlen) < 0)
         return NULL;
+    snprintf(port, sizeof port, "%u", (unsigned)portnum);
     struct metrics *m = calloc(1, sizeof *m);
     if (!m) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     m->d = d;
-    m->http = evhttp_new(base);
-    if (!m->http) {
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                    .ai_flags = EVUTIL_AI_PASSIVE},
+                           *ai = NULL;
+    int gai = evutil_getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
+    if (gai != 0) {
+        snprintf(err, errlen, "[metrics] listen: %.100s: %s", listen, evutil_gai_strerror(gai));
         free(m);
-        snprintf(err, errlen, "[metrics] listen: cannot create the HTTP server");
         return NULL;
     }
-    evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET);
-    evhttp_set_max_headers_size(m->http, 8192);
-    evhttp_set_max_body_size(m->http, 1024);
-    evhttp_set_timeout(m->http, 5);
-    evhttp_set_cb(m->http, "/metrics", on_metrics, m);
-    evhttp_set_cb(m->http, "/healthz", on_healthz, m);
-    evhttp_set_gencb(m->http, on_other, m);
-    struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(m->http, host, port);
-    m->listener = bound ? evhttp_bound_socket_get_listener(bound) : NULL;
+    m->listener = evconnlistener_new_bind(base, on_accept, m,
+                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                              LEV_OPT_CLOSE_ON_EXEC,
+                                          128, ai->ai_addr, (int)ai->ai_addrlen);
+    evutil_freeaddrinfo(ai);
     m->resume = evtimer_new(base, on_resume, m);
     if (!m->listener || !m->resume) {
-        snprintf(err, errlen, "[metrics] listen: cannot bind %.100s", listen);
+        snprintf(err, errlen, "[metrics] listen: cannot bind %.100s: %s", listen,
+                 strerror(errno));
         metrics_stop(m);
         return NULL;
     }
-    active = m;
     evconnlistener_set_error_cb(m->listener, on_accept_error);
     return m;
 }
@@ -477,10 +632,11 @@ void metrics_stop(struct metrics *m)
 {
     if (!m)
         return;
-    if (active == m)
-        active = NULL;
+    while (m->conns)
+        conn_free(m->conns);
+    if (m->listener)
+        evconnlistener_free(m->listener);
     if (m->resume)
         event_free(m->resume);
-    evhttp_free(m->http);
     free(m);
 }

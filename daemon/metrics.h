@@ -41,6 +41,10 @@ void stats_request(int op, tq_code code);
  * name, assigned on first use, or -1 when the table is full.
  * stats_sql_request may be called from any thread. */
 #define STATS_SQL_OPS 256
+
+/* HTTP connections the metrics endpoint holds at once; more are accepted
+ * and closed at once (each is a descriptor the SP listeners must not lose) */
+#define METRICS_MAX_CONNECTIONS 16
 int stats_sql_slot(const char *name);
 void stats_sql_request(int slot, tq_code code);
 

@@ -31,11 +31,12 @@
 #include <nanomsg/reqrep.h>
 
 #include "check.h"
+#include "client_int.h"
 #include "tenantq.h"
 #include "tq_proto.h"
 
 
-enum { OP_ECHO, OP_FAIL, OP_REPLAY, OP_HANG, OP_SLOW, OP_GARBAGE, OP_NULL, OP_OTHER, OP__N };
+enum { OP_ECHO, OP_FAIL, OP_REPLAY, OP_HANG, OP_SLOW, OP_GARBAGE, OP_NULL, OP_HUGE, OP_OTHER, OP__N };
 
 struct responder {
     const char *name;  /* "A" or "B", reported in echo results */
@@ -50,7 +51,7 @@ struct responder {
 static int op_index(const char *op)
 {
     static const char *const names[] = {"echo", "fail", "replay", "hang", "slow", "garbage",
-                                        "null"};
+                                        "null", "huge"};
     for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)
         if (strcmp(op, names[i]) == 0)
             return i;
@@ -94,6 +95,18 @@ static void answer(struct responder *r, const void *buf, size_t len)
         case OP_NULL:
             rc = tq_response_encode_ok(&sb, NULL, false, NULL);
             break;
+        case OP_HUGE: { /* a reply over the client's receive limit */
+            char *big = malloc(TQ_RCVMAXSIZE + 1);
+            if (!big)
+                abort();
+            memset(big, 'x', TQ_RCVMAXSIZE);
+            big[TQ_RCVMAXSIZE] = '\0';
+            json_t *res = json_pack("{s:s}", "draft", big);
+            free(big);
+            rc = res ? tq_response_encode_ok(&sb, res, false, NULL) : -1;
+            json_decref(res);
+            break;
+        }
         default: {
             if (op == OP_SLOW)
                 sleep_ms(300); /* answers like echo, only late */
@@ -609,6 +622,7 @@ struct outcome {
     char server;          /* echo: which responder answered */
     char tenant[32];      /* echo: the tenant the responder saw */
     char result[256];     /* start of the result text */
+    char message[512];    /* the status message */
     int64_t t_done;
 };
 
@@ -626,6 +640,7 @@ static void on_done(void *arg, const tq_status *st, const char *result, bool rep
     o->code = st->code;
     o->replayed = replayed;
     o->t_done = mono_ms();
+    snprintf(o->message, sizeof o->message, "%s", st->message);
     CHECK((st->code == TQ_OK) == (result != NULL), "result iff ok (%s)", tq_code_name(st->code));
     if (result == NULL)
         return;
@@ -1055,6 +1070,53 @@ static void test_auth(void)
     tq_close(c); /* frees the token (ASan: no leak) */
 }
 
+/* A reply over the receive limit drops the connection: the call says that
+ * the reply may be over the limit, not "could not send" (as it once did,
+ * nanomsg bringing no connection back within the call's time). */
+static void test_reply_over_receive_limit(bool async)
+{
+    /* over ipc: inproc has no frames and no receive limit */
+    static struct responder rh;
+    char url[128];
+    snprintf(url, sizeof url, "ipc:///tmp/tq-test-huge-%d.sock", (int)getpid());
+    responder_start(&rh, "H", url);
+    tq_status st;
+    tq_client *c = tq_connect(url, &st);
+    CHECK(c != NULL, "connect: %s", st.message);
+    if (c == NULL) {
+        responder_stop(&rh);
+        return;
+    }
+    tq_set_timeout(c, 2000);
+    int before = atomic_load(&rh.count[OP_HUGE]);
+    int64_t t0 = mono_ms();
+    if (async) {
+        struct outcome o = {0};
+        CHECK(tq_call_async(c, "t", "huge", NULL, NULL, on_done, &o, &st) == 0, "async: %s",
+              st.message);
+        loop(c, 10000);
+        CHECK(o.calls == 1, "callbacks: %d", o.calls);
+        st.code = o.code;
+        snprintf(st.message, sizeof st.message, "%s", o.message);
+    } else {
+        char *res = NULL;
+        CHECK(tq_call(c, "t", "huge", NULL, NULL, &res, &st) == -1, "a reply over the limit "
+              "was received");
+        free(res);
+    }
+    int64_t took = mono_ms() - t0;
+    CHECK((st.code == TQ_E_TRANSPORT || st.code == TQ_E_TIMEOUT) &&
+              strstr(st.message, "receive limit of 8388608 bytes") != NULL &&
+              strstr(st.message, "could not send") == NULL,
+          "%s: %s: %s", async ? "async" : "sync", tq_code_name(st.code), st.message);
+    CHECK(took < 4000, "took %lld ms of the 2000 ms timeout", (long long)took);
+    int seen = atomic_load(&rh.count[OP_HUGE]) - before;
+    CHECK(seen >= 1 && seen <= TQ_BROKEN_REPLIES, "the responder saw the request %d times",
+          seen);
+    tq_close(c);
+    responder_stop(&rh);
+}
+
 int main(void)
 {
     responder_start(&ra, "A", EP_A);
@@ -1071,6 +1133,8 @@ int main(void)
     test_restart(true);
     test_failover(false);
     test_failover(true);
+    test_reply_over_receive_limit(false);
+    test_reply_over_receive_limit(true);
 
     responder_stop(&ra);
     responder_stop(&rb);
