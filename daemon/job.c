@@ -14,7 +14,7 @@
 #include "job.h"
 #include "log.h"
 #include "opset.h"
-#include "metrics.h"
+#include "stats.h"
 
 uint64_t now_us(void)
 {

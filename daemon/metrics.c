@@ -1,5 +1,6 @@
 /*
- * metrics.c - per-thread counters and the small HTTP endpoint.
+ * metrics.c - the small HTTP endpoint: /metrics (the counters of stats.h,
+ * the shards' gauges, the process) and /healthz.
  *
  * The endpoint is hardened against hostile local clients: GET only, one
  * request a connection, 8 KiB of request head, 5 s from accept to the end of
@@ -27,94 +28,7 @@
 
 #include "daemon.h"
 #include "log.h"
-#include "opset.h"
 #include "shard.h"
-
-_Thread_local struct tq_stats *tls_stats;
-
-/* upper bounds in microseconds; the last bucket is +Inf */
-static const uint64_t lat_bounds_us[STATS_LAT_BUCKETS] = {
-    250, 500, 1000, 2000, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
-    1000000, 2500000, 5000000, 10000000,
-};
-
-void stats_request(int op, tq_code code)
-{
-    struct tq_stats *s = tls_stats;
-    if (!s || code < 0 || code >= TQ_CODE__COUNT)
-        return;
-    if (op < 0 || op > SF_OP__COUNT)
-        op = SF_OP__COUNT;
-    atomic_fetch_add_explicit(&s->requests[op][code], 1, memory_order_relaxed);
-}
-
-/* Names written on the main thread only, before the slot is handed out;
- * read by the main thread's /metrics.  Counts from any thread. */
-static char sql_names[STATS_SQL_OPS][OPSET_NAME_MAX + 1];
-static atomic_ulong sql_counts[STATS_SQL_OPS][TQ_CODE__COUNT];
-static int n_sql_names;
-
-int stats_sql_slot(const char *name)
-{
-    for (int i = 0; i < n_sql_names; i++)
-        if (strcmp(sql_names[i], name) == 0)
-            return i;
-    if (n_sql_names == STATS_SQL_OPS || strlen(name) > OPSET_NAME_MAX)
-        return -1;
-    snprintf(sql_names[n_sql_names], sizeof sql_names[0], "%s", name);
-    return n_sql_names++;
-}
-
-void stats_sql_request(int slot, tq_code code)
-{
-    if (slot < 0 || slot >= STATS_SQL_OPS || code < 0 || code >= TQ_CODE__COUNT) {
-        stats_request(-1, code);
-        return;
-    }
-    atomic_fetch_add_explicit(&sql_counts[slot][code], 1, memory_order_relaxed);
-}
-
-static int lat_bucket(uint64_t us)
-{
-    int b = 0;
-    while (b < STATS_LAT_BUCKETS && us > lat_bounds_us[b])
-        b++;
-    return b;
-}
-
-void stats_timing(uint64_t queue_us, uint64_t exec_us)
-{
-    struct tq_stats *s = tls_stats;
-    if (!s)
-        return;
-    atomic_fetch_add_explicit(&s->queue_hist[lat_bucket(queue_us)], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->exec_hist[lat_bucket(exec_us)], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->queue_sum_us, queue_us, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->exec_sum_us, exec_us, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->timed, 1, memory_order_relaxed);
-}
-
-void stats_batch(int n)
-{
-    struct tq_stats *s = tls_stats;
-    if (!s || n <= 0)
-        return;
-    int b = 0;
-    while (b < STATS_BATCH_BUCKETS && n > (1 << b))
-        b++;
-    atomic_fetch_add_explicit(&s->batch_hist[b], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->batch_sum, (unsigned long)n, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->batches, 1, memory_order_relaxed);
-}
-
-void stats_txn(int tenants)
-{
-    struct tq_stats *s = tls_stats;
-    if (!s || tenants <= 0)
-        return;
-    atomic_fetch_add_explicit(&s->txns, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->txn_tenants, (unsigned long)tenants, memory_order_relaxed);
-}
 
 /* A failing accept() (out of descriptors: EMFILE, ENFILE) leaves the
  * listening socket readable; without a pause libevent would retry it at
@@ -156,7 +70,7 @@ static void histogram(struct evbuffer *b, struct daemon *d, const char *name, co
         cum += v;
         if (k < STATS_LAT_BUCKETS)
             evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %lu\n", name,
-                                (double)lat_bounds_us[k] / 1e6, cum);
+                                (double)stats_lat_bound_us(k) / 1e6, cum);
         else
             evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %lu\n", name, cum);
     }
@@ -231,6 +145,40 @@ static void process_metrics(struct evbuffer *b)
                             (unsigned long)rl.rlim_cur);
 }
 
+/* The shards' gauges (shard.h), each named once: per shard, or summed over
+ * them.  SHARD_GAUGE__COUNT stands for the usable database connections. */
+struct series {
+    enum shard_gauge g;
+    const char *name;
+    bool counter, per_shard;
+    const char *help;
+};
+static const struct series shard_series[] = {
+    {SHARD_GAUGE_QUEUED, "tenantq_queued", false, true,
+     "Requests waiting in tenant lanes, by shard."},
+    {SHARD_GAUGE_LANES, "tenantq_tenants_pending", false, true,
+     "Tenants with queued or running work."},
+    {SHARD_GAUGE__COUNT, "tenantq_db_connections", false, true,
+     "Usable database connections."},
+    {SHARD_GAUGE_CACHE_HITS, "tenantq_draft_cache_hits_total", true, false,
+     "Batches whose tenant's parsed state was cached and still the row's version."},
+    {SHARD_GAUGE_CACHE_MISSES, "tenantq_draft_cache_misses_total", true, false,
+     "Tenant rows read and parsed."},
+    {SHARD_GAUGE_CACHE_BYTES, "tenantq_draft_cache_bytes", false, false,
+     "Heap reckoned for cached states."},
+    {SHARD_GAUGE_CACHE_STALE, "tenantq_draft_cache_stale_total", true, false,
+     "Batches sent in one round trip whose cached state the row had moved past (written "
+     "behind the daemon); they ran again from the row."},
+    {SHARD_GAUGE_ONE_TRIP, "tenantq_transactions_one_round_trip_total", true, false,
+     "Transactions sent whole in one round trip because every tenant's state was cached."},
+    {SHARD_GAUGE_RECONNECTS, "tenantq_db_reconnects_total", true, false,
+     "Database reconnect attempts."},
+    {SHARD_GAUGE_LOCK_TIMEOUTS, "tenantq_lock_timeouts_total", true, false,
+     "Batches that hit lock_timeout."},
+    {SHARD_GAUGE_LOCK_BUSY, "tenantq_lock_busy_total", true, false,
+     "Batches put back because their lock was held elsewhere while sharing a transaction."},
+};
+
 static void metrics_body(struct metrics *m, struct evbuffer *b)
 {
     struct daemon *d = m->d;
@@ -246,12 +194,12 @@ static void metrics_body(struct metrics *m, struct evbuffer *b)
                                     code == TQ_OK ? "OK" : tq_code_name((tq_code)code), v);
         }
     }
-    for (int i = 0; i < n_sql_names; i++) {
+    for (int i = 0; i < stats_sql_names(); i++) {
         for (int code = 0; code < TQ_CODE__COUNT; code++) {
-            unsigned long v = atomic_load_explicit(&sql_counts[i][code], memory_order_relaxed);
+            unsigned long v = stats_sql_count(i, (tq_code)code);
             if (v)
                 evbuffer_add_printf(b, "tenantq_requests_total{op=\"%s\",code=\"%s\"} %lu\n",
-                                    sql_names[i],
+                                    stats_sql_name(i),
                                     code == TQ_OK ? "OK" : tq_code_name((tq_code)code), v);
         }
     }
@@ -285,69 +233,27 @@ static void metrics_body(struct metrics *m, struct evbuffer *b)
                         "tenantq_transaction_tenants_total %lu\n",
                         txns, tenants);
 
-    evbuffer_add_printf(b, "# HELP tenantq_queued Requests waiting in tenant lanes, by shard.\n"
-                           "# TYPE tenantq_queued gauge\n");
-    for (int i = 0; i < d->nshards; i++)
-        evbuffer_add_printf(b, "tenantq_queued{shard=\"%d\"} %lu\n", i,
-                            (unsigned long)shard_gauge(d->shards[i], SHARD_GAUGE_QUEUED));
-    evbuffer_add_printf(b, "# HELP tenantq_tenants_pending Tenants with queued or running work.\n"
-                           "# TYPE tenantq_tenants_pending gauge\n");
-    for (int i = 0; i < d->nshards; i++)
-        evbuffer_add_printf(b, "tenantq_tenants_pending{shard=\"%d\"} %lu\n", i,
-                            (unsigned long)shard_gauge(d->shards[i], SHARD_GAUGE_LANES));
-    evbuffer_add_printf(b, "# HELP tenantq_db_connections Usable database connections.\n"
-                           "# TYPE tenantq_db_connections gauge\n");
-    for (int i = 0; i < d->nshards; i++)
-        evbuffer_add_printf(b, "tenantq_db_connections{shard=\"%d\"} %d\n", i,
-                            shard_connected(d->shards[i]));
-    unsigned long rec = 0, lto = 0, busy = 0, hits = 0, misses = 0, cbytes = 0, stale = 0,
-                  one_trip = 0;
-    for (int i = 0; i < d->nshards; i++) {
-        rec += shard_gauge(d->shards[i], SHARD_GAUGE_RECONNECTS);
-        lto += shard_gauge(d->shards[i], SHARD_GAUGE_LOCK_TIMEOUTS);
-        busy += shard_gauge(d->shards[i], SHARD_GAUGE_LOCK_BUSY);
-        hits += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_HITS);
-        misses += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_MISSES);
-        cbytes += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_BYTES);
-        stale += shard_gauge(d->shards[i], SHARD_GAUGE_CACHE_STALE);
-        one_trip += shard_gauge(d->shards[i], SHARD_GAUGE_ONE_TRIP);
+    for (size_t k = 0; k < sizeof shard_series / sizeof shard_series[0]; k++) {
+        const struct series *se = &shard_series[k];
+        evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", se->name, se->help, se->name,
+                            se->counter ? "counter" : "gauge");
+        unsigned long sum = 0;
+        for (int i = 0; i < d->nshards; i++) {
+            unsigned long g = se->g == SHARD_GAUGE__COUNT
+                                  ? (unsigned long)shard_connected(d->shards[i])
+                                  : shard_gauge(d->shards[i], se->g);
+            if (se->per_shard)
+                evbuffer_add_printf(b, "%s{shard=\"%d\"} %lu\n", se->name, i, g);
+            sum += g;
+        }
+        if (!se->per_shard)
+            evbuffer_add_printf(b, "%s %lu\n", se->name, sum);
     }
     evbuffer_add_printf(b,
-                        "# HELP tenantq_draft_cache_hits_total Batches whose tenant's parsed "
-                        "state was cached and still the row's version.\n"
-                        "# TYPE tenantq_draft_cache_hits_total counter\n"
-                        "tenantq_draft_cache_hits_total %lu\n"
-                        "# HELP tenantq_draft_cache_misses_total Tenant rows read and parsed.\n"
-                        "# TYPE tenantq_draft_cache_misses_total counter\n"
-                        "tenantq_draft_cache_misses_total %lu\n"
-                        "# HELP tenantq_draft_cache_bytes Heap reckoned for cached states.\n"
-                        "# TYPE tenantq_draft_cache_bytes gauge\n"
-                        "tenantq_draft_cache_bytes %lu\n"
-                        "# HELP tenantq_draft_cache_stale_total Batches sent in one round trip "
-                        "whose cached state the row had moved past (written behind the daemon); "
-                        "they ran again from the row.\n"
-                        "# TYPE tenantq_draft_cache_stale_total counter\n"
-                        "tenantq_draft_cache_stale_total %lu\n"
-                        "# HELP tenantq_transactions_one_round_trip_total Transactions sent "
-                        "whole in one round trip because every tenant's state was cached.\n"
-                        "# TYPE tenantq_transactions_one_round_trip_total counter\n"
-                        "tenantq_transactions_one_round_trip_total %lu\n",
-                        hits, misses, cbytes, stale, one_trip);
-    evbuffer_add_printf(b,
-                        "# HELP tenantq_db_reconnects_total Database reconnect attempts.\n"
-                        "# TYPE tenantq_db_reconnects_total counter\n"
-                        "tenantq_db_reconnects_total %lu\n"
-                        "# HELP tenantq_lock_timeouts_total Batches that hit lock_timeout.\n"
-                        "# TYPE tenantq_lock_timeouts_total counter\n"
-                        "tenantq_lock_timeouts_total %lu\n"
-                        "# HELP tenantq_lock_busy_total Batches put back because their lock was "
-                        "held elsewhere while sharing a transaction.\n"
-                        "# TYPE tenantq_lock_busy_total counter\n"
-                        "tenantq_lock_busy_total %lu\n"
                         "# HELP tenantq_pending Requests admitted and not yet answered.\n"
                         "# TYPE tenantq_pending gauge\n"
                         "tenantq_pending %d\n",
-                        rec, lto, busy, atomic_load(&d->pending));
+                        atomic_load(&d->pending));
     process_metrics(b);
 }
 

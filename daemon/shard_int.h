@@ -22,7 +22,7 @@
 #include "idem.h"
 #include "job.h"
 #include "lane.h"
-#include "metrics.h"
+#include "stats.h"
 #include "opfile.h"
 #include "pg.h"
 #include "shard.h"
