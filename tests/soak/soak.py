@@ -226,11 +226,14 @@ class Pair:
 
     def _start(self, n):
         # no synchronous_standby_names here: ALTER SYSTEM sets it (a command
-        # line -c would win over it)
+        # line -c would win over it).  wal_retrieve_retry_interval: with the
+        # default 5 s a standby whose primary restarted reconnects up to 5 s
+        # later, and every synchronous COMMIT waits that long (docs/soak.md)
         self._pg(["pg_ctl", "-D", self.data(n), "-l", self.logfile(n), "-w", "-t", "60", "-o",
                   "-k %s -c listen_addresses='' -c fsync=on -c max_connections=60 "
                   "-c wal_level=replica -c max_wal_senders=4 -c shared_buffers=32MB "
-                  "-c hot_standby=on -c wal_keep_size=256MB" % self.sock(n), "start"])
+                  "-c hot_standby=on -c wal_keep_size=256MB -c wal_retrieve_retry_interval=500ms"
+                  % self.sock(n), "start"])
 
     def _make_standby(self, n):
         """Data dir of n made anew from the primary (pg_basebackup -R), started."""
@@ -555,6 +558,8 @@ class PyWorker:
                 r = self.clients[ep].call(tenant, op, args, **extra)
             except NNTimeout:
                 self.run.error("py", "TIMEOUT")
+                self.run.say("py%d: no reply within 4 s from d%d to %s %s key %r"
+                             % (self.i, ep, tenant, op, key))
                 self.avoid[ep] = now() + 3
                 ep = 1 - ep
             except NNError as e:
@@ -832,6 +837,8 @@ class NodeWriter:
                 o = json.loads(line)
                 if "try" in o:
                     self.run.error("node", o["try"]["code"])
+                    if o["try"]["code"] in CLIENT_ERRORS:
+                        self.run.say("node: %s for key %r" % (o["try"]["code"], o["try"]["key"]))
                 elif "ack" in o:
                     a = o["ack"]
                     m = self.models[a["tenant"]]
@@ -933,7 +940,7 @@ class Injector:
                 if self.run.faults_stop.wait(gap) or self.run.el() + 5 > until:
                     return
                 if not order:
-                    order = list(FAULT_KINDS)
+                    order = list(self.run.args.faults)
                     self.rng.shuffle(order)
                 kind = order.pop()
                 t = self.run.el()
@@ -1218,6 +1225,9 @@ def main():
                          "(default 10%% of the run, 20..120)")
     ap.add_argument("--load-burst", type=int, default=300, help="tenantq-load requests per burst (300)")
     ap.add_argument("--load-gap", type=float, default=10, help="seconds between bursts (10)")
+    ap.add_argument("--faults", default=",".join(FAULT_KINDS),
+                    help="kinds of fault to inject, comma-separated (default all: %s)"
+                         % ",".join(FAULT_KINDS))
     ap.add_argument("--no-node", action="store_true", help="without the Node writer")
     ap.add_argument("--no-load", action="store_true", help="without tenantq-load")
     ap.add_argument("--rss-slack", type=float, default=0.25,
@@ -1229,6 +1239,9 @@ def main():
     ap.add_argument("--workdir", help="keep servers' and daemons' logs here (default: a temp "
                                       "dir, removed after a clean run)")
     args = ap.parse_args()
+    args.faults = [k for k in args.faults.split(",") if k]
+    if any(k not in FAULT_KINDS for k in args.faults):
+        ap.error("--faults: kinds are %s" % ",".join(FAULT_KINDS))
     if args.seed is None:
         args.seed = int(time.time()) % 100000
     if args.fault_every is None:
