@@ -93,6 +93,7 @@ class Run:
         self.t0 = now()
         self.lock = threading.Lock()
         self.stop = threading.Event()        # traffic stops
+        self.t_stop = None
         self.faults_stop = threading.Event()  # the injector stops
         self.requests = {}    # client kind -> tries sent
         self.acks = {}        # client kind -> acknowledged requests (changes and reads)
@@ -290,8 +291,7 @@ class Pair:
         self._sync_on()
         t4 = now()
         return {"from": old, "to": new, "stop_s": round(t1 - t0, 2),
-                "promote_s": round(t2 - t1, 2), "async_window_s": round(t4 - t3, 2),
-                "rebuild_s": round(t4 - t3, 2)}
+                "promote_s": round(t2 - t1, 2), "rebuild_s": round(t4 - t3, 2)}
 
     def backends(self):
         with psycopg.connect(self.primary_ci(), autocommit=True) as c:
@@ -1191,7 +1191,7 @@ def final_checks(run, conninfo, workers, cli, node):
 
 def ack_gaps(run):
     """For each fault, the longest time without any acknowledgement from
-    its start to 15 s after its end."""
+    its start to 15 s after its end (or to the end of the traffic)."""
     times = sorted(run.ack_times)
     per_kind = {}
     for f in run.faults:
@@ -1203,7 +1203,7 @@ def ack_gaps(run):
             gap = max(gap, times[i] - prev)
             prev = times[i]
             i += 1
-        gap = max(gap, min(b, run.t0 + run.el()) - prev)
+        gap = max(gap, min(b, run.t_stop or now()) - prev)
         f["longest_ack_gap_s"] = round(gap, 2)
         per_kind[f["kind"]] = max(per_kind.get(f["kind"], 0.0), round(gap, 2))
     return per_kind
@@ -1335,6 +1335,7 @@ def main():
         inj_t.join(600)
         end_rss, end_fds = proc_rss_kb(d0), proc_fds(d0)
         run.stop.set()
+        run.t_stop = now()
         run.say("traffic stopping")
         for t in threads:
             t.join(RESOLVE_S + 60)
