@@ -66,7 +66,7 @@ import psycopg  # noqa: E402
 
 import tqlib  # noqa: E402
 from tqlib import (PG_BIN, RETRYABLE_CODES, SANITIZER_MARKERS, Client, Daemon, NNError,  # noqa: E402
-                   NNTimeout, free_tcp_port, init_db, log_tail)
+                   NNTimeout, free_tcp_port, init_db, log_tail, sigkill)
 
 OPS_DIR = os.path.join(REPO, "systemd", "ops", "booking", "ops")
 BOOKING_SCHEMA = os.path.join(REPO, "systemd", "ops", "booking", "schema.sql")
@@ -354,14 +354,10 @@ class Daemons:
     def kill(self, i):
         d = self.procs[i]
         self.expected_down[i] = True
-        d.proc.kill()
-        d.proc.wait()
-        d.stopped = True
-        d._log.close()
-        text = d.log()
-        for m in SANITIZER_MARKERS:
-            if m in text:
-                self.run.violation("sanitizer", "d%d before kill -9: %s" % (i, m))
+        try:
+            sigkill(d)
+        except AssertionError as e:  # a sanitizer report before the kill
+            self.run.violation("sanitizer", "d%d: %s" % (i, e))
         self._keep_log(i, d)
         shutil.rmtree(d.dir, ignore_errors=True)
 
@@ -1267,7 +1263,6 @@ def main():
     pgroot = tempfile.mkdtemp(prefix="pg-", dir=workdir)
     os.chmod(pgroot, 0o755)
     run.say("soak: seed %d, %.0f s, workdir %s" % (args.seed, args.seconds, workdir))
-    rng = random.Random(args.seed)
     pair = daemons = None
     summary = {}
     try:
