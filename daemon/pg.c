@@ -289,6 +289,12 @@ static void mark_set(struct host_mark *m, const char *host, const char *addr, co
     snprintf(m->port, sizeof m->port, "%s", port ? port : "");
 }
 
+static bool mark_eq(const struct host_mark *a, const struct host_mark *b)
+{
+    return strcmp(a->host, b->host) == 0 && strcmp(a->addr, b->addr) == 0 &&
+           strcmp(a->port, b->port) == 0;
+}
+
 /* "host", "host (addr)", then ":port" */
 static void mark_text(const struct host_mark *m, char *buf, size_t len)
 {
@@ -320,7 +326,7 @@ static void pg_connect_step(struct pgconn *c, PostgresPollingStatusType st)
     struct host_mark now;
     mark_set(&now, PQhost(c->conn), PQhostaddr(c->conn), PQport(c->conn));
     uint64_t t = mono_ms();
-    if (memcmp(&now, &c->trying, sizeof now) != 0) {
+    if (!mark_eq(&now, &c->trying)) {
         c->trying = now;
         c->host_since_ms = t;
     }
@@ -1013,7 +1019,7 @@ PGconn *pg_admin_connect(const char *conninfo, const char *app, int timeout_ms, 
             struct host_mark now;
             mark_set(&now, PQhost(conn), PQhostaddr(conn), PQport(conn));
             uint64_t t = mono_ms();
-            if (memcmp(&now, &cur, sizeof now) != 0) {
+            if (!mark_eq(&now, &cur)) {
                 cur = now;
                 since = t;
             }

@@ -293,6 +293,20 @@ def test_hung_resolver_stalls_no_loop(resolver_env, tcp_cluster):
         d.stop()
 
 
+def test_stop_during_a_hung_lookup(resolver_env, tcp_cluster):
+    """SIGTERM while a lookup hangs: a clean, prompt exit (the lookup thread
+    is left to the process's end; no sanitizer report)."""
+    dns, pre = resolver_env
+    conninfo = "host=%s port=%d user=postgres dbname=postgres" % (NAME, tcp_cluster.port)
+    d = _start(conninfo, pre, "--shards", 2, "--statement-timeout-ms", 1000)
+    time.sleep(1.0)
+    assert dns.count() >= 1, "no lookup reached the fake DNS server"
+    t0 = time.monotonic()
+    d.stop()
+    took = time.monotonic() - t0
+    assert took < 5.0 * SLOW, "stopping took %.1fs" % took
+
+
 def test_names_in_a_multi_host_list(resolver_env, tcp_cluster):
     """A name that does not exist, then one that resolves, then a unix
     socket, with target_session_attrs: the daemon skips the unknown name and
