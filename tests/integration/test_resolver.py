@@ -307,14 +307,21 @@ def test_stop_during_a_hung_lookup(resolver_env, tcp_cluster):
     assert took < 5.0 * SLOW, "stopping took %.1fs" % took
 
 
-def test_names_in_a_multi_host_list(resolver_env, tcp_cluster):
-    """A name that does not exist, then one that resolves, then a unix
-    socket, with target_session_attrs: the daemon skips the unknown name and
+@pytest.mark.parametrize("form", ["keywords", "uri"])
+def test_names_in_a_multi_host_list(resolver_env, tcp_cluster, form):
+    """A name that does not exist, then one that resolves (then a unix
+    socket), with target_session_attrs: the daemon skips the unknown name and
     connects to the server by its name (over TCP, host kept for messages)."""
     dns, pre = resolver_env
     dns.answer()
-    conninfo = ("host=nowhere.tenantq.test,%s,%s port=%d user=postgres dbname=postgres "
-                "target_session_attrs=read-write" % (NAME, tcp_cluster.dir, tcp_cluster.port))
+    if form == "uri":
+        conninfo = ("postgresql://postgres@nowhere.tenantq.test:%d,%s:%d/postgres"
+                    "?target_session_attrs=read-write" % (tcp_cluster.port, NAME,
+                                                          tcp_cluster.port))
+    else:
+        conninfo = ("host=nowhere.tenantq.test,%s,%s port=%d user=postgres dbname=postgres "
+                    "target_session_attrs=read-write" % (NAME, tcp_cluster.dir,
+                                                         tcp_cluster.port))
     d = _start(conninfo, pre, "--shards", 1, "--connections-per-shard", 1)
     try:
         with Client(d.endpoint) as c:
