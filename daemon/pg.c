@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,11 @@
 #define PG_BACKOFF_MAX_MS 5000
 #define PG_CONNECT_TIMEOUT_S 10
 
+enum { PGR_NONE, PGR_WAITING, PGR_OK, PGR_FAILED };
+
 static void pg_schedule_reconnect(struct pgconn *c);
 static void pg_io_cb(evutil_socket_t fd, short what, void *arg);
+static void resolve_stop(struct pgconn *c);
 
 const char *pg_sqlstate(const PGresult *r)
 {
@@ -98,18 +102,20 @@ bool pg_busy(const struct pgconn *c)
     return c->state == PGC_BUSY || c->state == PGC_PREPARING;
 }
 
+static void event_drop(struct event **ev)
+{
+    if (*ev) {
+        event_free(*ev);
+        *ev = NULL;
+    }
+}
+
 static void free_events(struct pgconn *c)
 {
     if (c->ev_limit)
         evtimer_del(c->ev_limit);
-    if (c->ev_io) {
-        event_free(c->ev_io);
-        c->ev_io = NULL;
-    }
-    if (c->ev_write) {
-        event_free(c->ev_write);
-        c->ev_write = NULL;
-    }
+    event_drop(&c->ev_io);
+    event_drop(&c->ev_write);
 }
 
 static void clear_results(PGresult **res, int n)
@@ -134,6 +140,7 @@ static void pg_close(struct pgconn *c, const char *why, bool reconnect)
         log_warn("shard %d conn %d: cannot connect to the database: %s", c->shard_id, c->idx,
                  why);
     free_events(c);
+    resolve_stop(c);
     if (c->conn) {
         PQfinish(c->conn);
         c->conn = NULL;
@@ -248,8 +255,58 @@ static void pg_connected(struct pgconn *c)
 
 static void pg_connect_cb(evutil_socket_t fd, short what, void *arg);
 
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The host that timed out last, for every connection of the daemon (the
+ * admin path's too): one connection learning that a host is silent spares
+ * the others their 10 s on it. */
+static pthread_mutex_t stuck_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct host_mark stuck_host;
+
+static void stuck_get(struct host_mark *m)
+{
+    pthread_mutex_lock(&stuck_lock);
+    *m = stuck_host;
+    pthread_mutex_unlock(&stuck_lock);
+}
+
+static void stuck_set(const struct host_mark *m)
+{
+    pthread_mutex_lock(&stuck_lock);
+    stuck_host = *m;
+    pthread_mutex_unlock(&stuck_lock);
+}
+
+static void mark_set(struct host_mark *m, const char *host, const char *addr, const char *port)
+{
+    snprintf(m->host, sizeof m->host, "%s", host ? host : "");
+    snprintf(m->addr, sizeof m->addr, "%s", addr ? addr : "");
+    snprintf(m->port, sizeof m->port, "%s", port ? port : "");
+}
+
+static bool mark_eq(const struct host_mark *a, const struct host_mark *b)
+{
+    return strcmp(a->host, b->host) == 0 && strcmp(a->addr, b->addr) == 0 &&
+           strcmp(a->port, b->port) == 0;
+}
+
+/* "host", "host (addr)", then ":port" */
+static void mark_text(const struct host_mark *m, char *buf, size_t len)
+{
+    bool addr = m->addr[0] && strcmp(m->addr, m->host) != 0;
+    snprintf(buf, len, "%s%s%s%s%s%s", m->host, addr ? " (" : "", addr ? m->addr : "",
+             addr ? ")" : "", m->port[0] ? ":" : "", m->port);
+}
+
 /* Wait for what PQconnectPoll asked for, on the socket it has now (it can
- * change between steps). */
+ * change between steps).  Each host (each address of it) gets
+ * connect_timeout_ms from the step libpq first tried it in: libpq moves to
+ * the next host by itself only when one fails, never when one is silent. */
 static void pg_connect_step(struct pgconn *c, PostgresPollingStatusType st)
 {
     free_events(c);
@@ -266,8 +323,18 @@ static void pg_connect_step(struct pgconn *c, PostgresPollingStatusType st)
         pg_drop_with_libpq_error(c);
         return;
     }
+    struct host_mark now;
+    mark_set(&now, PQhost(c->conn), PQhostaddr(c->conn), PQport(c->conn));
+    uint64_t t = mono_ms();
+    if (!mark_eq(&now, &c->trying)) {
+        c->trying = now;
+        c->host_since_ms = t;
+    }
+    uint64_t spent = t - c->host_since_ms;
+    uint64_t left = spent < (uint64_t)c->connect_timeout_ms
+                        ? (uint64_t)c->connect_timeout_ms - spent : 1;
     short ev = st == PGRES_POLLING_READING ? EV_READ : EV_WRITE;
-    struct timeval tv = {PG_CONNECT_TIMEOUT_S, 0};
+    struct timeval tv = {(time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000};
     c->ev_io = event_new(c->base, fd, ev, pg_connect_cb, c);
     if (!c->ev_io || event_add(c->ev_io, &tv) < 0)
         pg_drop(c, "cannot register connect event");
@@ -278,18 +345,88 @@ static void pg_connect_cb(evutil_socket_t fd, short what, void *arg)
     struct pgconn *c = arg;
     (void)fd;
     if (what & EV_TIMEOUT) {
-        pg_drop(c, "connect timed out");
+        /* the next attempt starts with the host after this one */
+        stuck_set(&c->trying);
+        char where[400], why[480];
+        mark_text(&c->trying, where, sizeof where);
+        snprintf(why, sizeof why,
+                 "timed out connecting to %s after %d ms; the next attempt starts with the "
+                 "next host",
+                 where, c->connect_timeout_ms);
+        pg_drop(c, why);
         return;
     }
     pg_connect_step(c, PQconnectPoll(c->conn));
 }
 
-void pg_start(struct pgconn *c)
+/* keys/vals for PQconnectStartParams: every option the connection string
+ * sets, host/hostaddr/port replaced by the lists given (NULL: left out),
+ * and fallback_application_name last (as before: it wins).  NULL when
+ * out of memory; the caller frees both arrays (not the strings). */
+static int params(const PQconninfoOption *opts, const char *host, const char *hostaddr,
+                  const char *port, const char *app, const char ***keys, const char ***vals)
 {
-    static const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *vals[] = {c->cfg->conninfo, "tenantqd", NULL};
-    c->conn = PQconnectStartParams(keys, vals, 1);
-    c->state = PGC_CONNECTING;
+    size_t n = 0;
+    while (opts[n].keyword)
+        n++;
+    *keys = calloc(n + 5, sizeof **keys);
+    *vals = calloc(n + 5, sizeof **vals);
+    if (!*keys || !*vals) {
+        free(*keys);
+        free(*vals);
+        return -1;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *kw = opts[i].keyword;
+        if (!opts[i].val || strcmp(kw, "host") == 0 || strcmp(kw, "hostaddr") == 0 ||
+            strcmp(kw, "port") == 0 || strcmp(kw, "fallback_application_name") == 0)
+            continue;
+        (*keys)[k] = kw;
+        (*vals)[k++] = opts[i].val;
+    }
+    const char *extra[][2] = {{"host", host}, {"hostaddr", hostaddr}, {"port", port},
+                              {"fallback_application_name", app}};
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
+        if (extra[i][1]) {
+            (*keys)[k] = extra[i][0];
+            (*vals)[k++] = extra[i][1];
+        }
+    return 0;
+}
+
+/* Start libpq's connect with what the lookups gave (none needed: the
+ * lists as written, rotated). */
+static void pg_connect_now(struct pgconn *c)
+{
+    c->trying = (struct host_mark){0};
+    if (!c->opts) {
+        static const char *const keys[] = {"dbname", "fallback_application_name", NULL};
+        const char *vals[] = {c->cfg->conninfo, "tenantqd", NULL};
+        c->conn = PQconnectStartParams(keys, vals, 1);
+    } else {
+        char *host = NULL, *addr = NULL, *port = NULL;
+        struct host_mark after;
+        stuck_get(&after);
+        int n = hostlist_build(&c->hosts, c->addrs, &after, &host, &addr, &port);
+        if (n <= 0) {
+            pg_drop(c, n == 0 ? (c->resolve_err[0] ? c->resolve_err : "no usable host")
+                              : "out of memory");
+            return;
+        }
+        if (c->resolve_err[0])
+            log_warn("shard %d conn %d: %s; trying the other hosts", c->shard_id, c->idx,
+                     c->resolve_err);
+        const char **keys = NULL, **vals = NULL;
+        if (params(c->opts, host, addr, port, "tenantqd", &keys, &vals) == 0) {
+            c->conn = PQconnectStartParams(keys, vals, 0);
+            free(keys);
+            free(vals);
+        }
+        free(host);
+        free(addr);
+        free(port);
+    }
     if (!c->conn || PQstatus(c->conn) == CONNECTION_BAD) {
         pg_drop_with_libpq_error(c);
         return;
@@ -297,6 +434,105 @@ void pg_start(struct pgconn *c)
     PQsetNoticeReceiver(c->conn, notice_receiver, c);
     /* libpq: behave as if the last poll returned WRITING */
     pg_connect_step(c, PGRES_POLLING_WRITING);
+}
+
+static void resolve_note(struct pgconn *c, const char *msg)
+{
+    size_t len = strlen(c->resolve_err);
+    snprintf(c->resolve_err + len, sizeof c->resolve_err - len, "%s%s", len ? "; " : "", msg);
+}
+
+/* Take the answers that are in. */
+static void resolve_collect(struct pgconn *c)
+{
+    for (int i = 0; i < c->hosts.n; i++) {
+        if (c->rstate[i] != PGR_WAITING)
+            continue;
+        char err[160];
+        int rc = resolve_take(&c->reqs[i], &c->addrs[i], err, sizeof err);
+        if (rc == 0)
+            continue;
+        c->pending--;
+        c->rstate[i] = rc > 0 ? PGR_OK : PGR_FAILED;
+        if (rc < 0) { /* libpq's wording */
+            char msg[400];
+            snprintf(msg, sizeof msg, "could not translate host name \"%s\" to address: %s",
+                     c->hosts.host[i], err);
+            resolve_note(c, msg);
+        }
+    }
+}
+
+/* Forget the lookups of this attempt (cancelling those still out). */
+static void resolve_stop(struct pgconn *c)
+{
+    if (c->ev_deadline)
+        evtimer_del(c->ev_deadline);
+    for (int i = 0; c->rstate && i < c->hosts.n; i++) {
+        if (c->rstate[i] == PGR_WAITING)
+            resolve_cancel(&c->reqs[i]);
+        c->rstate[i] = PGR_NONE;
+        free(c->addrs[i]);
+        c->addrs[i] = NULL;
+    }
+    c->pending = 0;
+    c->resolving = false;
+}
+
+static void resolve_done(struct pgconn *c)
+{
+    c->resolving = false;
+    evtimer_del(c->ev_deadline);
+    pg_connect_now(c);
+}
+
+/* ev_resolved (an answer is in) and ev_deadline (EV_TIMEOUT: the lookups
+ * still out count as failed, the attempt goes on with what resolved). */
+static void pg_resolve_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    struct pgconn *c = arg;
+    if (!c->resolving)
+        return; /* an answer that came as the deadline passed */
+    resolve_collect(c);
+    for (int i = 0; (what & EV_TIMEOUT) && i < c->hosts.n; i++)
+        if (c->rstate[i] == PGR_WAITING) {
+            resolve_cancel(&c->reqs[i]);
+            c->rstate[i] = PGR_FAILED;
+            c->pending--;
+            char msg[400];
+            snprintf(msg, sizeof msg,
+                     "could not resolve %s within %d ms (the resolver does not answer)",
+                     c->hosts.host[i], c->connect_timeout_ms);
+            resolve_note(c, msg);
+        }
+    if (c->pending == 0)
+        resolve_done(c);
+}
+
+void pg_start(struct pgconn *c)
+{
+    c->state = PGC_CONNECTING;
+    c->resolve_err[0] = '\0';
+    if (c->nnames == 0) {
+        pg_connect_now(c);
+        return;
+    }
+    c->resolving = true;
+    for (int i = 0; i < c->hosts.n; i++) {
+        if (c->hosts.addr[i][0] || !resolve_is_name(c->hosts.host[i]))
+            continue;
+        c->rstate[i] = PGR_WAITING;
+        c->pending++;
+        resolve_start(&c->reqs[i], c->hosts.host[i], c->ev_resolved);
+    }
+    resolve_collect(c); /* what the cache answered at once */
+    if (c->pending == 0) {
+        resolve_done(c);
+        return;
+    }
+    struct timeval tv = {c->connect_timeout_ms / 1000, (c->connect_timeout_ms % 1000) * 1000};
+    evtimer_add(c->ev_deadline, &tv);
 }
 
 static void pg_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -345,6 +581,70 @@ static void pg_schedule_reconnect(struct pgconn *c)
     event_add(c->ev_timer, &tv);
 }
 
+/* The connection string's options (*opts; NULL: give libpq the string as
+ * it is) and host lists, parsed once.  Without a host in the string,
+ * PGHOST/PGHOSTADDR/PGPORT count (as libpq would take them), unless a
+ * service file may name the host: then the string goes to libpq as it is.
+ * Returns how many entries are names to look up, or -1 (out of memory). */
+static int parse_conninfo(const char *conninfo, PQconninfoOption **opts, struct hostlist *hosts,
+                          int *timeout_ms)
+{
+    *timeout_ms = PG_CONNECT_TIMEOUT_S * 1000;
+    *hosts = (struct hostlist){0};
+    char *msg = NULL;
+    *opts = PQconninfoParse(conninfo, &msg);
+    PQfreemem(msg);
+    if (!*opts)
+        return 0; /* refused at start already (pg_check_conninfo); libpq will say */
+    const char *host = NULL, *hostaddr = NULL, *port = NULL, *service = NULL;
+    for (const PQconninfoOption *o = *opts; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            hostaddr = o->val;
+        else if (strcmp(o->keyword, "port") == 0)
+            port = o->val;
+        else if (strcmp(o->keyword, "service") == 0)
+            service = o->val;
+        else if (strcmp(o->keyword, "connect_timeout") == 0 && atoi(o->val) > 0)
+            /* libpq: at least 2 s; 0 (forever) is not on offer here */
+            *timeout_ms = (atoi(o->val) < 2 ? 2 : atoi(o->val)) * 1000;
+    }
+    bool from_env = false;
+    if ((!host || !host[0]) && (!hostaddr || !hostaddr[0])) {
+        if (service || getenv("PGSERVICE"))
+            goto as_is;
+        host = getenv("PGHOST");
+        hostaddr = getenv("PGHOSTADDR");
+        from_env = host || hostaddr;
+    }
+    if (!port && from_env)
+        port = getenv("PGPORT");
+    if (hostlist_parse(hosts, host, hostaddr, port) < 0)
+        goto as_is; /* no host at all, or lists libpq will refuse */
+    int names = 0;
+    for (int i = 0; i < hosts->n; i++)
+        names += !hosts->addr[i][0] && resolve_is_name(hosts->host[i]);
+    return names;
+as_is:
+    PQconninfoFree(*opts);
+    *opts = NULL;
+    return 0;
+}
+
+static int pg_parse_conninfo(struct pgconn *c)
+{
+    c->nnames = parse_conninfo(c->cfg->conninfo, &c->opts, &c->hosts, &c->connect_timeout_ms);
+    if (!c->opts)
+        return 0;
+    c->reqs = calloc((size_t)c->hosts.n, sizeof *c->reqs);
+    c->addrs = calloc((size_t)c->hosts.n, sizeof *c->addrs);
+    c->rstate = calloc((size_t)c->hosts.n, sizeof *c->rstate);
+    return c->reqs && c->addrs && c->rstate ? 0 : -1;
+}
+
 int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int shard_id,
             int idx, pg_state_cb on_state, void *owner, const struct pg_stmt *prepare,
             int nprepare)
@@ -363,20 +663,33 @@ int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int
         c->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)(shard_id * 64 + idx + 1);
     c->ev_timer = evtimer_new(base, pg_timer_cb, c);
     c->ev_limit = evtimer_new(base, pg_limit_cb, c);
-    return c->ev_timer && c->ev_limit ? 0 : -1;
+    c->ev_resolved = event_new(base, -1, 0, pg_resolve_cb, c);
+    c->ev_deadline = evtimer_new(base, pg_resolve_cb, c);
+    if (!c->ev_timer || !c->ev_limit || !c->ev_resolved || !c->ev_deadline)
+        return -1;
+    return pg_parse_conninfo(c);
 }
 
 void pg_destroy(struct pgconn *c)
 {
     free_events(c);
+    resolve_stop(c);
     dyn_clear(c);
-    if (c->ev_timer) {
-        event_free(c->ev_timer);
-        c->ev_timer = NULL;
-    }
-    if (c->ev_limit) {
-        event_free(c->ev_limit);
-        c->ev_limit = NULL;
+    event_drop(&c->ev_resolved);
+    event_drop(&c->ev_deadline);
+    event_drop(&c->ev_timer);
+    event_drop(&c->ev_limit);
+    free(c->reqs);
+    free(c->addrs);
+    free(c->rstate);
+    c->reqs = NULL;
+    c->addrs = NULL;
+    c->rstate = NULL;
+    hostlist_free(&c->hosts);
+    c->nnames = 0;
+    if (c->opts) {
+        PQconninfoFree(c->opts);
+        c->opts = NULL;
     }
     if (c->conn) {
         PQfinish(c->conn);
@@ -610,38 +923,135 @@ static int wait_fd(int fd, short events, int timeout_ms)
     return rc;
 }
 
+/* PQconnectStartParams of conninfo, its host names looked up by the
+ * resolver within timeout_ms (libpq would block on them without a bound). */
+static PGconn *admin_start(const char *conninfo, const char *app, int timeout_ms,
+                           const struct host_mark *after, int *nhosts, int *host_ms, char *err,
+                           size_t errlen)
+{
+    PQconninfoOption *opts;
+    struct hostlist hl;
+    int names = parse_conninfo(conninfo, &opts, &hl, host_ms);
+    PGconn *conn = NULL;
+    *nhosts = 1;
+    if (!opts) {
+        static const char *const keys[] = {"dbname", "fallback_application_name", NULL};
+        const char *vals[] = {conninfo, app, NULL};
+        conn = PQconnectStartParams(keys, vals, 1);
+        if (!conn)
+            snprintf(err, errlen, "out of memory");
+        return conn;
+    }
+    struct resolve_req *reqs = calloc((size_t)hl.n, sizeof *reqs);
+    char **addrs = calloc((size_t)hl.n, sizeof *addrs);
+    char why[320] = "";
+    if (!reqs || !addrs) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int i = 0; names > 0 && i < hl.n; i++)
+        if (!hl.addr[i][0] && resolve_is_name(hl.host[i]))
+            resolve_start(&reqs[i], hl.host[i], NULL);
+    uint64_t until = mono_ms() + (uint64_t)timeout_ms;
+    for (int i = 0; names > 0 && i < hl.n; i++) {
+        if (hl.addr[i][0] || !resolve_is_name(hl.host[i]))
+            continue;
+        uint64_t now = mono_ms();
+        char e[160];
+        if (!resolve_wait(&reqs[i], now < until ? (int)(until - now) : 0)) {
+            resolve_cancel(&reqs[i]);
+            snprintf(why, sizeof why, "could not resolve %s within %d ms", hl.host[i],
+                     timeout_ms);
+        } else if (resolve_take(&reqs[i], &addrs[i], e, sizeof e) < 0) {
+            snprintf(why, sizeof why, "could not translate host name \"%s\" to address: %s",
+                     hl.host[i], e);
+        }
+    }
+    char *host = NULL, *addr = NULL, *port = NULL;
+    int n = hostlist_build(&hl, addrs, after, &host, &addr, &port);
+    *nhosts = n;
+    const char **keys = NULL, **vals = NULL;
+    if (n == 0)
+        snprintf(err, errlen, "%s", why[0] ? why : "no usable host");
+    else if (n < 0 || params(opts, host, addr, port, app, &keys, &vals) < 0)
+        snprintf(err, errlen, "out of memory");
+    else if (!(conn = PQconnectStartParams(keys, vals, 0)))
+        snprintf(err, errlen, "out of memory");
+    free(keys);
+    free(vals);
+    free(host);
+    free(addr);
+    free(port);
+out:
+    for (int i = 0; addrs && i < hl.n; i++)
+        free(addrs[i]);
+    free(addrs);
+    free(reqs);
+    hostlist_free(&hl);
+    PQconninfoFree(opts);
+    return conn;
+}
+
 PGconn *pg_admin_connect(const char *conninfo, const char *app, int timeout_ms, char *err,
                          size_t errlen)
 {
-    static const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *vals[] = {conninfo, app, NULL};
-    PGconn *conn = PQconnectStartParams(keys, vals, 1);
-    if (!conn) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    PostgresPollingStatusType st = PQstatus(conn) == CONNECTION_BAD ? PGRES_POLLING_FAILED
-                                                                     : PGRES_POLLING_WRITING;
-    while (st != PGRES_POLLING_OK) {
-        if (st == PGRES_POLLING_FAILED) {
+    /* as on the loop: a host silent for connect_timeout (10 s) is skipped,
+     * the next attempt starting after it, one attempt per host at most */
+    for (int attempt = 0;; attempt++) {
+        struct host_mark stuck;
+        stuck_get(&stuck);
+        int nhosts = 0, host_ms = 0;
+        PGconn *conn = admin_start(conninfo, app, timeout_ms, &stuck, &nhosts, &host_ms, err,
+                                   errlen);
+        if (!conn)
+            return NULL;
+        PostgresPollingStatusType st = PQstatus(conn) == CONNECTION_BAD
+                                           ? PGRES_POLLING_FAILED : PGRES_POLLING_WRITING;
+        struct host_mark cur = {0};
+        uint64_t since = 0;
+        bool next_host = false;
+        while (st != PGRES_POLLING_OK) {
+            if (st == PGRES_POLLING_FAILED) {
+                snprintf(err, errlen, "%s", PQerrorMessage(conn));
+                PQfinish(conn);
+                return NULL;
+            }
+            struct host_mark now;
+            mark_set(&now, PQhost(conn), PQhostaddr(conn), PQport(conn));
+            uint64_t t = mono_ms();
+            if (!mark_eq(&now, &cur)) {
+                cur = now;
+                since = t;
+            }
+            uint64_t left = t - since < (uint64_t)host_ms ? (uint64_t)host_ms - (t - since) : 0;
+            int wait = left < (uint64_t)timeout_ms ? (int)left : timeout_ms;
+            if (wait_fd(PQsocket(conn), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, wait) <=
+                0) {
+                char where[400];
+                mark_text(&cur, where, sizeof where);
+                snprintf(err, errlen, "connect timed out (%s)", where);
+                PQfinish(conn);
+                if (wait == (int)left && attempt + 1 < nhosts) {
+                    log_warn("timed out connecting to %s after %d ms; trying the next host",
+                             where, host_ms);
+                    stuck_set(&cur);
+                    next_host = true;
+                    break;
+                }
+                return NULL;
+            }
+            st = PQconnectPoll(conn);
+        }
+        if (next_host)
+            continue;
+        PQsetNoticeProcessor(conn, admin_notice, NULL);
+        if (PQsetnonblocking(conn, 1) != 0) {
             snprintf(err, errlen, "%s", PQerrorMessage(conn));
             PQfinish(conn);
             return NULL;
         }
-        if (wait_fd(PQsocket(conn), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, timeout_ms) <= 0) {
-            snprintf(err, errlen, "connect timed out");
-            PQfinish(conn);
-            return NULL;
-        }
-        st = PQconnectPoll(conn);
+        return conn;
     }
-    PQsetNoticeProcessor(conn, admin_notice, NULL);
-    if (PQsetnonblocking(conn, 1) != 0) {
-        snprintf(err, errlen, "%s", PQerrorMessage(conn));
-        PQfinish(conn);
-        return NULL;
-    }
-    return conn;
 }
 
 /* Flush what was sent; then wait until a result can be read without

@@ -17,6 +17,7 @@
 #include <libpq-fe.h>
 
 #include "config.h"
+#include "resolve.h"
 
 /* Statements in one pipeline: the largest is a statement batch of
  * PG_MAX_REQUESTS requests, five statements each and a few around them
@@ -28,7 +29,7 @@
 
 enum pgc_state {
     PGC_DOWN,       /* waiting for the reconnect timer */
-    PGC_CONNECTING, /* PQconnectPoll in progress */
+    PGC_CONNECTING, /* resolving host names (conn NULL), then PQconnectPoll in progress */
     PGC_PREPARING,  /* connected, preparing the owner's statements */
     PGC_IDLE,       /* connected, no pipeline running */
     PGC_BUSY,       /* a pipeline is running */
@@ -106,6 +107,24 @@ struct pgconn {
     int ndyn;
     unsigned dyn_serial;
     short dyn_at[PG_MAX_STMTS];    /* the running pipeline: registry entry its Prepare fills, -1 */
+    /* the connection string taken apart once (pg_init); opts NULL: libpq
+     * gets the string as it is */
+    PQconninfoOption *opts;
+    struct hostlist hosts;
+    int nnames;             /* entries of hosts that are names to look up */
+    int connect_timeout_ms; /* per host: connect_timeout, else 10 s */
+    /* looking the names up (CONNECTING, conn NULL): per entry of hosts */
+    bool resolving;
+    int pending;            /* lookups not answered yet */
+    struct resolve_req *reqs;
+    char **addrs;           /* the answers, NULL where none (yet) */
+    signed char *rstate;    /* PGR_* */
+    char resolve_err[320];
+    struct event *ev_resolved; /* activated by the resolver */
+    struct event *ev_deadline; /* the lookups' deadline */
+    /* the host libpq is trying, since when */
+    struct host_mark trying;
+    uint64_t host_since_ms;
 };
 
 /* Prepare c (no connection yet).  After every (re)connect the nprepare
@@ -117,7 +136,9 @@ int pg_init(struct pgconn *c, struct event_base *base, const tq_config *cfg, int
             int idx, pg_state_cb on_state, void *owner, const struct pg_stmt *prepare,
             int nprepare) __attribute__((warn_unused_result));
 
-/* Start connecting now (from DOWN). */
+/* Start connecting now (from DOWN): look up the host names (off the loop,
+ * resolve.h), then connect with host = the names and hostaddr = their
+ * addresses, starting after the host that timed out last. */
 void pg_start(struct pgconn *c);
 
 /*

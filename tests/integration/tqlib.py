@@ -945,3 +945,20 @@ class PgPair:
                      check=False)
         self.primary_up = self.standby_up = False
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TcpPgCluster(PgCluster):
+    """A PgCluster that listens on 127.0.0.1:port as well as on its unix
+    socket (conninfo; tcp_conninfo names the server by address): for tests
+    that reach the server over TCP, by address or by a host name."""
+
+    def __init__(self):
+        super().__init__()
+        self.port = free_tcp_port()
+        self.conninfo = "host=%s port=%d user=postgres dbname=postgres" % (self.dir, self.port)
+        self.tcp_conninfo = "host=127.0.0.1 port=%d user=postgres dbname=postgres" % self.port
+
+    def start(self):
+        self._pg(["pg_ctl", "-D", self.data, "-l", self.logfile, "-w", "-t", "30",
+                  "-o", "-k %s -p %d -c listen_addresses=127.0.0.1 -c fsync=off "
+                  "-c max_connections=50" % (self.dir, self.port), "start"])
