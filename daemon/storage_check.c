@@ -396,7 +396,7 @@ int storage_open(const tq_config *cfg, struct storage *st)
     char err[STORAGE_ERR_MAX];
     bool dflt = storage_is_default(cfg);
     for (int attempt = 0;; attempt++) {
-        PGconn *conn = pg_admin_connect(cfg->conninfo, "tenantqd", cfg->statement_timeout_ms, err,
+        PGconn *conn = pg_admin_connect(cfg->conninfo, "tenantqd-check", cfg->statement_timeout_ms, err,
                                         sizeof err);
         if (conn) {
             char *text = NULL;
