@@ -136,7 +136,8 @@ static int set_value(tq_config *cfg, const struct setting *s, const char *value,
         return 0;
     }
     if (s->type == SET_BOOL) {
-        static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
+        static const char *const yes[] = {"true", "yes", "on", "1"},
+                                 *const no[] = {"false", "no", "off", "0"};
         for (int i = 0; i < 4; i++)
             if (strcmp(value, yes[i]) == 0 || strcmp(value, no[i]) == 0) {
                 *(int *)(void *)field = strcmp(value, yes[i]) == 0;

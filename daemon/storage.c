@@ -242,9 +242,9 @@ int storage_build(struct storage *st)
                                         " WHERE %s = $1%s",
                                         T, dc, doc_cast(st->draft_type), vc, pub_set, upd, tc,
                                         ret)
-                         : printf_alloc("%s", "SELECT 1 / 0 AS tenantq_no_published_column WHERE $1::text"
-                                              " IS NULL AND $2::text IS NULL AND $3::text IS"
-                                              " NULL AND $4::text IS NULL");
+                         : printf_alloc("%s", "SELECT 1 / 0 AS tenantq_no_published_column"
+                                              " WHERE $1::text IS NULL AND $2::text IS NULL"
+                                              " AND $3::text IS NULL AND $4::text IS NULL");
     st->insert = printf_alloc("WITH w AS (INSERT INTO %s (%s, %s, %s%s%s) VALUES ($1, $2::%s,"
                               " $3::bigint%s%s) ON CONFLICT (%s) DO NOTHING%s",
                               T, tc, dc, vc, pub_col, ins_col, doc_cast(st->draft_type), pub_val,

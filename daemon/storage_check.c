@@ -396,8 +396,8 @@ int storage_open(const tq_config *cfg, struct storage *st)
     char err[STORAGE_ERR_MAX];
     bool dflt = storage_is_default(cfg);
     for (int attempt = 0;; attempt++) {
-        PGconn *conn = pg_admin_connect(cfg->conninfo, "tenantqd-check", cfg->statement_timeout_ms, err,
-                                        sizeof err);
+        PGconn *conn = pg_admin_connect(cfg->conninfo, "tenantqd-check",
+                                        cfg->statement_timeout_ms, err, sizeof err);
         if (conn) {
             char *text = NULL;
             size_t len = 0;
