@@ -49,9 +49,11 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+# shellcheck source=tests/load/bench-lib.sh
+. "$TQ_ROOT/tests/load/bench-lib.sh"
 cd "$TQ_ROOT"
 
-build=$(cd "${1:-build}" && pwd)
+bench_build "${1:-build}"
 secs=${BENCH_SECONDS:-15}
 pairs=${BENCH_PAIRS:-3}
 clients=${BENCH_CLIENTS:-64}
@@ -61,39 +63,24 @@ read -r -a variants <<<"${BENCH_VARIANTS:-default prisma}"
 read -r -a rates <<<"${BENCH_FOREIGN_RATES:-0 10 100}"
 read -r -a ftenants <<<"${BENCH_FOREIGN_TENANTS:-10000 50}"
 frounds=${BENCH_FOREIGN_ROUNDS:-2}
-load=$build/tests/load/tenantq-load
-tqd=$build/daemon/tenantqd
-[ -x "$load" ] && [ -x "$tqd" ] || tq_die "no $load or $tqd: build first (ninja -C ${1:-build})"
 [ "$secs" -ge 8 ] || tq_die "BENCH_SECONDS must be at least 8 (the window is BENCH_SECONDS - 5)"
 case $part in all | compare | foreign) ;; *) tq_die "BENCH_PART: all, compare or foreign" ;; esac
-PY=/usr/bin/python3
+PY=$BENCH_PY
 
-tmp=$(mktemp -d /tmp/tq-bench-storage.XXXXXX)
-chmod 0755 "$tmp"
+bench_tmp tq-bench-storage
+trap bench_cleanup EXIT
+tmp=$BENCH_TMP
 out=${BENCH_OUT:-$tmp/out}
 mkdir -p "$out"
-daemon_pid=
-load_pid=
-stop_daemon() {
-    [ -z "$daemon_pid" ] || { kill -TERM "$daemon_pid" 2>/dev/null; wait "$daemon_pid" || true; }
-    daemon_pid=
-}
-cleanup() {
-    [ -z "$load_pid" ] || { kill -TERM "$load_pid" 2>/dev/null; wait "$load_pid" || true; }
-    stop_daemon
-    tq_pg_stop
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
 
-tq_pg_start "$tmp/pg" durable
-db=$TQ_PG_CONNINFO
-psql=(/usr/lib/postgresql/15/bin/psql "$db" -X -q -v ON_ERROR_STOP=1)
+bench_pg "$tmp/pg" durable
+db=$BENCH_DB
+psql=("${PSQL[@]}")
 # pg_stat_statements needs a restart (pg_ctl restart keeps the start options)
 "${psql[@]}" -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
 tq_pg_cmd "$TQ_PG_BIN/pg_ctl" -D "$tmp/pg/data" -w -t 60 restart >/dev/null
+bench_pg_restarted
 "${psql[@]}" -c "CREATE EXTENSION pg_stat_statements"
-pg_pid=$(head -1 "$tmp/pg/data/postmaster.pid")
 metrics_port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -m 0750 "$tmp/run"
 ep=ipc://$tmp/run/tenantqd.sock
@@ -131,7 +118,7 @@ fresh_tables() {
             flags=("${prisma_flags[@]}") ;;
         *) tq_die "unknown variant $1" ;;
     esac
-    "$tqd" --database "$db" "${flags[@]}" --init-db >/dev/null
+    "$BENCH_TQD" --database "$db" "${flags[@]}" --init-db >/dev/null
 }
 
 cat >"$tmp/probe.py" <<'EOF'
@@ -140,31 +127,11 @@ cat >"$tmp/probe.py" <<'EOF'
 # script's header); RATE > 0 runs the foreign writer meanwhile.
 import json, os, random, sys, threading, time, urllib.request
 import psycopg
+sys.path.insert(0, os.environ["BENCH_HERE"])
+from benchstat import cpu_s as stat, pg_cpu_s as pg_cpu  # noqa: E402
 out, conninfo, url, table = sys.argv[1:5]
 pg_pid, daemon_pid, load_pid = (int(x) for x in sys.argv[5:8])
 window, rate, ntenants = float(sys.argv[8]), float(sys.argv[9]), int(sys.argv[10])
-tick = os.sysconf("SC_CLK_TCK")
-
-def stat(pid, children=False):
-    try:
-        f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    n = int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if children else 0)
-    return n / tick
-
-def pg_cpu():
-    kids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    total = stat(pg_pid, children=True)
-    for p in kids:
-        try:
-            ppid = int(open("/proc/%d/stat" % p).read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError):
-            continue
-        if ppid == pg_pid:
-            total += stat(p)
-    return total
-
 def metrics():
     m = {"requests": 0}
     for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
@@ -197,7 +164,7 @@ def db_stats():
     return s
 
 def snapshot():
-    return {"t": time.monotonic(), "pg_cpu": pg_cpu(), "daemon_cpu": stat(daemon_pid),
+    return {"t": time.monotonic(), "pg_cpu": pg_cpu(pg_pid), "daemon_cpu": stat(daemon_pid),
             "load_cpu": stat(load_pid), "metrics": metrics(), "db": db_stats()}
 
 # the load is running once the daemon answers more than the two pings
@@ -270,22 +237,17 @@ run() {
     [ "$variant" = default ] || table=prisma
     fresh_tables "$variant"
     "${psql[@]}" -c CHECKPOINT
-    "$tqd" --database "$db" "${flags[@]}" --listen "$ep" \
-        --metrics-listen "127.0.0.1:$metrics_port" 2>"$out/$name.tenantqd.log" &
-    daemon_pid=$!
-    for _ in $(seq 100); do
-        "$build/client/tenantq" -e "$ep" -t 200 ping >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    "$load" --mode daemon -e "$ep" --database "$db" --table "$table" --json "$out/$name.json" \
+    bench_daemon_start "$ep" "$out/$name.tenantqd.log" "${flags[@]}" \
+        --metrics-listen "127.0.0.1:$metrics_port"
+    "$BENCH_LOAD" --mode daemon -e "$ep" --database "$db" --table "$table" --json "$out/$name.json" \
         --clients "$clients" --tenants "$nt" --duration "$secs" >"$out/$name.out" 2>&1 &
-    load_pid=$!
-    "$PY" "$tmp/probe.py" "$out/$name.probe.json" "$db" "http://127.0.0.1:$metrics_port/metrics" \
-        "$variant" "$pg_pid" "$daemon_pid" "$load_pid" "$((secs - 5))" "$rate" "$nt" ||
-        tq_log "$name: no window measured"
-    wait "$load_pid" || true
-    load_pid=
-    stop_daemon
+    BENCH_LOAD_PID=$!
+    BENCH_HERE=$BENCH_HERE "$PY" "$tmp/probe.py" "$out/$name.probe.json" "$db" \
+        "http://127.0.0.1:$metrics_port/metrics" "$variant" "$BENCH_PG_PID" "$BENCH_DAEMON_PID" \
+        "$BENCH_LOAD_PID" "$((secs - 5))" "$rate" "$nt" || tq_log "$name: no window measured"
+    wait "$BENCH_LOAD_PID" || true
+    BENCH_LOAD_PID=
+    bench_daemon_stop
     [ -s "$out/$name.json" ] || { cat "$out/$name.out" >&2; tq_die "$name produced no result"; }
     tq_log "$name: $("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%.0f req/s, check passed: %s" % (r["throughput_rps"], r["check"]["passed"]))' "$out/$name.json")"
 }

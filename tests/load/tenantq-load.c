@@ -41,6 +41,7 @@
 #include "jparse.h"
 #include "storefront.h"
 #include "tenantq.h"
+#include "tq_proto.h"
 #include "track.h"
 #include "workload.h"
 
@@ -86,6 +87,8 @@ struct options {
     bool unsafe_page_writes; /* unsafe: write back only the edited pages */
     unsigned async_loops;    /* daemon/echo: 0 = a thread per client */
     enum wl_table table;     /* where the daemon keeps the state: seeding, check */
+    bool no_keys;            /* daemon: send edits without an idempotency key */
+    const char *hook;        /* run as "HOOK start" / "HOOK stop" around the clock */
 };
 
 struct run;
@@ -265,9 +268,45 @@ static char *args_text(json_t *args)
     return args != NULL ? jdump(args, 0, NULL) : NULL;
 }
 
+/* --keys none: the request encoded here without a key (libtenantq gives
+ * every state-changing call one) and sent with tq_call_raw, which does not
+ * re-send it on a retry of its own.  For measuring what the daemon's
+ * idempotency records cost; nothing makes a re-delivery harmless then. */
+static unsigned daemon_exec_unkeyed(struct worker *w, const char *tenant, const char *op,
+                                    json_t *args, json_t **result)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    void *reply = NULL;
+    size_t len = 0;
+    tq_status st;
+    unsigned code;
+    if (tq_request_encode(&sb, tenant, op, args, NULL, 0) != 0) {
+        code = TQ_E_USAGE;
+    } else if (tq_call_raw(w->client, sb.data, sb.size, &reply, &len, 0, &st) != 0) {
+        code = st.code;
+    } else {
+        tq_response resp;
+        tq_error err;
+        if (tq_response_decode(reply, len, &resp, &err) != 0) {
+            code = TQ_E_PROTOCOL;
+        } else {
+            code = resp.ok ? TQ_OK : resp.code;
+            if (resp.ok)
+                *result = json_incref(resp.result);
+            tq_response_free(&resp);
+        }
+    }
+    free(reply);
+    msgpack_sbuffer_destroy(&sb);
+    return code;
+}
+
 static unsigned daemon_exec_name(struct worker *w, const char *tenant, const char *op,
                                  json_t *args, json_t **result)
 {
+    if (w->run->o.no_keys)
+        return daemon_exec_unkeyed(w, tenant, op, args, result);
     char *a = args_text(args);
     char *res = NULL;
     tq_status st;
@@ -848,7 +887,7 @@ static void usage(FILE *f)
             "         [--dist uniform|zipf:S|hot] [--mix upsert=80,get=10,remove=10[,ping=0][,booking.create=N,booking.list=N]]\n"
             "         [--collide P] (--duration S | --requests N) [--json FILE] [--no-check]\n"
             "         [--seed N] [--unsafe-write page|document] [--async LOOPS]\n"
-            "         [--table default|prisma]\n"
+            "         [--table default|prisma] [--keys auto|none] [--hook CMD]\n"
             "Drive tenantqd (or PostgreSQL directly) with concurrent storefront edits,\n"
             "report throughput and latency, then check the stored drafts.\n"
             "Exit status: 0 run done and check passed, 1 check failed or no request\n"
@@ -926,7 +965,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { O_DATABASE = 256, O_CLIENTS, O_TENANTS, O_DIST, O_MIX, O_COLLIDE, O_DURATION,
            O_REQUESTS, O_JSON, O_NO_CHECK, O_SEED, O_UNSAFE_WRITE, O_ASYNC,
-           O_TABLE };
+           O_TABLE, O_KEYS, O_HOOK };
     static const struct option longopts[] = {
         {"mode", required_argument, NULL, 'm'},
         {"endpoint", required_argument, NULL, 'e'},
@@ -944,6 +983,8 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"unsafe-write", required_argument, NULL, O_UNSAFE_WRITE},
         {"async", required_argument, NULL, O_ASYNC},
         {"table", required_argument, NULL, O_TABLE},
+        {"keys", required_argument, NULL, O_KEYS},
+        {"hook", required_argument, NULL, O_HOOK},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1042,6 +1083,17 @@ static int parse_options(int argc, char **argv, struct options *o)
             else
                 goto bad;
             break;
+        case O_KEYS:
+            if (strcmp(optarg, "auto") == 0)
+                o->no_keys = false;
+            else if (strcmp(optarg, "none") == 0)
+                o->no_keys = true;
+            else
+                goto bad;
+            break;
+        case O_HOOK:
+            o->hook = optarg;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -1069,6 +1121,10 @@ static int parse_options(int argc, char **argv, struct options *o)
     if (o->table != WL_TABLE_DEFAULT && o->mode != MODE_DAEMON) {
         /* the baselines' statements are written for tenantq_storefront */
         fprintf(stderr, "tenantq-load: --table prisma is for the daemon mode only\n");
+        return -1;
+    }
+    if (o->no_keys && (o->mode != MODE_DAEMON || o->async_loops > 0)) {
+        fprintf(stderr, "tenantq-load: --keys none is for the daemon mode's synchronous clients\n");
         return -1;
     }
     if (o->async_loops > o->clients ||
@@ -1276,6 +1332,24 @@ static int booking_check(struct run *run, PGconn *db)
     return pass ? 0 : -1;
 }
 
+/* --hook: "CMD PHASE" through the shell, waited for.  A failing hook is
+ * reported and does not change the run. */
+static void run_hook(const char *hook, const char *phase)
+{
+    if (hook == NULL)
+        return;
+    size_t n = strlen(hook) + strlen(phase) + 2;
+    char *cmd = malloc(n);
+    if (cmd == NULL)
+        return;
+    snprintf(cmd, n, "%s %s", hook, phase);
+    fflush(stdout);
+    int rc = system(cmd);
+    if (rc != 0)
+        fprintf(stderr, "tenantq-load: hook \"%s\" failed (status %d)\n", cmd, rc);
+    free(cmd);
+}
+
 int main(int argc, char **argv)
 {
     struct run run;
@@ -1370,6 +1444,8 @@ int main(int argc, char **argv)
         setup_failed |= run.loops != NULL ? run.loops[i].setup_failed : run.w[i].setup_failed;
     if (setup_failed)
         atomic_store(&run.stop, true); /* before go: nobody sends anything */
+    else
+        run_hook(o->hook, "start"); /* (every client waits at the start line) */
     run.go = true;
     pthread_cond_broadcast(&run.cond);
     pthread_mutex_unlock(&run.mu);
@@ -1394,6 +1470,7 @@ int main(int argc, char **argv)
     double secs = (double)(now_us() - start) / 1e6;
     if (setup_failed)
         goto out;
+    run_hook(o->hook, "stop"); /* before the check reads every row */
 
     struct totals *tot = malloc(sizeof *tot);
     if (tot == NULL)
