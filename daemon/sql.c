@@ -38,14 +38,6 @@ static const char SQL_IDEM_UPSERT[] =
     " SELECT $1, k, f, r FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, f, r)"
     " ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
     " response = EXCLUDED.response, created_at = now()";
-/* A statement batch claims its keys before its statements run (their
- * answers are known only then) and fills the answers in before COMMIT. */
-static const char SQL_IDEM_RESPOND[] =
-    "UPDATE @I AS i SET response = u.r"
-    " FROM unnest($2::text[], $3::text[]) AS u(k, r) WHERE i.tenant = $1 AND i.key = u.k";
-/* the claims of a statement batch's requests that failed: no record */
-static const char SQL_IDEM_UNCLAIM[] =
-    "DELETE FROM @I WHERE tenant = $1 AND key = ANY ($2::text[])";
 static const char SQL_IDEM_LOOKUP[] =
     "SELECT key, fingerprint, response FROM @I WHERE tenant = $1"
     " AND key = ANY ($2::text[]) AND created_at > now() - make_interval(secs => $3::int)";
@@ -200,9 +192,7 @@ int sql_table_init(struct sql_table *t, const tq_config *cfg, const struct stora
     t->prep[ST_SF_UPDATE_PUB].sql = st->update_pub;
     t->prep[ST_SF_INSERT].sql = st->insert;
     t->prep[ST_SF_INSERT].nparams = st->insert_nparams;
-    if (!(t->idem_lookup = t->owned[t->nowned++] = subst(SQL_IDEM_LOOKUP, schema)) ||
-        !(t->idem_respond = t->owned[t->nowned++] = subst(SQL_IDEM_RESPOND, schema)) ||
-        !(t->idem_unclaim = t->owned[t->nowned++] = subst(SQL_IDEM_UNCLAIM, schema)))
+    if (!(t->idem_lookup = t->owned[t->nowned++] = subst(SQL_IDEM_LOOKUP, schema)))
         goto oom;
     size_t room = strlen(cfg->lock_key_sql) + 128;
     for (int i = 0; i < 3; i++) {

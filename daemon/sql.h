@@ -52,18 +52,16 @@ char *sql_schema(const char *schema, bool storefront);
  * The prepared statements of a connection, over cfg (the advisory-lock
  * statements embed cfg->lock_key_sql; the idempotency statements name the
  * table in [database] schema) and st (the storefront statements, borrowed:
- * st outlives t).  Also the two idempotency statements sent unprepared:
+ * st outlives t).  Also the idempotency statement sent unprepared,
  * idem_lookup ($1 tenant, $2 keys (text[]), $3 TTL (s): key, fingerprint,
  * response of the live records; planned with the actual keys each time, as
- * a generic plan once scanned all of a hot tenant's records) and
- * idem_respond ($1 tenant, $2 keys, $3 responses: fill in claimed records),
- * idem_unclaim ($1 tenant, $2 keys: drop the claims of requests that failed).
+ * a generic plan once scanned all of a hot tenant's records).
  * Returns 0 or -1 (out of memory); sql_table_free once no connection uses it.
  */
 struct sql_table {
     struct pg_stmt prep[ST__COUNT];
-    const char *idem_lookup, *idem_respond, *idem_unclaim;
-    char *owned[9];
+    const char *idem_lookup;
+    char *owned[8];
     int nowned;
 };
 int sql_table_init(struct sql_table *t, const tq_config *cfg, const struct storage *st)

@@ -905,19 +905,15 @@ static int stmt_outcomes(struct batch *b, PGresult *const *res, int n)
     return -1;
 }
 
-/* The batch's pipeline failed before its requests (the lock, the key
- * claims): answer or put back the whole batch and end the transaction.
- * Returns whether it did. */
+/* The batch's pipeline failed before its requests (the lock): answer the
+ * whole batch and end the transaction.  Returns whether it did. */
 static bool stmt_prefix_failed(struct txn *t, struct batch *b, PGresult *const *res, int n)
 {
     int upto = t->seg_from < n ? t->seg_from : n;
     int f = first_failed(res, upto);
     if (f < 0 && upto == t->seg_from)
         return false;
-    if (f >= 0 && f == b->r_idem && !b->lookup && key_seen_before(res[f]))
-        batch_put_back(b, false, true); /* a key seen before: again, with lookups */
-    else
-        fail_batch_from_results(b, res, upto);
+    fail_batch_from_results(b, res, upto);
     txn_end_with_rollback(t);
     return true;
 }
@@ -958,53 +954,45 @@ static void stmt_record_keys(struct batch *b)
     }
 }
 
-/* Every request has its outcome: record the keys of those that succeeded
- * (filling in their claims, or inserting records after a lookup), release
- * the claims of those that failed, and COMMIT (commit_done answers). */
+/* Whether a keyed request of b failed.  Before its keys were looked up, such
+ * a failure may be the repeat of an execution that did succeed (it finds the
+ * id or the slot it took itself): only the record can tell. */
+static bool stmt_keyed_failure(const struct batch *b)
+{
+    for (int i = 0; i < b->n; i++)
+        if (b->jobs[i] && b->jobs[i]->req.key && b->errs[i].code != TQ_OK)
+            return true;
+    return false;
+}
+
+/* Every request has its outcome: record the keys of those that succeeded,
+ * each record written once with its answer, and COMMIT (commit_done
+ * answers).  Without a lookup the records go in with a plain INSERT: a key
+ * seen before fails it, the transaction rolls back, and the batch runs
+ * again with its keys looked up (commit_done). */
 static void stmt_commit(struct txn *t, struct batch *b)
 {
     const char *tenant = b->lane->tenant;
-    bool claimed = !b->lookup && b->r_idem >= 0;
-    struct pg_text_array failed = {0};
-    if (claimed) {
-        pg_text_array_free(&b->new_keys);
-        pg_text_array_free(&b->new_fps);
-        pg_text_array_free(&b->new_resps);
-        for (int i = 0; i < b->n; i++)
-            if (b->jobs[i] && b->jobs[i]->req.key && !b->results[i] &&
-                pg_text_array_add(&failed, b->jobs[i]->req.key) < 0)
-                b->oom = true;
-    }
     b->r_idem = -1;
     stmt_record_keys(b);
-    struct pg_stmt stmts[3];
+    struct pg_stmt stmts[2];
     int ns = 0;
     const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
-               *r = pg_text_array_get(&b->new_resps), *fk = pg_text_array_get(&failed);
-    if (b->oom || (b->new_keys.n > 0 && (!k || !f || !r)) || (failed.n > 0 && !fk)) {
-        pg_text_array_free(&failed);
+               *r = pg_text_array_get(&b->new_resps);
+    if (b->oom || (b->new_keys.n > 0 && (!k || !f || !r))) {
         fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys", tenant);
         txn_end_with_rollback(t);
         return;
     }
     if (b->new_keys.n > 0) {
         b->r_idem = ns;
-        stmts[ns++] = claimed ? (struct pg_stmt){.sql = t->s->sql.idem_respond,
-                                                 .nparams = 3,
-                                                 .params = {tenant, k, r}}
-                              : stmt(t->s, ST_IDEM_UPSERT, tenant, k, f, r);
+        stmts[ns++] = stmt(t->s, b->lookup ? ST_IDEM_UPSERT : ST_IDEM_INSERT, tenant, k, f, r);
     }
-    if (failed.n > 0)
-        stmts[ns++] = (struct pg_stmt){
-            .sql = t->s->sql.idem_unclaim, .nparams = 2, .params = {tenant, fk}};
     t->seg_from = ns; /* (all of this pipeline before COMMIT is the batch's own) */
     stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
     b->role = BATCH_WRITES;
-    b->lookup = true; /* (the keys were settled: a record conflict is not a retry) */
     t->committing = true;
-    int rc = pg_pipeline(t->pc, stmts, ns, commit_done, t);
-    pg_text_array_free(&failed); /* (libpq copied the parameters) */
-    if (rc < 0)
+    if (pg_pipeline(t->pc, stmts, ns, commit_done, t) < 0)
         fail_lost_before_commit(t);
 }
 
@@ -1022,6 +1010,11 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
     if (stmt_prefix_failed(t, b, res, n))
         return;
     int k = stmt_outcomes(b, res, n);
+    if (!b->lookup && b->has_keys && stmt_keyed_failure(b)) {
+        batch_put_back(b, false, true); /* (rolled back: nothing of it stands) */
+        txn_end_with_rollback(t);
+        return;
+    }
     if (k < 0) {
         stmt_commit(t, b);
         return;
@@ -1137,8 +1130,10 @@ static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res
 }
 
 /* Start statement batch b (alone in t): BEGIN, the timeouts (in stmts,
- * ns of them), its lock, then either its keys' lookup, or its key claims
- * and its requests (and COMMIT, when no outcome can need undoing). */
+ * ns of them), its lock, then either its keys' lookup, or its requests
+ * (and COMMIT, when no key is to be recorded and no outcome can need
+ * undoing).  Keys are not looked up in the common case: the records are
+ * inserted with COMMIT once the answers are known (stmt_commit). */
 static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stmts, int ns)
 {
     struct shard *s = t->s;
@@ -1179,30 +1174,6 @@ static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stm
         if (pg_pipeline(t->pc, stmts, ns, stmt_keys_done, t) < 0)
             fail_lost_before_commit(t);
         return;
-    }
-    if (b->has_keys) {
-        /* Fast path: claim every key with a record (its response filled in
-         * before COMMIT) ahead of the requests.  A key seen before fails
-         * the claim before any request runs; the batch then runs again
-         * with its keys looked up first. */
-        for (int i = 0; i < b->n; i++) {
-            struct job *j = b->jobs[i];
-            char fp[IDEM_FINGERPRINT_HEX];
-            if (j->req.key && (idem_fingerprint(j->req.op, j->req.args, fp) < 0 ||
-                               pg_text_array_add(&b->new_keys, j->req.key) < 0 ||
-                               pg_text_array_add(&b->new_fps, fp) < 0 ||
-                               pg_text_array_add(&b->new_resps, "") < 0))
-                b->oom = true;
-        }
-        const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
-                   *r = pg_text_array_get(&b->new_resps);
-        if (b->oom || !k || !f || !r) {
-            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory", tenant);
-            txn_end(t, true);
-            return;
-        }
-        b->r_idem = ns;
-        stmts[ns++] = stmt(s, ST_IDEM_INSERT, tenant, k, f, r);
     }
     stmts[ns++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
     t->seg_from = ns;
