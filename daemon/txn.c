@@ -996,6 +996,21 @@ static void stmt_commit(struct txn *t, struct batch *b)
         fail_lost_before_commit(t);
 }
 
+/* Run b's pending requests from `from` on, in a pipeline of their own
+ * inside the open transaction: first (a savepoint, or the rollback to one),
+ * then their segments (stmt_ran reads them). */
+static void stmt_rerun(struct txn *t, struct batch *b, const char *first, int from)
+{
+    struct pg_stmt stmts[PG_MAX_STMTS];
+    int ns = 0;
+    stmts[ns++] = (struct pg_stmt){.sql = first, .sync = true};
+    t->seg_from = ns;
+    stmt_segments(b, from, stmts, &ns);
+    t->nres = ns;
+    if (pg_pipeline(t->pc, stmts, ns, stmt_ran, t) < 0)
+        fail_lost_before_commit(t);
+}
+
 /* The requests' pipeline is back (keyed batches, or ones whose outcome may
  * need undoing): a request refused after its statement ran is undone and
  * the requests after it run again; then the batch commits. */
@@ -1026,14 +1041,7 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
         if (b->jobs[i] && b->dup[i] < 0 && !b->replayed[i])
             b->errs[i].code = TQ_OK;
     }
-    struct pg_stmt stmts[PG_MAX_STMTS];
-    int ns = 0;
-    stmts[ns++] = (struct pg_stmt){.sql = t->sp_undo[k], .sync = true};
-    t->seg_from = ns;
-    stmt_segments(b, k + 1, stmts, &ns);
-    t->nres = ns;
-    if (pg_pipeline(c, stmts, ns, stmt_ran, t) < 0)
-        fail_lost_before_commit(t);
+    stmt_rerun(t, b, t->sp_undo[k], k + 1);
 }
 
 /* The keys of b were looked up (with the lock): answer repeats from their
@@ -1090,14 +1098,7 @@ static void stmt_keys_done(struct pgconn *c, void *arg, PGresult *const *res, in
         txn_outbox_flush(t->s);
         return;
     }
-    struct pg_stmt stmts[PG_MAX_STMTS];
-    int ns = 0;
-    stmts[ns++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
-    t->seg_from = ns;
-    stmt_segments(b, 0, stmts, &ns);
-    t->nres = ns;
-    if (pg_pipeline(c, stmts, ns, stmt_ran, t) < 0)
-        fail_lost_before_commit(t);
+    stmt_rerun(t, b, SQL_SP, 0);
 }
 
 /* An unkeyed batch sent whole with COMMIT (every outcome final once its
