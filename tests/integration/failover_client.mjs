@@ -14,6 +14,10 @@ const [endpoint, tenant, prefix, seconds] = process.argv.slice(2);
 const until = Date.now() + Number(seconds) * 1000;
 const tq = new Client({ endpoints: [endpoint], timeoutMs: 3000, attempts: 1 });
 const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+// stdout is a pipe the test reads only at the end: past the pipe's buffer
+// Node queues the writes, and process.exit() would drop what is queued
+// (the acknowledgements of the last edits).  Exit once stdout has drained.
+const exit = (code) => process.stdout.write("", () => process.exit(code));
 let rc = 0;
 try {
     for (let n = 0; Date.now() < until; n++) {
@@ -41,4 +45,4 @@ try {
 } finally {
     await tq.close();
 }
-process.exit(rc);
+exit(rc);

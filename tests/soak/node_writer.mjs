@@ -23,6 +23,10 @@ const tenants = tenantList.split(",");
 const until = Date.now() + Number(seconds) * 1000;
 const tq = new Client({ endpoints: endpoints.split(","), timeoutMs: 4000, attempts: 1 });
 const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+// Writes to a pipe are queued once its buffer is full, and process.exit()
+// drops what is queued: exit only once stdout has drained (awaitable, so no
+// later line is written after the decision to stop).
+const exit = (code) => new Promise(() => process.stdout.write("", () => process.exit(code)));
 
 // a small seeded PRNG (mulberry32), so a run's op sequence is repeatable
 let seed = Number(seedArg) >>> 0;
@@ -51,11 +55,11 @@ async function send(tenant, op, args, key) {
             out({ try: { key: key || null, code: e.code } });
             if (!e.retryable && e.code !== "TIMEOUT" && e.code !== "TRANSPORT") {
                 out({ fatal: { tenant, op, args, key, code: e.code, message: e.message } });
-                process.exit(2);
+                await exit(2);
             }
             if (Date.now() > give_up) {
                 out({ unresolved: { tenant, op, args, key } });
-                process.exit(3);
+                await exit(3);
             }
             await new Promise((r) => setTimeout(r, 100));
         }
@@ -127,4 +131,4 @@ try {
     await tq.close();
 }
 out({ done: { requests } });
-process.exit(0);
+await exit(0);
