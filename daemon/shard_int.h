@@ -73,6 +73,7 @@ struct batch {
                                 * that ran it, -1 none (a slice of the txn's array) */
     int *dup;                  /* statement batches: the earlier request of this batch
                                 * with the same key, -1 none */
+    char lock_sql[OPFILE_LOCK_KEY_MAX + 96]; /* a statement batch's lock over its op's key */
     struct pg_text_array keys; /* the batch's keys, for the lookup */
     struct pg_text_array new_keys, new_fps, new_resps; /* records to insert with the edit */
 };
@@ -87,13 +88,13 @@ struct txn {
     tq_error *errs;
     bool *replayed;
     int *rpos, *dup;           /* max_batch slots each (statement batches) */
-    char lock_sql[OPFILE_LOCK_KEY_MAX + 64]; /* a statement batch's own lock statement */
     struct batch b[GROUP_MAX];
     int nb;                    /* batches in this transaction; 0: the slot is free */
     int njobs;
     int nres;                  /* statements of the first pipeline */
     int seg_from;              /* statement batches: where the running pipeline's
-                                * requests begin (what comes before is the batch's own) */
+                                * requests begin (what comes before is the batches' own:
+                                * BEGIN, timeouts, locks, or the key records) */
     char sp_before[PG_MAX_REQUESTS][24];   /* "SAVEPOINT tq_<i>" */
     char sp_undo[PG_MAX_REQUESTS][40];     /* "ROLLBACK TO SAVEPOINT tq_<i>" */
     uint64_t change_deadline_us; /* tightest deadline of a state-changing job, or UINT64_MAX */

@@ -148,6 +148,22 @@ char *sql_schema(const char *schema, bool storefront)
     return all;
 }
 
+int sql_lock_text(char *buf, size_t n, enum sql_stmt kind, const char *key_sql)
+{
+    /* The lock statements, over the operator's key expression.  A try-lock
+     * sent ahead of writes in the same pipeline must stop them when the
+     * lock is held, hence the division. */
+    static const char *const text[3][2] = {
+        {"SELECT pg_advisory_xact_lock((", ")::bigint)"},
+        {"SELECT pg_try_advisory_xact_lock((", ")::bigint)"},
+        {"SELECT 1 / pg_try_advisory_xact_lock((", ")::bigint)::int AS tenantq_lock_is_free"},
+    };
+    if (kind < ST_LOCK || kind > ST_TRYLOCK_GUARD)
+        return -1;
+    int w = snprintf(buf, n, "%s%s%s", text[kind - ST_LOCK][0], key_sql, text[kind - ST_LOCK][1]);
+    return w < 0 || (size_t)w >= n ? -1 : w;
+}
+
 int sql_table_init(struct sql_table *t, const tq_config *cfg, const struct storage *st)
 {
     static const struct {
@@ -168,14 +184,6 @@ int sql_table_init(struct sql_table *t, const tq_config *cfg, const struct stora
         [ST_IDEM_UPSERT] = {"tq_idem_upsert", SQL_IDEM_UPSERT, 4},
         [ST_IDEM_CLEANUP] = {"tq_idem_cleanup", SQL_IDEM_CLEANUP, 1},
     };
-    /* the lock statements, over the operator's key expression; the
-     * one-round-trip try-lock must stop the writes sent after it when the
-     * lock is held, hence the division */
-    static const char *const lock_sql[3][2] = {
-        {"SELECT pg_advisory_xact_lock((", ")::bigint)"},
-        {"SELECT pg_try_advisory_xact_lock((", ")::bigint)"},
-        {"SELECT 1 / pg_try_advisory_xact_lock((", ")::bigint)::int AS tenantq_lock_is_free"},
-    };
     memset(t, 0, sizeof *t);
     char schema[STORAGE_QUOTED_MAX], err[STORAGE_ERR_MAX];
     if (storage_own_schema(cfg, schema, sizeof schema, err, sizeof err) < 0)
@@ -195,12 +203,11 @@ int sql_table_init(struct sql_table *t, const tq_config *cfg, const struct stora
     if (!(t->idem_lookup = t->owned[t->nowned++] = subst(SQL_IDEM_LOOKUP, schema)))
         goto oom;
     size_t room = strlen(cfg->lock_key_sql) + 128;
-    for (int i = 0; i < 3; i++) {
+    for (int i = ST_LOCK; i <= ST_TRYLOCK_GUARD; i++) {
         char *sql = t->owned[t->nowned++] = malloc(room);
-        if (!sql)
+        if (!sql || sql_lock_text(sql, room, (enum sql_stmt)i, cfg->lock_key_sql) < 0)
             goto oom;
-        snprintf(sql, room, "%s%s%s", lock_sql[i][0], cfg->lock_key_sql, lock_sql[i][1]);
-        t->prep[ST_LOCK + i].sql = sql;
+        t->prep[i].sql = sql;
     }
     return 0;
 oom:

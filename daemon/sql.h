@@ -32,6 +32,11 @@ enum sql_stmt {
     ST__COUNT
 };
 
+/* The advisory-lock statement of kind ST_LOCK, ST_TRYLOCK or
+ * ST_TRYLOCK_GUARD over key_sql (an expression of $1, the tenant), into buf
+ * (n bytes).  Returns the length written, or -1 when it does not fit. */
+int sql_lock_text(char *buf, size_t n, enum sql_stmt kind, const char *key_sql);
+
 /* Statements sent unprepared. */
 extern const char SQL_BEGIN[];     /* READ COMMITTED, whatever the role's default */
 extern const char SQL_COMMIT[];

@@ -23,6 +23,9 @@
  *   per batch that changed something: [INSERT key records;] the family's
  *   write;  then COMMIT; Sync  -> reply to each request
  * Batches that only read run without BEGIN (one implicit transaction).
+ * Statement batches (the SQL family) have a transaction shape of their
+ * own, one savepoint per request, and share transactions with each other
+ * only ("statement batches" below).
  *
  * One round trip (txn_start_precomputed), when every batch changes state
  * and its family holds the tenant's state already (the draft cache): apply
@@ -567,7 +570,7 @@ static void txn_lost_at_commit(struct txn *t, PGresult *const *res, int n)
      * savepoint and does not abort the transaction: only the batch's own
      * statements (before seg_from) count. */
     int upto = n - 1;
-    if (t->nb == 1 && t->b[0].fam->kind == FAM_STATEMENTS && t->seg_from < upto)
+    if (t->b[0].fam->kind == FAM_STATEMENTS && t->seg_from < upto)
         upto = t->seg_from;
     int f = first_failed(res, upto);
     if (f >= 0 && pg_sqlstate(res[f]) != NULL) {
@@ -825,9 +828,27 @@ static void txn_start_precomputed(struct txn *t, struct pg_stmt *stmts, int ns)
  * fact (reject_if_empty: its result is known only when it arrives) is undone
  * with ROLLBACK TO SAVEPOINT tq_i, which undoes the requests after it too:
  * those run again, in the same transaction, in one more round trip.
+ *
+ * Several tenants' statement batches share a transaction (a group) the way
+ * storefront batches do, when more lanes are ready than connections idle:
+ * the requests of all of them follow one another as above (i counts across
+ * the group), after a prefix that holds every batch's try-lock, the kind that
+ * fails (a division by zero) when the lock is held elsewhere.  The prefix
+ * ends before the first savepoint, so a busy lock aborts the whole
+ * transaction beyond what any ROLLBACK TO SAVEPOINT can repair: nothing of
+ * it runs, and the batches go back to their lanes, the busy one to run
+ * alone, waiting for its lock.  A batch whose keys must be looked up first
+ * runs alone.  A keyed request that failed before its keys were looked up
+ * (it may be the repeat of one that succeeded) sends its batch back to run
+ * alone with lookups: what of it succeeded is undone with the savepoint of
+ * its first success, the requests after that run again, and the rest of
+ * the group commits.
  */
 #define STMT_BATCH_MAX PG_MAX_REQUESTS
+#define STMT_GROUP_MAX 48 /* requests of a group of several batches */
 _Static_assert(16 + 5 * STMT_BATCH_MAX <= PG_MAX_STMTS, "a statement batch must fit in pg.c");
+_Static_assert(4 + GROUP_MAX + 5 * STMT_GROUP_MAX + 2 <= PG_MAX_STMTS,
+               "a group of statement batches must fit in pg.c");
 
 static const char SQL_SP[] = "SAVEPOINT tq";
 static const char SQL_SP_BACK[] = "ROLLBACK TO SAVEPOINT tq";
@@ -836,32 +857,38 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
 static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res, int n,
                                bool lost);
 
+/* Position of b's first request among the requests of its transaction. */
+static int batch_base(const struct batch *b) { return (int)(b->jobs - b->t->jobs); }
+
 /* Whether request i of b still has to run. */
 static bool stmt_pending(const struct batch *b, int i)
 {
     return b->jobs[i] && !b->results[i] && b->errs[i].code == TQ_OK && b->dup[i] < 0;
 }
 
-/* Add the segments of b's requests from `from` on that still have to run
- * (rpos set), and the trailing rollback, to stmts.  A request that cannot
- * be bound keeps its error and is left out. */
-static void stmt_segments(struct batch *b, int from, struct pg_stmt *stmts, int *ns)
+/* Add the segments of t's requests from position `from` on that still have
+ * to run (rpos set), and the trailing rollback, to stmts.  A request that
+ * cannot be bound keeps its error and is left out. */
+static void stmt_segments(struct txn *t, int from, struct pg_stmt *stmts, int *ns)
 {
-    struct txn *t = b->t;
-    struct fam_ctx ctx = batch_ctx(b);
-    for (int i = from; i < b->n; i++) {
-        b->rpos[i] = -1;
-        if (!stmt_pending(b, i))
-            continue;
-        struct pg_stmt st;
-        if (b->fam->bind(b->fs, &ctx, b->jobs[i], i, &st, &b->errs[i]) < 0)
-            continue;
-        stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP_BACK};
-        stmts[(*ns)++] = (struct pg_stmt){.sql = t->sp_before[i]};
-        /* prepared once per connection: a Prepare before the first use */
-        *ns += pg_prepared(t->pc, &st, &stmts[*ns]);
-        b->rpos[i] = *ns - 1;
-        stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        struct fam_ctx ctx = batch_ctx(b);
+        int base = batch_base(b);
+        for (int i = from > base ? from - base : 0; i < b->n; i++) {
+            b->rpos[i] = -1;
+            if (!stmt_pending(b, i))
+                continue;
+            struct pg_stmt st;
+            if (b->fam->bind(b->fs, &ctx, b->jobs[i], i, &st, &b->errs[i]) < 0)
+                continue;
+            stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP_BACK};
+            stmts[(*ns)++] = (struct pg_stmt){.sql = t->sp_before[base + i]};
+            /* prepared once per connection: a Prepare before the first use */
+            *ns += pg_prepared(t->pc, &st, &stmts[*ns]);
+            b->rpos[i] = *ns - 1;
+            stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
+        }
     }
     stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP_BACK};
 }
@@ -880,40 +907,67 @@ static const PGresult *stmt_result(const struct batch *b, int i, PGresult *const
 
 /* Read the outcome of every request that ran in this pipeline.  A failed
  * statement was rolled back by its savepoint: its error is final.  Returns
- * the first request whose statement succeeded but must not stand
- * (reject_if_empty), answered with its error and still to be undone, or -1. */
-static int stmt_outcomes(struct batch *b, PGresult *const *res, int n)
+ * the position of the first request whose statement succeeded but must not
+ * stand (reject_if_empty), answered with its error and still to be undone,
+ * or -1. */
+static int stmt_outcomes(struct txn *t, PGresult *const *res, int n)
 {
-    struct fam_ctx ctx = batch_ctx(b);
-    for (int i = 0; i < b->n; i++) {
-        if (b->rpos[i] < 0)
-            continue;
-        const PGresult *r = stmt_result(b, i, res, n);
-        b->rpos[i] = -1;
-        if (r && PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
-            tq_error_set(&b->errs[i], TQ_E_INTERNAL, "%s: its statement was skipped",
-                         b->jobs[i]->req.op);
-            continue;
-        }
-        bool undo = true;
-        if (b->fam->outcome(&ctx, b->jobs[i], r, &b->results[i], &b->errs[i], &undo) < 0) {
-            b->results[i] = NULL;
-            if (undo && r && result_ok(r))
-                return i;
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        struct fam_ctx ctx = batch_ctx(b);
+        for (int i = 0; i < b->n; i++) {
+            if (b->rpos[i] < 0)
+                continue;
+            const PGresult *r = stmt_result(b, i, res, n);
+            b->rpos[i] = -1;
+            if (r && PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
+                tq_error_set(&b->errs[i], TQ_E_INTERNAL, "%s: its statement was skipped",
+                             b->jobs[i]->req.op);
+                continue;
+            }
+            bool undo = true;
+            if (b->fam->outcome(&ctx, b->jobs[i], r, &b->results[i], &b->errs[i], &undo) < 0) {
+                b->results[i] = NULL;
+                if (undo && r && result_ok(r))
+                    return batch_base(b) + i;
+            }
         }
     }
     return -1;
 }
 
-/* The batch's pipeline failed before its requests (the lock): answer the
- * whole batch and end the transaction.  Returns whether it did. */
-static bool stmt_prefix_failed(struct txn *t, struct batch *b, PGresult *const *res, int n)
+/* A group's transaction failed before its requests ran (f: the prefix's
+ * failed statement) or at COMMIT (f -1): nothing of it happened.  The
+ * batches go back to their lanes: when a try-lock found its lock held, that
+ * batch to run alone (waiting for the lock) and the others as they were;
+ * otherwise each alone, where an error is its own. */
+static void stmt_group_put_back(struct txn *t, PGresult *const *res, int f)
+{
+    int owner = -1;
+    for (int k = 0; f >= 0 && k < t->nb; k++)
+        if (t->b[k].r_lock == f)
+            owner = k;
+    bool busy = owner >= 0 && pg_classify(res[f]) == PG_ERR_GUARD;
+    if (busy)
+        shard_count(t->s, SHARD_GAUGE_LOCK_BUSY);
+    for (int k = 0; k < t->nb; k++)
+        if (!batch_answered(&t->b[k]))
+            batch_put_back(&t->b[k], !busy || k == owner, false);
+}
+
+/* The pipeline failed before the requests (BEGIN, the timeouts, a lock):
+ * answer a batch alone, put a group back, and end the transaction.
+ * Returns whether it did. */
+static bool stmt_prefix_failed(struct txn *t, PGresult *const *res, int n)
 {
     int upto = t->seg_from < n ? t->seg_from : n;
     int f = first_failed(res, upto);
     if (f < 0 && upto == t->seg_from)
         return false;
-    fail_batch_from_results(b, res, upto);
+    if (t->nb == 1)
+        fail_batch_from_results(&t->b[0], res, upto);
+    else
+        stmt_group_put_back(t, res, f);
     txn_end_with_rollback(t);
     return true;
 }
@@ -970,84 +1024,128 @@ static bool stmt_keyed_failure(const struct batch *b)
  * answers).  Without a lookup the records go in with a plain INSERT: a key
  * seen before fails it, the transaction rolls back, and the batch runs
  * again with its keys looked up (commit_done). */
-static void stmt_commit(struct txn *t, struct batch *b)
+static void stmt_commit(struct txn *t)
 {
-    const char *tenant = b->lane->tenant;
-    b->r_idem = -1;
-    stmt_record_keys(b);
-    struct pg_stmt stmts[2];
-    int ns = 0;
-    const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
-               *r = pg_text_array_get(&b->new_resps);
-    if (b->oom || (b->new_keys.n > 0 && (!k || !f || !r))) {
-        fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys", tenant);
-        txn_end_with_rollback(t);
+    struct pg_stmt stmts[GROUP_MAX + 1];
+    int ns = 0, writers = 0;
+    for (int q = 0; q < t->nb; q++) {
+        struct batch *b = &t->b[q];
+        b->r_idem = -1;
+        b->role = BATCH_OUT;
+        if (batch_answered(b))
+            continue; /* put back: it runs again */
+        stmt_record_keys(b);
+        const char *k = pg_text_array_get(&b->new_keys), *f = pg_text_array_get(&b->new_fps),
+                   *r = pg_text_array_get(&b->new_resps);
+        if (b->oom || (b->new_keys.n > 0 && (!k || !f || !r))) {
+            /* (nothing is committed: every batch hears it) */
+            for (int x = 0; x < t->nb; x++)
+                fail_batch(&t->b[x], TQ_E_INTERNAL, "tenant \"%s\": out of memory recording keys",
+                           t->b[x].lane->tenant);
+            txn_end_with_rollback(t);
+            return;
+        }
+        if (b->new_keys.n > 0) {
+            b->r_idem = ns;
+            stmts[ns++] = stmt(t->s, b->lookup ? ST_IDEM_UPSERT : ST_IDEM_INSERT,
+                               b->lane->tenant, k, f, r);
+        }
+        b->role = BATCH_WRITES;
+        writers++;
+    }
+    if (writers == 0) {
+        txn_end_with_rollback(t); /* every batch went back to its lane */
         return;
     }
-    if (b->new_keys.n > 0) {
-        b->r_idem = ns;
-        stmts[ns++] = stmt(t->s, b->lookup ? ST_IDEM_UPSERT : ST_IDEM_INSERT, tenant, k, f, r);
-    }
-    t->seg_from = ns; /* (all of this pipeline before COMMIT is the batch's own) */
+    t->seg_from = ns; /* (all of this pipeline before COMMIT is the batches' own) */
     stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
-    b->role = BATCH_WRITES;
     t->committing = true;
     if (pg_pipeline(t->pc, stmts, ns, commit_done, t) < 0)
         fail_lost_before_commit(t);
 }
 
-/* Run b's pending requests from `from` on, in a pipeline of their own
- * inside the open transaction: first (a savepoint, or the rollback to one),
- * then their segments (stmt_ran reads them). */
-static void stmt_rerun(struct txn *t, struct batch *b, const char *first, int from)
+/* Run t's pending requests from position `from` on, in a pipeline of their
+ * own inside the open transaction: first (a savepoint, or the rollback to
+ * one), then their segments (stmt_ran reads them). */
+static void stmt_rerun(struct txn *t, const char *first, int from)
 {
     struct pg_stmt stmts[PG_MAX_STMTS];
     int ns = 0;
     stmts[ns++] = (struct pg_stmt){.sql = first, .sync = true};
     t->seg_from = ns;
-    stmt_segments(b, from, stmts, &ns);
+    stmt_segments(t, from, stmts, &ns);
     t->nres = ns;
     if (pg_pipeline(t->pc, stmts, ns, stmt_ran, t) < 0)
         fail_lost_before_commit(t);
 }
 
+/* Batches with a keyed failure before any lookup, among those starting at
+ * or before position *undo (-1: anywhere), go back to their lanes to run
+ * with lookups.  What such a batch did is rolled back: when part of it
+ * succeeded, *undo becomes the position of its first success and *from
+ * that position (its requests are no longer pending; the ones after it run
+ * again). */
+static void stmt_send_back_keyed(struct txn *t, int *undo, int *from)
+{
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        int base = batch_base(b);
+        if (*undo >= 0 && base > *undo)
+            return;
+        if (b->lookup || !b->has_keys || !stmt_keyed_failure(b))
+            continue;
+        int first = -1;
+        for (int i = 0; first < 0 && i < b->n; i++)
+            if (b->jobs[i] && b->results[i] && !b->replayed[i])
+                first = base + i;
+        batch_put_back(b, false, true);
+        if (first >= 0 && (*undo < 0 || first < *undo)) {
+            *undo = first;
+            *from = first;
+            return;
+        }
+    }
+}
+
 /* The requests' pipeline is back (keyed batches, or ones whose outcome may
  * need undoing): a request refused after its statement ran is undone and
- * the requests after it run again; then the batch commits. */
+ * the requests after it run again; then the batches commit. */
 static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
 {
+    (void)c;
     struct txn *t = arg;
-    struct batch *b = &t->b[0];
     if (lost) {
         fail_lost_before_commit(t);
         return;
     }
-    if (stmt_prefix_failed(t, b, res, n))
+    if (stmt_prefix_failed(t, res, n))
         return;
-    int k = stmt_outcomes(b, res, n);
-    if (!b->lookup && b->has_keys && stmt_keyed_failure(b)) {
-        batch_put_back(b, false, true); /* (rolled back: nothing of it stands) */
-        txn_end_with_rollback(t);
-        return;
-    }
-    if (k < 0) {
-        stmt_commit(t, b);
+    int undo = stmt_outcomes(t, res, n);
+    int from = undo + 1;
+    stmt_send_back_keyed(t, &undo, &from);
+    if (undo < 0) {
+        stmt_commit(t);
         return;
     }
-    /* undo k and what ran after it; run those again on the state before k */
-    for (int i = k + 1; i < b->n; i++) {
-        json_decref(b->results[i]);
-        b->results[i] = NULL;
-        if (b->jobs[i] && b->dup[i] < 0 && !b->replayed[i])
-            b->errs[i].code = TQ_OK;
+    /* undo `undo` and what ran after it; run those again on the state before it */
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        int base = batch_base(b);
+        for (int i = from > base ? from - base : 0; i < b->n; i++) {
+            json_decref(b->results[i]);
+            b->results[i] = NULL;
+            if (b->jobs[i] && b->dup[i] < 0 && !b->replayed[i])
+                b->errs[i].code = TQ_OK;
+        }
     }
-    stmt_rerun(t, b, t->sp_undo[k], k + 1);
+    stmt_rerun(t, t->sp_undo[undo], from);
 }
 
-/* The keys of b were looked up (with the lock): answer repeats from their
- * records, note repeats inside the batch, and run the others. */
+/* The keys of b, alone in t, were looked up (with the lock): answer repeats
+ * from their records, note repeats inside the batch, and run the others. */
 static void stmt_keys_done(struct pgconn *c, void *arg, PGresult *const *res, int n, bool lost)
 {
+    (void)c;
     struct txn *t = arg;
     struct batch *b = &t->b[0];
     if (lost) {
@@ -1098,17 +1196,16 @@ static void stmt_keys_done(struct pgconn *c, void *arg, PGresult *const *res, in
         txn_outbox_flush(t->s);
         return;
     }
-    stmt_rerun(t, b, SQL_SP, 0);
+    stmt_rerun(t, SQL_SP, 0);
 }
 
-/* An unkeyed batch sent whole with COMMIT (every outcome final once its
+/* Unkeyed batches sent whole with COMMIT (every outcome final once its
  * statement ran). */
 static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res, int n,
                                bool lost)
 {
     (void)c;
     struct txn *t = arg;
-    struct batch *b = &t->b[0];
     if (lost) {
         txn_lost_at_commit(t, res, n);
         return;
@@ -1116,45 +1213,65 @@ static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res
     bool committed = n >= 1 && result_ok(res[n - 1]) &&
                      strcmp(PQcmdStatus(res[n - 1]), "COMMIT") == 0;
     if (!committed) {
-        /* the lock (or, deferred, the COMMIT itself) failed: nothing of it
+        /* a lock (or, deferred, the COMMIT itself) failed: nothing of it
          * was committed */
-        if (!stmt_prefix_failed(t, b, res, n)) {
-            fail_batch_from_results(b, res + n - 1, 1); /* the COMMIT's own error */
+        if (!stmt_prefix_failed(t, res, n)) {
+            if (t->nb == 1)
+                fail_batch_from_results(&t->b[0], res + n - 1, 1); /* the COMMIT's own error */
+            else
+                stmt_group_put_back(t, res, -1);
             txn_end_with_rollback(t);
         }
         return;
     }
-    (void)stmt_outcomes(b, res, n); /* every one is final: failures were rolled back alone */
-    reply_all(b);
+    (void)stmt_outcomes(t, res, n); /* every one is final: failures were rolled back alone */
+    for (int k = 0; k < t->nb; k++)
+        reply_all(&t->b[k]);
     txn_end(t, true);
     txn_outbox_flush(t->s);
 }
 
-/* Start statement batch b (alone in t): BEGIN, the timeouts (in stmts,
- * ns of them), its lock, then either its keys' lookup, or its requests
- * (and COMMIT, when no key is to be recorded and no outcome can need
- * undoing).  Keys are not looked up in the common case: the records are
- * inserted with COMMIT once the answers are known (stmt_commit). */
-static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stmts, int ns)
+/* Start t's statement batches: BEGIN, the timeouts (in stmts, ns of them),
+ * each batch's lock (alone: waiting for it; a group: the try-lock that fails
+ * when it is held), then either the keys' lookup (a batch alone), or the
+ * requests (and COMMIT, when no key is to be recorded and no outcome can
+ * need undoing).  Keys are not looked up in the common case: the records
+ * are inserted with COMMIT once the answers are known (stmt_commit). */
+static void stmt_batch_start(struct txn *t, struct pg_stmt *stmts, int ns)
 {
     struct shard *s = t->s;
-    const char *tenant = b->lane->tenant;
-    const char *key_sql = b->fam->lock_key(b->jobs[0]);
-    b->r_lock = ns;
-    if (key_sql) {
-        snprintf(t->lock_sql, sizeof t->lock_sql, "SELECT pg_advisory_xact_lock((%s)::bigint)",
-                 key_sql);
-        stmts[ns++] = (struct pg_stmt){.sql = t->lock_sql, .nparams = 1, .params = {tenant}};
-    } else {
-        stmts[ns++] = stmt(s, ST_LOCK, tenant, NULL, NULL, NULL);
+    enum sql_stmt lock = t->nb > 1 ? ST_TRYLOCK_GUARD : ST_LOCK;
+    bool blind = !s->draining;
+    for (int k = 0; k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        const char *tenant = b->lane->tenant;
+        const char *key_sql = b->fam->lock_key(b->jobs[0]);
+        b->r_lock = ns;
+        if (!key_sql)
+            stmts[ns++] = stmt(s, lock, tenant, NULL, NULL, NULL);
+        else if (sql_lock_text(b->lock_sql, sizeof b->lock_sql, lock, key_sql) >= 0)
+            stmts[ns++] = (struct pg_stmt){.sql = b->lock_sql, .nparams = 1, .params = {tenant}};
+        else
+            b->r_lock = -1; /* (cannot happen: the expression's length is bounded) */
+        for (int i = 0; i < b->n; i++) {
+            b->dup[i] = -1;
+            b->errs[i].code = TQ_OK;
+            b->replayed[i] = false;
+            b->rpos[i] = -1;
+            blind &= b->fam->commits_blind(b->jobs[i]);
+        }
+        blind &= !b->has_keys;
+        if (b->r_lock < 0) {
+            for (int q = 0; q < t->nb; q++)
+                fail_batch(&t->b[q], TQ_E_INTERNAL, "tenant \"%s\": lock statement too long",
+                           t->b[q].lane->tenant);
+            txn_end(t, true);
+            return;
+        }
     }
-    for (int i = 0; i < b->n; i++) {
-        b->dup[i] = -1;
-        b->errs[i].code = TQ_OK;
-        b->replayed[i] = false;
-        b->rpos[i] = -1;
-    }
-    if (b->has_keys && b->lane->recheck_keys) {
+    struct batch *b = &t->b[0];
+    if (t->nb == 1 && b->has_keys && b->lane->recheck_keys) {
+        const char *tenant = b->lane->tenant;
         b->lane->recheck_keys = false;
         b->records = json_object();
         for (int i = 0; b->records && i < b->n; i++)
@@ -1178,10 +1295,7 @@ static void stmt_batch_start(struct txn *t, struct batch *b, struct pg_stmt *stm
     }
     stmts[ns++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
     t->seg_from = ns;
-    stmt_segments(b, 0, stmts, &ns);
-    bool blind = !s->draining && !b->has_keys;
-    for (int i = 0; blind && i < b->n; i++)
-        blind = b->fam->commits_blind(b->jobs[i]);
+    stmt_segments(t, 0, stmts, &ns);
     pg_pipeline_cb cb = stmt_ran;
     if (blind) {
         stmts[ns++] = (struct pg_stmt){.sql = SQL_COMMIT};
@@ -1263,10 +1377,16 @@ static struct batch *batch_take(struct txn *t, struct lane *lane, uint64_t now)
  * lane is not split to fill the rest). */
 static bool lane_joins(const struct txn *t, const struct lane *lane)
 {
-    uint32_t max = (uint32_t)t->s->cfg->max_batch;
-    uint32_t want = lane->depth < max ? lane->depth : max;
-    return !lane->solo && t->njobs + (int)want <= t->s->cfg->max_batch &&
-           lane->head->fam->kind == FAM_STATE && t->b[0].fam->kind == FAM_STATE;
+    const struct batch *b0 = &t->b[0];
+    bool stmts = b0->fam->kind == FAM_STATEMENTS;
+    int limit = t->s->cfg->max_batch;
+    if (stmts && limit > STMT_GROUP_MAX)
+        limit = STMT_GROUP_MAX;
+    uint32_t want = lane->depth < (uint32_t)limit ? lane->depth : (uint32_t)limit;
+    /* (a statement batch that looks its keys up first runs alone) */
+    return !lane->solo && t->njobs + (int)want <= limit &&
+           lane->head->fam->kind == b0->fam->kind &&
+           !(stmts && (lane->recheck_keys || b0->lane->recheck_keys));
 }
 
 void txn_start(struct txn *t, int lanes)
@@ -1313,11 +1433,13 @@ void txn_start(struct txn *t, int lanes)
     /* Every batch a change whose state its family holds: one round trip.
      * Not while draining: such a transaction cannot be withdrawn once sent. */
     if (t->b[0].fam->kind == FAM_STATEMENTS) {
-        struct batch *b = &t->b[0];
-        struct fam_ctx ctx = batch_ctx(b);
-        (void)b->fam->begin(b->fs, &ctx, true);
-        b->begun = true;
-        stmt_batch_start(t, b, stmts, ns);
+        for (int k = 0; k < t->nb; k++) {
+            struct batch *b = &t->b[k];
+            struct fam_ctx ctx = batch_ctx(b);
+            (void)b->fam->begin(b->fs, &ctx, true);
+            b->begun = true;
+        }
+        stmt_batch_start(t, stmts, ns);
         return;
     }
     bool one_trip = mutating && !s->draining;

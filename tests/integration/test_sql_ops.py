@@ -397,3 +397,185 @@ def test_reject_if_empty_undone_alone(daemon_factory, schema, ops_dir):
                          " ORDER BY slot").fetchall()
     assert len(rows) == 10 and len({r[0] for r in rows}) == 10
     assert sorted(r["result"]["rows"][0]["customer"] for r in oks) == sorted(r[1] for r in rows)
+
+
+# --- statement batches of several tenants in one transaction ---------------
+
+GATE = "gate"
+
+
+def _group_behind_a_gate(db, d, sends, hold=None, release_hold_after=None, gates=1):
+    """Make requests of several tenants share one transaction: with `gates`
+    connections, the advisory locks of as many gate tenants are held outside
+    while a request of each waits for it on a connection; meanwhile the
+    sends (each
+    (tenant, fn(client) -> response), started in order 40 ms apart, so they
+    queue in that order) queue up in their lanes.  When the gate opens, the
+    connections take the ready lanes together.  hold: another tenant whose
+    lock stays held outside until release_hold_after(responses) returns
+    (called once the other sends have their answers).  Returns the
+    responses and when each arrived (time.monotonic())."""
+    res, at = [None] * len(sends), [None] * len(sends)
+    gate_res = {}
+    with db.connect(autocommit=False) as gate, db.connect(autocommit=False) as held:
+        for g in range(gates):
+            gate.execute(LOCK, (GATE + str(g),))
+        if hold:
+            held.execute(LOCK, (hold,))
+
+        def run(i):
+            with Client(d.endpoint, timeout_ms=30000) as c:
+                res[i] = sends[i][1](c)
+            at[i] = time.monotonic()
+
+        def run_gate(g):
+            with Client(d.endpoint, timeout_ms=30000) as c:
+                gate_res[g] = c.call(GATE + str(g), "note.add", {"body": "gate"})
+        tgs = [threading.Thread(target=run_gate, args=(g,)) for g in range(gates)]
+        for tg in tgs:
+            tg.start()
+        time.sleep(0.3)  # the gates' requests hold every connection
+        ts = []
+        for i in range(len(sends)):
+            ts.append(threading.Thread(target=run, args=(i,)))
+            ts[-1].start()
+            time.sleep(0.04)
+        time.sleep(0.5)
+        gate.rollback()
+        if hold:
+            others = [i for i, (t, _) in enumerate(sends) if t != hold]
+            for i in others:
+                ts[i].join(30)
+            release_hold_after([res[i] for i in others])
+            held.rollback()
+        for t in ts:
+            t.join(60)
+        for tg in tgs:
+            tg.join(60)
+    assert len(gate_res) == gates and all(r["ok"] for r in gate_res.values()), gate_res
+    return res, at
+
+
+def _create(tenant, slot, customer, key=None):
+    extra = {"key": key} if key else {}
+    return (tenant, lambda c: c.call(tenant, "booking.create",
+                                     {"slot": slot, "customer": customer}, **extra))
+
+
+def _bookings(db, prefix):
+    with db.connect() as c:
+        return sorted(c.execute("SELECT tenant_id, slot, customer FROM booking WHERE "
+                                "tenant_id LIKE %s ORDER BY 1, 2", (prefix + "%",)).fetchall())
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_statement_batches_of_many_tenants_share_a_transaction(daemon_factory, schema, ops_dir,
+                                                                keyed):
+    """20 tenants' bookings queued while the only connection is busy run in
+    a few shared transactions, not one each.  Inside the group each request
+    still has its own savepoint: g5's second create of its slot
+    (reject_if_empty: undone after it ran, the requests after it run again)
+    and g7's second seat (a unique violation) are REJECTED alone, every
+    other request commits exactly once.  Keyed, the two rejected ones are
+    failures that may be repeats: their batches run again alone with their
+    keys looked up, and still REJECTED; the others' records are stored."""
+    port = free_tcp_port()
+    d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--connections-per-shard", 1,
+                       "--metrics-listen", "127.0.0.1:%d" % port)
+    key = (lambda s: s) if keyed else (lambda s: None)
+    sends = []
+    for g in range(20):
+        t = "g%d" % g
+        sends.append(_create(t, "2026-05-01T10:00:00Z", "c%d" % g, key("%s-a" % t)))
+        if g == 5:
+            sends.append(_create(t, "2026-05-01T10:00:00Z", "again", key("%s-b" % t)))
+        if g == 7:
+            for n, holder in enumerate(("first", "second")):
+                sends.append((t, lambda c, holder=holder, n=n: c.call(
+                    "g7", "seat.take", {"seat": "A1", "holder": holder},
+                    **({"key": "g7-seat-%d" % n} if keyed else {}))))
+    txns0 = metric_value(port, "tenantq_transactions_total")
+    tenants0 = metric_value(port, "tenantq_transaction_tenants_total")
+    res, _ = _group_behind_a_gate(schema, d, sends)
+    txns = metric_value(port, "tenantq_transactions_total") - txns0
+    tenants = metric_value(port, "tenantq_transaction_tenants_total") - tenants0
+    # the gate's own, the group(s) of 20 tenants, the keyed reruns alone
+    assert txns <= (6 if keyed else 4), "%d transactions for 20 tenants (%d batches)" % (
+        txns, tenants)
+    assert tenants >= 20
+    rejected = [(sends[i][0], r["error"]["message"]) for i, r in enumerate(res) if not r["ok"]]
+    assert len(rejected) == 2, res
+    assert rejected[0][0] == "g5" and "that slot is already booked" in rejected[0][1]
+    assert rejected[1][0] == "g7" and "tq_seat_once" in rejected[1][1]
+    assert _bookings(schema, "g") == sorted(
+        ("g%d" % g, _ts("2026-05-01T10:00:00Z"), "c%d" % g) for g in range(20))
+    with schema.connect() as c:
+        assert c.execute("SELECT holder FROM tq_seat WHERE tenant_id = 'g7'").fetchall() == [
+            ("first",)]
+    if keyed:
+        recs = idempotency_records(schema)
+        want = {("g%d" % g, "g%d-a" % g) for g in range(20)} | {("g7", "g7-seat-0")}
+        assert {tk for tk in recs if tk[0].startswith("g")} == want
+
+
+def _ts(text):
+    import datetime
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_busy_lock_in_a_group_holds_up_only_its_tenant(daemon_factory, schema, ops_dir):
+    """A tenant whose lock is held elsewhere when its batch is in a group
+    (a try-lock that fails) sends the group back: the others commit at once
+    without it, it runs alone, waiting for its lock, and commits once the
+    lock is free (on the other connection: alone, it waits on one)."""
+    port = free_tcp_port()
+    d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--connections-per-shard", 2,
+                       "--metrics-listen", "127.0.0.1:%d" % port)
+    busy0 = metric_value(port, "tenantq_lock_busy_total")
+    sends = [_create("h%d" % i, "2026-06-01T09:00:00Z", "c%d" % i) for i in range(8)]
+    sends.insert(3, _create("held", "2026-06-01T09:00:00Z", "patient"))
+    released = {}
+
+    def release(others):
+        assert all(r and r["ok"] for r in others), others
+        released["at"] = time.monotonic()
+    res, at = _group_behind_a_gate(schema, d, sends, hold="held", release_hold_after=release,
+                                   gates=2)
+    assert all(r["ok"] for r in res), res
+    assert at[3] >= released["at"]  # "held" answered only after its lock was free
+    assert all(at[i] < released["at"] for i in range(len(sends)) if i != 3)
+    assert metric_value(port, "tenantq_lock_busy_total") > busy0
+    assert len(_bookings(schema, "h")) == 9
+
+
+def test_keyed_repeats_in_a_group_replay(daemon_factory, schema, ops_dir):
+    """Keyed requests that were done before fail when they run again
+    (their slot is booked: by themselves), so their batch goes back to run
+    alone with its keys looked up, and they replay.  r2 has a new booking
+    before its repeat: that one is undone with the savepoint of its success
+    and runs again once (not twice), and the tenants after r2, which ran
+    after it, run again in the same transaction and commit once."""
+    d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--connections-per-shard", 1)
+    with Client(d.endpoint) as c:
+        first1 = ok(c.call("r1", "booking.create", {"slot": "2026-07-01T08:00:00Z",
+                                                    "customer": "x"}, key="r1-k"))
+        first2 = ok(c.call("r2", "booking.create", {"slot": "2026-07-01T09:00:00Z",
+                                                    "customer": "y"}, key="r2-old"))
+    sends = [_create("r0", "2026-07-01T08:00:00Z", "z", "r0-k"),
+             _create("r1", "2026-07-01T08:00:00Z", "x", "r1-k"),
+             _create("r2", "2026-07-01T10:00:00Z", "new", "r2-new"),
+             _create("r2", "2026-07-01T09:00:00Z", "y", "r2-old"),
+             _create("r3", "2026-07-01T08:00:00Z", "w", "r3-k"),
+             _create("r4", "2026-07-01T08:00:00Z", "v", "r4-k")]
+    res, _ = _group_behind_a_gate(schema, d, sends)
+    assert all(r["ok"] for r in res), res
+    assert res[1].get("replayed") is True and res[1]["result"] == first1
+    assert res[3].get("replayed") is True and res[3]["result"] == first2
+    assert not any(res[i].get("replayed") for i in (0, 2, 4, 5))
+    assert _bookings(schema, "r") == sorted([
+        ("r0", _ts("2026-07-01T08:00:00Z"), "z"), ("r1", _ts("2026-07-01T08:00:00Z"), "x"),
+        ("r2", _ts("2026-07-01T09:00:00Z"), "y"), ("r2", _ts("2026-07-01T10:00:00Z"), "new"),
+        ("r3", _ts("2026-07-01T08:00:00Z"), "w"), ("r4", _ts("2026-07-01T08:00:00Z"), "v")])
+    recs = idempotency_records(schema)
+    assert {k for t, k in recs if t.startswith("r")} == {
+        "r0-k", "r1-k", "r2-new", "r2-old", "r3-k", "r4-k"}
