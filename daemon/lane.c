@@ -167,6 +167,16 @@ void lane_mark_rerun(struct lane *lane, bool solo, bool lookup)
     lane->recheck_keys |= lookup;
 }
 
+void lane_isolate(struct lane *lane) { lane->isolate = LANE_ISOLATE_BATCHES; }
+
+bool lane_take_isolation(struct lane *lane)
+{
+    if (lane->isolate == 0)
+        return false;
+    lane->isolate--;
+    return true;
+}
+
 struct job *lane_expire(struct lane *lane, uint64_t now, bool all, uint64_t *min_deadline,
                         size_t *n)
 {

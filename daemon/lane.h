@@ -24,6 +24,7 @@ struct lane {
     bool busy;                 /* a batch of this lane is executing */
     bool recheck_keys;         /* next batch looks its keys up first (lane_mark_rerun) */
     bool solo;                 /* next batch runs alone and waits for its lock (lane_mark_rerun) */
+    uint8_t isolate;           /* batches still to run with each request isolated (lane_isolate) */
     uint64_t hash;
     size_t tenant_len;
     char tenant[];             /* NUL-terminated */
@@ -64,6 +65,14 @@ void lane_push_front(struct lane *lane, struct job *job);
  * for its lock (a shared transaction could not take it, or failed); lookup,
  * with its idempotency keys looked up first.  Flags only add up. */
 void lane_mark_rerun(struct lane *lane, bool solo, bool lookup);
+
+/* A request of the lane failed: its next LANE_ISOLATE_BATCHES batches run in
+ * the family's isolating form (each request able to fail alone), which costs
+ * more when nothing fails.  lane_take_isolation says whether the batch
+ * about to run must, and counts it. */
+#define LANE_ISOLATE_BATCHES 16
+void lane_isolate(struct lane *lane);
+bool lane_take_isolation(struct lane *lane);
 
 /*
  * Unlink every queued job of lane whose deadline is at or before now (all:

@@ -177,6 +177,9 @@ static const struct series shard_series[] = {
      "Batches that hit lock_timeout."},
     {SHARD_GAUGE_LOCK_BUSY, "tenantq_lock_busy_total", true, false,
      "Batches put back because their lock was held elsewhere while sharing a transaction."},
+    {SHARD_GAUGE_ISOLATED_RERUNS, "tenantq_sql_isolated_reruns_total", true, false,
+     "SQL-operation transactions run without savepoints in which a request failed; their "
+     "batches ran again with each request in a savepoint."},
 };
 
 static void metrics_body(struct metrics *m, struct evbuffer *b)

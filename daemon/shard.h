@@ -52,6 +52,7 @@ enum shard_gauge {
     SHARD_GAUGE_CACHE_BYTES,   /* reckoned heap of the cached states */
     SHARD_GAUGE_CACHE_STALE,   /* one-round-trip batches whose cached state was stale */
     SHARD_GAUGE_ONE_TRIP,      /* transactions sent whole in one round trip */
+    SHARD_GAUGE_ISOLATED_RERUNS, /* statement batches run again isolated after a failure */
     SHARD_GAUGE__COUNT
 };
 /* Read by the metrics endpoint (any thread). */

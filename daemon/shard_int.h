@@ -100,6 +100,7 @@ struct txn {
     uint64_t change_deadline_us; /* tightest deadline of a state-changing job, or UINT64_MAX */
     bool committing;           /* COMMIT sent: the transaction must not be aborted */
     bool one_trip;             /* sent whole from precomputed states */
+    bool isolated;             /* statement batches: each request in a savepoint */
     uint64_t start_us;
     char tout_lock[24], ttl[16];
 };

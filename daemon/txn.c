@@ -811,9 +811,17 @@ static void txn_start_precomputed(struct txn *t, struct pg_stmt *stmts, int ns)
 /* --- statement batches (FAM_STATEMENTS) ---------------------------------- */
 
 /*
- * Each request of a statement batch runs in a savepoint of its own, inside
- * the batch's one transaction, and the whole batch still goes out as one
- * pipeline.  Request i is a segment ended by a Sync:
+ * While a tenant's requests succeed, its statement batch runs plain: BEGIN,
+ * the lock, the statements one after another, and (without keys to record
+ * or outcomes that could need undoing) COMMIT, all in one pipeline: one
+ * statement per request.  When one fails, or is refused after it ran
+ * (reject_if_empty), the transaction is aborted or must not commit, and
+ * nothing of it stands: a request alone in it has its answer (a keyed one
+ * goes back to have its record looked up first); otherwise the batches go
+ * back to their lanes and run again, the failing tenant's batches isolated
+ * for a while (lane_isolate): each request in a savepoint of its own, inside
+ * the batch's one transaction, and the whole batch still one pipeline.
+ * Isolated, request i is a segment ended by a Sync:
  *
  *   ROLLBACK TO SAVEPOINT tq;  SAVEPOINT tq_i;  [Prepare;]  its statement;
  *   SAVEPOINT tq;  Sync
@@ -882,15 +890,19 @@ static void stmt_segments(struct txn *t, int from, struct pg_stmt *stmts, int *n
             struct pg_stmt st;
             if (b->fam->bind(b->fs, &ctx, b->jobs[i], i, &st, &b->errs[i]) < 0)
                 continue;
-            stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP_BACK};
-            stmts[(*ns)++] = (struct pg_stmt){.sql = t->sp_before[base + i]};
+            if (t->isolated) {
+                stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP_BACK};
+                stmts[(*ns)++] = (struct pg_stmt){.sql = t->sp_before[base + i]};
+            }
             /* prepared once per connection: a Prepare before the first use */
             *ns += pg_prepared(t->pc, &st, &stmts[*ns]);
             b->rpos[i] = *ns - 1;
-            stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
+            if (t->isolated)
+                stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
         }
     }
-    stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP_BACK};
+    if (t->isolated)
+        stmts[(*ns)++] = (struct pg_stmt){.sql = SQL_SP_BACK};
 }
 
 /* The result that decides request i's outcome: its statement's, or the
@@ -912,6 +924,7 @@ static const PGresult *stmt_result(const struct batch *b, int i, PGresult *const
  * or -1. */
 static int stmt_outcomes(struct txn *t, PGresult *const *res, int n)
 {
+    int first = -1; /* (every outcome is read: after COMMIT each one is final) */
     for (int k = 0; k < t->nb; k++) {
         struct batch *b = &t->b[k];
         struct fam_ctx ctx = batch_ctx(b);
@@ -928,12 +941,92 @@ static int stmt_outcomes(struct txn *t, PGresult *const *res, int n)
             bool undo = true;
             if (b->fam->outcome(&ctx, b->jobs[i], r, &b->results[i], &b->errs[i], &undo) < 0) {
                 b->results[i] = NULL;
-                if (undo && r && result_ok(r))
-                    return batch_base(b) + i;
+                if (undo && r && result_ok(r) && first < 0)
+                    first = batch_base(b) + i;
             }
         }
     }
-    return -1;
+    return first;
+}
+
+/* The batch and request (*at) whose statement is pipeline statement f, or
+ * else whose Prepare is (it comes right before its statement); NULL. */
+static struct batch *stmt_owner(struct txn *t, int f, int *at)
+{
+    for (int prep = 0; prep < 2; prep++)
+        for (int k = 0; k < t->nb; k++)
+            for (int i = 0; i < t->b[k].n; i++)
+                if (t->b[k].jobs[i] && t->b[k].rpos[i] == f + prep) {
+                    *at = i;
+                    return &t->b[k];
+                }
+    return NULL;
+}
+
+/* The batch holding request position u of t, and its index there (*at). */
+static struct batch *stmt_batch_at(struct txn *t, int u, int *at)
+{
+    for (int k = 0; k < t->nb; k++) {
+        int base = batch_base(&t->b[k]);
+        if (u >= base && u < base + t->b[k].n) {
+            *at = u - base;
+            return &t->b[k];
+        }
+    }
+    return NULL;
+}
+
+/* In a transaction without savepoints request `at` of fb failed, or was
+ * refused after it ran (its outcome is in fb->errs[at]): the transaction is
+ * aborted, or must not commit, so nothing of it stands.  A request alone in
+ * it has its answer (unless it has a key: it may repeat one that succeeded,
+ * which only its record can tell); otherwise every batch goes back to its
+ * lane to run again, the failing one's lane with each request in a
+ * savepoint for a while (lane_isolate), the others as before. */
+static void stmt_plain_failed(struct txn *t, struct batch *fb, int at)
+{
+    bool keyed = fb->jobs[at]->req.key != NULL;
+    if (t->nb == 1 && fb->n == 1 && !keyed) {
+        reply_all(fb);
+        txn_end_with_rollback(t);
+        txn_outbox_flush(t->s);
+        return;
+    }
+    shard_count(t->s, SHARD_GAUGE_ISOLATED_RERUNS);
+    lane_isolate(fb->lane);
+    for (int k = 0; k < t->nb; k++)
+        batch_put_back(&t->b[k], false, &t->b[k] == fb && keyed);
+    txn_end_with_rollback(t);
+}
+
+/* A pipeline without savepoints: whether a request's statement among the
+ * first `upto` results failed (the rest of the pipeline was skipped), and
+ * then stmt_plain_failed. */
+static bool stmt_plain_failure(struct txn *t, PGresult *const *res, int upto)
+{
+    int f = first_failed(res, upto), at = -1;
+    struct batch *b = f >= t->seg_from ? stmt_owner(t, f, &at) : NULL;
+    if (!b)
+        return false;
+    struct fam_ctx ctx = batch_ctx(b);
+    bool undo;
+    (void)b->fam->outcome(&ctx, b->jobs[at], res[f], &b->results[at], &b->errs[at], &undo);
+    stmt_plain_failed(t, b, at);
+    return true;
+}
+
+/* Requests that failed in a transaction with savepoints keep their lanes
+ * isolating a while longer. */
+static void stmt_note_failures(struct txn *t)
+{
+    for (int k = 0; t->isolated && k < t->nb; k++) {
+        struct batch *b = &t->b[k];
+        for (int i = 0; i < b->n; i++)
+            if (b->jobs[i] && b->errs[i].code != TQ_OK && !b->replayed[i]) {
+                lane_isolate(b->lane);
+                break;
+            }
+    }
 }
 
 /* A group's transaction failed before its requests ran (f: the prefix's
@@ -1028,6 +1121,7 @@ static void stmt_commit(struct txn *t)
 {
     struct pg_stmt stmts[GROUP_MAX + 1];
     int ns = 0, writers = 0;
+    stmt_note_failures(t);
     for (int q = 0; q < t->nb; q++) {
         struct batch *b = &t->b[q];
         b->r_idem = -1;
@@ -1071,6 +1165,7 @@ static void stmt_rerun(struct txn *t, const char *first, int from)
 {
     struct pg_stmt stmts[PG_MAX_STMTS];
     int ns = 0;
+    t->isolated = true;
     stmts[ns++] = (struct pg_stmt){.sql = first, .sync = true};
     t->seg_from = ns;
     stmt_segments(t, from, stmts, &ns);
@@ -1120,7 +1215,13 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
     }
     if (stmt_prefix_failed(t, res, n))
         return;
-    int undo = stmt_outcomes(t, res, n);
+    if (!t->isolated && stmt_plain_failure(t, res, n))
+        return;
+    int undo = stmt_outcomes(t, res, n), at = 0;
+    if (!t->isolated && undo >= 0) {
+        stmt_plain_failed(t, stmt_batch_at(t, undo, &at), at);
+        return;
+    }
     int from = undo + 1;
     stmt_send_back_keyed(t, &undo, &from);
     if (undo < 0) {
@@ -1132,6 +1233,8 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
         struct batch *b = &t->b[k];
         int base = batch_base(b);
         for (int i = from > base ? from - base : 0; i < b->n; i++) {
+            if (b->replayed[i] || b->errs[i].code == TQ_E_IDEMPOTENCY_KEY_REUSED)
+                continue; /* answered from its record: it does not run again */
             json_decref(b->results[i]);
             b->results[i] = NULL;
             if (b->jobs[i] && b->dup[i] < 0 && !b->replayed[i])
@@ -1215,7 +1318,8 @@ static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res
     if (!committed) {
         /* a lock (or, deferred, the COMMIT itself) failed: nothing of it
          * was committed */
-        if (!stmt_prefix_failed(t, res, n)) {
+        if (!stmt_prefix_failed(t, res, n) &&
+            !(!t->isolated && stmt_plain_failure(t, res, n - 1))) {
             if (t->nb == 1)
                 fail_batch_from_results(&t->b[0], res + n - 1, 1); /* the COMMIT's own error */
             else
@@ -1225,6 +1329,7 @@ static void stmt_one_trip_done(struct pgconn *c, void *arg, PGresult *const *res
         return;
     }
     (void)stmt_outcomes(t, res, n); /* every one is final: failures were rolled back alone */
+    stmt_note_failures(t);
     for (int k = 0; k < t->nb; k++)
         reply_all(&t->b[k]);
     txn_end(t, true);
@@ -1293,7 +1398,12 @@ static void stmt_batch_start(struct txn *t, struct pg_stmt *stmts, int ns)
             fail_lost_before_commit(t);
         return;
     }
-    stmts[ns++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
+    /* without savepoints while the tenants' requests succeed */
+    t->isolated = false;
+    for (int k = 0; k < t->nb; k++)
+        t->isolated |= lane_take_isolation(t->b[k].lane);
+    if (t->isolated)
+        stmts[ns++] = (struct pg_stmt){.sql = SQL_SP, .sync = true};
     t->seg_from = ns;
     stmt_segments(t, 0, stmts, &ns);
     pg_pipeline_cb cb = stmt_ran;
