@@ -399,6 +399,54 @@ def test_reject_if_empty_undone_alone(daemon_factory, schema, ops_dir):
     assert sorted(r["result"]["rows"][0]["customer"] for r in oks) == sorted(r[1] for r in rows)
 
 
+def test_a_replay_is_not_run_again_after_an_undo(daemon_factory, schema, ops_dir):
+    """A keyed request that failed sends its batch round again with its keys
+    looked up; there a retry of a committed seat.take is answered from its
+    record.  When the refused create before it (reject_if_empty) is undone,
+    the requests after it run again, but not the replay: it stays the
+    stored answer (run again, the seat's unique constraint refused it)."""
+    d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--connections-per-shard", 1)
+    seat = {"seat": "V1", "holder": "h"}
+    with Client(d.endpoint, timeout_ms=30000) as c:
+        first = c.call("venue", "seat.take", seat, key="venue-seat")
+        assert first["ok"], first
+        taken = c.call("venue", "booking.create",
+                       {"slot": "2026-06-01T10:00:00Z", "customer": "a"})
+        assert taken["ok"], taken
+    sends = [
+        # alone on the only connection, waiting for the lock
+        lambda c: c.call("venue", "booking.create",
+                         {"slot": "2026-06-01T11:00:00Z", "customer": "b"}),
+        # then these two queue as one batch
+        lambda c: c.call("venue", "booking.create",
+                         {"slot": "2026-06-01T10:00:00Z", "customer": "again"},
+                         key="venue-again"),
+        lambda c: c.call("venue", "seat.take", seat, key="venue-seat"),
+    ]
+    res = [None] * len(sends)
+
+    def run(i):
+        with Client(d.endpoint, timeout_ms=30000) as c:
+            res[i] = sends[i](c)
+    with schema.connect(autocommit=False) as holder:
+        holder.execute(LOCK, ("venue",))
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(len(sends))]
+        for t in ts:
+            t.start()
+            time.sleep(0.3)
+        time.sleep(0.5)
+        holder.rollback()
+    for t in ts:
+        t.join(60)
+    assert res[0]["ok"], res
+    assert not res[1]["ok"] and res[1]["error"]["code"] == "REJECTED", res
+    assert res[2]["ok"] and res[2].get("replayed") is True, res
+    assert res[2]["result"] == first["result"]
+    with schema.connect() as c:
+        assert c.execute("SELECT holder FROM tq_seat WHERE tenant_id = 'venue'").fetchall() == [
+            ("h",)]
+
+
 # --- statement batches of several tenants in one transaction ---------------
 
 GATE = "gate"
