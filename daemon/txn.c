@@ -1019,7 +1019,9 @@ static bool stmt_plain_failure(struct txn *t, PGresult *const *res, int upto)
  * isolating a while longer. */
 static void stmt_note_failures(struct txn *t)
 {
-    for (int k = 0; t->isolated && k < t->nb; k++) {
+    if (!t->isolated)
+        return; /* (a failure without savepoints never gets this far) */
+    for (int k = 0; k < t->nb; k++) {
         struct batch *b = &t->b[k];
         for (int i = 0; i < b->n; i++)
             if (b->jobs[i] && b->errs[i].code != TQ_OK && !b->replayed[i]) {
@@ -1237,7 +1239,7 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
                 continue; /* answered from its record: it does not run again */
             json_decref(b->results[i]);
             b->results[i] = NULL;
-            if (b->jobs[i] && b->dup[i] < 0 && !b->replayed[i])
+            if (b->jobs[i] && b->dup[i] < 0)
                 b->errs[i].code = TQ_OK;
         }
     }
