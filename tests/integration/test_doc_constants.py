@@ -31,6 +31,13 @@ CLAIMS = [
      "OPFILE_MESSAGE_MAX"),
     ("docs/sql-operations.md", "| `lock_key` expression | {:,} bytes |", "daemon/opfile.h",
      "OPFILE_LOCK_KEY_MAX"),
+    ("docs/sql-operations.md", "| op files per directory | {:,} |", "daemon/opset.h", "OPSET_MAX_OPS"),
+    ("docs/sql-operations.md", "| op name | {} bytes |", "daemon/opset.h", "OPSET_NAME_MAX"),
+    ("docs/sql-operations.md", "at most {} bytes. Built-in names", "daemon/opset.h", "OPSET_NAME_MAX"),
+    ("docs/sql-operations.md", "**Text.** At most {} KiB", "daemon/opfile.h", "OPFILE_MAX_BYTES", 1024),
+    ("docs/sql-operations.md", "starting with a letter or `_`, at most {} bytes", "daemon/opfile.h",
+     "OPFILE_NAME_MAX"),
+    ("docs/sql-operations.md", "A batch holds at most {} requests", "daemon/pg.h", "PG_MAX_REQUESTS"),
 ]
 
 
