@@ -33,6 +33,13 @@ const char *pg_sqlstate(const PGresult *r)
     return r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
 }
 
+bool pg_session_ended(const PGresult *r)
+{
+    const char *sev = r && pg_sqlstate(r) ? PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED)
+                                          : NULL;
+    return sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
+}
+
 enum pg_err pg_classify(const PGresult *r)
 {
     if (!r)

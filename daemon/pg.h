@@ -187,6 +187,12 @@ void pg_destroy(struct pgconn *c);
 /* "55P03" etc. of an error result, or NULL (connection-level failure). */
 const char *pg_sqlstate(const PGresult *r);
 
+/* Whether r is the server's own error of severity FATAL or PANIC: the
+ * server ended the session at that statement (an administrator's
+ * pg_terminate_backend, a shutdown), so nothing after it in the pipeline
+ * ran and its open transaction was rolled back. */
+bool pg_session_ended(const PGresult *r);
+
 /* What a failed statement's error means to tenantqd, from its SQLSTATE. */
 enum pg_err {
     PG_ERR_NONE,          /* not an error (or no result at all: PG_ERR_CONNECTION) */

@@ -565,14 +565,20 @@ static void txn_lost_at_commit(struct txn *t, PGresult *const *res, int n)
      * transaction, so nothing of it happened.  Only the server's own
      * errors (with a SQLSTATE) say where it stopped: the one libpq makes
      * up for a lost connection goes to the first statement whose result
-     * had not arrived, which may be before a COMMIT that did run.  In a
-     * statement batch a request's own failure is rolled back to its
-     * savepoint and does not abort the transaction: only the batch's own
-     * statements (before seg_from) count. */
+     * had not arrived, which may be before a COMMIT that did run.  In an
+     * isolated statement batch a request's own failure is rolled back to
+     * its savepoint and does not abort the transaction: there only the
+     * batch's own statements (before seg_from) count, and a request's error
+     * only when the server ended the session with it.  Without savepoints
+     * any error aborted the transaction. */
     int upto = n - 1;
-    if (t->b[0].fam->kind == FAM_STATEMENTS && t->seg_from < upto)
+    bool savepoints = t->b[0].fam->kind == FAM_STATEMENTS && t->isolated;
+    if (savepoints && t->seg_from < upto)
         upto = t->seg_from;
     int f = first_failed(res, upto);
+    for (int i = upto; savepoints && f < 0 && i < n - 1; i++)
+        if (pg_session_ended(res[i]))
+            f = i;
     if (f >= 0 && pg_sqlstate(res[f]) != NULL) {
         fail_lost_before_commit(t);
         return;
@@ -976,6 +982,19 @@ static struct batch *stmt_batch_at(struct txn *t, int u, int *at)
     return NULL;
 }
 
+/* The batch holding t's first request with an error, and its index there
+ * (*at); NULL when every request succeeded so far. */
+static struct batch *stmt_first_error(struct txn *t, int *at)
+{
+    for (int k = 0; k < t->nb; k++)
+        for (int i = 0; i < t->b[k].n; i++)
+            if (t->b[k].jobs[i] && t->b[k].errs[i].code != TQ_OK) {
+                *at = i;
+                return &t->b[k];
+            }
+    return NULL;
+}
+
 /* In a transaction without savepoints request `at` of fb failed, or was
  * refused after it ran (its outcome is in fb->errs[at]): the transaction is
  * aborted, or must not commit, so nothing of it stands.  A request alone in
@@ -1220,9 +1239,14 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
     if (!t->isolated && stmt_plain_failure(t, res, n))
         return;
     int undo = stmt_outcomes(t, res, n), at = 0;
-    if (!t->isolated && undo >= 0) {
-        stmt_plain_failed(t, stmt_batch_at(t, undo, &at), at);
-        return;
+    if (!t->isolated) {
+        /* (a request that could not even be bound failed too: there is no
+         * savepoint to roll back to) */
+        struct batch *fb = undo >= 0 ? stmt_batch_at(t, undo, &at) : stmt_first_error(t, &at);
+        if (fb) {
+            stmt_plain_failed(t, fb, at);
+            return;
+        }
     }
     int from = undo + 1;
     stmt_send_back_keyed(t, &undo, &from);
@@ -1279,8 +1303,12 @@ static void stmt_keys_done(struct pgconn *c, void *arg, PGresult *const *res, in
             continue;
         char fp[IDEM_FINGERPRINT_HEX];
         if (idem_fingerprint(j->req.op, j->req.args, fp) < 0) {
-            tq_error_set(&b->errs[i], TQ_E_INTERNAL, "out of memory fingerprinting the request");
-            continue;
+            /* (the whole batch: a request not checked against its record
+             * must not run, nor be run again by an undo's rerun) */
+            fail_batch(b, TQ_E_INTERNAL, "tenant \"%s\": out of memory fingerprinting a request",
+                       b->lane->tenant);
+            txn_end_with_rollback(t);
+            return;
         }
         if (answer_from_record(b, i, fp))
             continue;

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tqlib import (Client, err, free_tcp_port, idempotency_records, metric_value,
-                   metrics_counters, ok, run_tenantqd)
+from tqlib import (Client, RawReq, envelope, err, free_tcp_port, idempotency_records,
+                   metric_value, metrics_counters, ok, pack, run_tenantqd)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BOOKING = ROOT / "systemd" / "ops" / "booking"
@@ -59,6 +59,13 @@ def ops_dir(tmp_path):
     (d / "div.zero.sql").write_text(DIV0_SQL)
     (d / "note.add.sql").write_text(NOTE_SQL)
     return d
+
+
+def _add_op(d, ops_dir, name, sql):
+    """A new op file NAME.sql, loaded by a reload of daemon d."""
+    (ops_dir / (name + ".sql")).write_text(sql)
+    os.kill(d.pid, signal.SIGHUP)
+    time.sleep(0.5)
 
 
 def _concurrently(n, fn):
@@ -200,10 +207,8 @@ def test_keys_replay_rows_and_refuse_other_args(daemon_factory, schema, ops_dir)
 
 def test_row_lock_held_by_sql_is_a_lock_timeout(daemon_factory, schema, ops_dir):
     d = daemon_factory("--ops-dir", ops_dir, "--lock-timeout-ms", 500)
-    (ops_dir / "note.touch.sql").write_text(
-        "UPDATE tq_note SET body = body || '!' WHERE tenant_id = :tenant RETURNING id")
-    os.kill(d.pid, signal.SIGHUP)
-    time.sleep(0.5)
+    _add_op(d, ops_dir, "note.touch",
+            "UPDATE tq_note SET body = body || '!' WHERE tenant_id = :tenant RETURNING id")
     with Client(d.endpoint) as c:
         ok(c.call("t4", "note.add", {"body": "b"}))
         with schema.connect(autocommit=False) as holder:
@@ -214,6 +219,42 @@ def test_row_lock_held_by_sql_is_a_lock_timeout(daemon_factory, schema, ops_dir)
             ok(c.call("t5", "note.add", {"body": "free"}))
             holder.rollback()
         ok(c.call("t4", "note.touch", {}))
+
+
+def test_session_ended_during_a_row_lock_wait_is_not_an_unknown_outcome(daemon_factory, schema,
+                                                                          ops_dir):
+    """An unkeyed request of an op without reject_if_empty goes out with its
+    COMMIT in one pipeline.  When the server ends the session while the
+    statement waits for a row lock (pg_terminate_backend: FATAL), nothing
+    was committed and the daemon knows it: DB_UNAVAILABLE, retryable, not
+    OUTCOME_UNKNOWN (which an unkeyed request could never resolve)."""
+    d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--lock-timeout-ms", 5000)
+    _add_op(d, ops_dir, "note.touch",
+            "UPDATE tq_note SET body = body || '!' WHERE tenant_id = :tenant RETURNING id")
+    with Client(d.endpoint) as c:
+        ok(c.call("t9", "note.add", {"body": "b"}))
+    with schema.connect(autocommit=False) as holder, RawReq(d.endpoint) as s:
+        holder.execute("SELECT * FROM tq_note WHERE tenant_id = 't9' FOR UPDATE")
+        s.send(pack(envelope("t9", "note.touch", {})))
+        waiting = 0
+        for _ in range(50):
+            with schema.connect() as a:
+                waiting = a.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE tq_note%'").fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.1)
+        assert waiting == 1, "the daemon's statement never waited for the row lock"
+        r = s.recv()
+        holder.rollback()
+    e = err(r, "DB_UNAVAILABLE", retryable=True)
+    assert "not executed" in e["message"], e
+    with schema.connect() as c:
+        assert c.execute("SELECT body FROM tq_note WHERE tenant_id = 't9'").fetchall() == [("b",)]
+    with Client(d.endpoint) as c:
+        ok(c.call("t9", "note.touch", {}))
 
 
 def test_reload_good_and_bad(daemon_factory, schema, ops_dir):
@@ -255,10 +296,8 @@ def test_prepared_statements_follow_the_text(daemon_factory, schema, ops_dir):
     fails (the table does not exist yet) is forgotten, so the op works once
     the table exists; a reload that changes an op's text runs the new text."""
     d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--connections-per-shard", 1)
-    (ops_dir / "late.add.sql").write_text(
-        "INSERT INTO tq_late (tenant_id, v) VALUES (:tenant, :v) RETURNING v")
-    os.kill(d.pid, signal.SIGHUP)
-    time.sleep(0.5)
+    _add_op(d, ops_dir, "late.add",
+            "INSERT INTO tq_late (tenant_id, v) VALUES (:tenant, :v) RETURNING v")
     with Client(d.endpoint) as c:
         e = err(c.call("t7", "late.add", {"v": "1"}), "INTERNAL")
         assert "42P01" in e["message"]
