@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tqlib import (Client, RawReq, envelope, err, free_tcp_port, idempotency_records,
+from tqlib import (Client, TaggedRawReq, envelope, err, free_tcp_port, idempotency_records,
                    metric_value, metrics_counters, ok, pack, run_tenantqd)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -26,6 +26,7 @@ ECHO_SQL = """SELECT :s::text AS s, :i::bigint AS i, :f::float8 AS f, :b::boolea
 """
 RAISE_SQL = """SELECT tq_refuse(:why)"""
 DIV0_SQL = """SELECT 1 / :zero::int AS boom"""
+TOUCH_SQL = "UPDATE tq_note SET body = body || '!' WHERE tenant_id = :tenant RETURNING id"
 NOTE_SQL = """INSERT INTO tq_note (tenant_id, body) VALUES (:tenant, :body)
 RETURNING id, body
 """
@@ -207,8 +208,7 @@ def test_keys_replay_rows_and_refuse_other_args(daemon_factory, schema, ops_dir)
 
 def test_row_lock_held_by_sql_is_a_lock_timeout(daemon_factory, schema, ops_dir):
     d = daemon_factory("--ops-dir", ops_dir, "--lock-timeout-ms", 500)
-    _add_op(d, ops_dir, "note.touch",
-            "UPDATE tq_note SET body = body || '!' WHERE tenant_id = :tenant RETURNING id")
+    _add_op(d, ops_dir, "note.touch", TOUCH_SQL)
     with Client(d.endpoint) as c:
         ok(c.call("t4", "note.add", {"body": "b"}))
         with schema.connect(autocommit=False) as holder:
@@ -221,40 +221,68 @@ def test_row_lock_held_by_sql_is_a_lock_timeout(daemon_factory, schema, ops_dir)
         ok(c.call("t4", "note.touch", {}))
 
 
+def _end_the_waiting_session(db, statement_prefix):
+    """pg_terminate_backend the one session whose statement (starting with
+    statement_prefix) waits for a lock, once it does."""
+    for _ in range(50):
+        with db.connect() as a:
+            n = a.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                          " AND wait_event_type = 'Lock' AND query LIKE %s",
+                          (statement_prefix + "%",)).fetchone()[0]
+        if n:
+            assert n == 1, n
+            return
+        time.sleep(0.1)
+    raise AssertionError("no statement %r ever waited for a lock" % statement_prefix)
+
+
+@pytest.mark.parametrize("isolated", [False, True])
 def test_session_ended_during_a_row_lock_wait_is_not_an_unknown_outcome(daemon_factory, schema,
-                                                                          ops_dir):
-    """An unkeyed request of an op without reject_if_empty goes out with its
-    COMMIT in one pipeline.  When the server ends the session while the
+                                                                          ops_dir, isolated):
+    """Unkeyed requests of ops without reject_if_empty go out with their
+    COMMIT in one pipeline.  When the server ends the session while a
     statement waits for a row lock (pg_terminate_backend: FATAL), nothing
     was committed and the daemon knows it: DB_UNAVAILABLE, retryable, not
-    OUTCOME_UNKNOWN (which an unkeyed request could never resolve)."""
+    OUTCOME_UNKNOWN (which an unkeyed request could never resolve).  Plain:
+    the request alone, without savepoints.  Isolated: a failing request
+    before it made its batch run again with a savepoint per request, where
+    a request's ordinary error does not abort the transaction but a FATAL
+    still ends it."""
     d = daemon_factory("--ops-dir", ops_dir, "--shards", 1, "--lock-timeout-ms", 5000)
-    _add_op(d, ops_dir, "note.touch",
-            "UPDATE tq_note SET body = body || '!' WHERE tenant_id = :tenant RETURNING id")
+    _add_op(d, ops_dir, "note.touch", TOUCH_SQL)
+    t = "t9" + ("i" if isolated else "p")
     with Client(d.endpoint) as c:
-        ok(c.call("t9", "note.add", {"body": "b"}))
-    with schema.connect(autocommit=False) as holder, RawReq(d.endpoint) as s:
-        holder.execute("SELECT * FROM tq_note WHERE tenant_id = 't9' FOR UPDATE")
-        s.send(pack(envelope("t9", "note.touch", {})))
-        waiting = 0
-        for _ in range(50):
-            with schema.connect() as a:
-                waiting = a.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE tq_note%'").fetchone()[0]
-            if waiting:
-                break
-            time.sleep(0.1)
-        assert waiting == 1, "the daemon's statement never waited for the row lock"
-        r = s.recv()
-        holder.rollback()
-    e = err(r, "DB_UNAVAILABLE", retryable=True)
-    assert "not executed" in e["message"], e
+        ok(c.call(t, "note.add", {"body": "b"}))
+    with schema.connect(autocommit=False) as rows, schema.connect(autocommit=False) as lock, \
+            TaggedRawReq(d.endpoint) as s:
+        rows.execute("SELECT * FROM tq_note WHERE tenant_id = %s FOR UPDATE", (t,))
+        rids = []
+        if isolated:
+            # the first waits for the lock alone, the next two queue behind
+            # it as one batch
+            lock.execute(LOCK, (t,))
+            rids.append(s.send(pack(envelope(t, "note.add", {"body": "c"}))))
+            time.sleep(0.3)
+            rids.append(s.send(pack(envelope(t, "div.zero", {"zero": 0}))))
+        rids.append(s.send(pack(envelope(t, "note.touch", {}))))
+        if isolated:
+            time.sleep(0.3)
+            lock.rollback()
+        _end_the_waiting_session(schema, "UPDATE tq_note")
+        got, _ = s.recv_for(rids)
+        rows.rollback()
+    if isolated:
+        ok(got[0])
+    for r in got[-2 if isolated else -1:]:
+        e = err(r, "DB_UNAVAILABLE", retryable=True)
+        assert "not executed" in e["message"], e
     with schema.connect() as c:
-        assert c.execute("SELECT body FROM tq_note WHERE tenant_id = 't9'").fetchall() == [("b",)]
+        bodies = [r[0] for r in c.execute("SELECT body FROM tq_note WHERE tenant_id = %s"
+                                          " ORDER BY id", (t,)).fetchall()]
+    assert bodies == (["b", "c"] if isolated else ["b"]), bodies
     with Client(d.endpoint) as c:
-        ok(c.call("t9", "note.touch", {}))
+        ok(c.call(t, "note.touch", {}))
 
 
 def test_reload_good_and_bad(daemon_factory, schema, ops_dir):
