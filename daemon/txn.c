@@ -969,19 +969,6 @@ static struct batch *stmt_owner(struct txn *t, int f, int *at)
     return NULL;
 }
 
-/* The batch holding request position u of t, and its index there (*at). */
-static struct batch *stmt_batch_at(struct txn *t, int u, int *at)
-{
-    for (int k = 0; k < t->nb; k++) {
-        int base = batch_base(&t->b[k]);
-        if (u >= base && u < base + t->b[k].n) {
-            *at = u - base;
-            return &t->b[k];
-        }
-    }
-    return NULL;
-}
-
 /* The batch holding t's first request with an error, and its index there
  * (*at); NULL when every request succeeded so far. */
 static struct batch *stmt_first_error(struct txn *t, int *at)
@@ -1239,14 +1226,13 @@ static void stmt_ran(struct pgconn *c, void *arg, PGresult *const *res, int n, b
     if (!t->isolated && stmt_plain_failure(t, res, n))
         return;
     int undo = stmt_outcomes(t, res, n), at = 0;
-    if (!t->isolated) {
-        /* (a request that could not even be bound failed too: there is no
-         * savepoint to roll back to) */
-        struct batch *fb = undo >= 0 ? stmt_batch_at(t, undo, &at) : stmt_first_error(t, &at);
-        if (fb) {
-            stmt_plain_failed(t, fb, at);
-            return;
-        }
+    struct batch *fb;
+    /* Without savepoints every request with an error (refused after it ran,
+     * or not even bound) takes the whole transaction down: the first one
+     * decides how it runs again. */
+    if (!t->isolated && (fb = stmt_first_error(t, &at)) != NULL) {
+        stmt_plain_failed(t, fb, at);
+        return;
     }
     int from = undo + 1;
     stmt_send_back_keyed(t, &undo, &from);
