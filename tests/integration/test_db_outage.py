@@ -70,10 +70,7 @@ def test_backend_killed_during_lock_wait(daemon_factory, db):
         holder.execute(LOCK_SQL, (t,))
         s.send(pack(envelope(t, "section.upsert",
                              {"page": "home", "section": {"id": "a", "type": "x"}}, key="a")))
-        time.sleep(0.3)
-        with db.connect() as a:
-            n = a.execute(KILL_SQL.replace("'client backend'", "'client backend' "
-                                           "AND wait_event_type = 'Lock'")).fetchone()[0]
+        n = db.end_lock_waiters()
         assert n == 1, "expected one daemon backend waiting for the lock, found %d" % n
         holder.commit()
         r = s.recv()

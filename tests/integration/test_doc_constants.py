@@ -57,9 +57,10 @@ def test_documented_constant_is_the_code(claim):
     doc, phrase, src, name = claim[:4]
     value = macro(src, name) // (claim[4] if len(claim) > 4 else 1)
     text = " ".join(read(doc).split())  # (a phrase may be wrapped over lines)
-    want = phrase.format(value)
-    if want not in text:
-        pat = re.sub(r"\\\{[^}]*\\\}", r"([\\d,]+)", re.escape(phrase))
-        found = re.findall(pat, text)
-        pytest.fail("%s says %r, %s has %s = %d" % (doc, found and re.sub(r"\{[^}]*\}", "{}", phrase).format(found[0]) or
-                                                     "nothing like " + repr(phrase), src, name, value))
+    if phrase.format(value) in text:
+        return
+    # (what it says instead, for the message)
+    found = re.findall(re.sub(r"\\\{[^}]*\\\}", r"([\\d,]+)", re.escape(phrase)), text)
+    said = re.sub(r"\{[^}]*\}", "{}", phrase).format(found[0]) if found else "nothing like it"
+    pytest.fail("%s: %r expected, it says %r (%s has %s = %d)" % (
+        doc, phrase.format(value), said, src, name, value))

@@ -221,22 +221,6 @@ def test_row_lock_held_by_sql_is_a_lock_timeout(daemon_factory, schema, ops_dir)
         ok(c.call("t4", "note.touch", {}))
 
 
-def _end_the_waiting_session(db, statement_prefix):
-    """pg_terminate_backend the one session whose statement (starting with
-    statement_prefix) waits for a lock, once it does."""
-    for _ in range(50):
-        with db.connect() as a:
-            n = a.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                          " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                          " AND wait_event_type = 'Lock' AND query LIKE %s",
-                          (statement_prefix + "%",)).fetchone()[0]
-        if n:
-            assert n == 1, n
-            return
-        time.sleep(0.1)
-    raise AssertionError("no statement %r ever waited for a lock" % statement_prefix)
-
-
 @pytest.mark.parametrize("isolated", [False, True])
 def test_session_ended_during_a_row_lock_wait_is_not_an_unknown_outcome(daemon_factory, schema,
                                                                           ops_dir, isolated):
@@ -269,7 +253,7 @@ def test_session_ended_during_a_row_lock_wait_is_not_an_unknown_outcome(daemon_f
         if isolated:
             time.sleep(0.3)
             lock.rollback()
-        _end_the_waiting_session(schema, "UPDATE tq_note")
+        assert schema.end_lock_waiters("UPDATE tq_note") == 1
         got, _ = s.recv_for(rids)
         rows.rollback()
     if isolated:

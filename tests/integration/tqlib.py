@@ -349,6 +349,21 @@ class DB:
         assert r is not None, "tenant %r has no row" % tenant
         return r["draft"]["pages"][page]["sections"]
 
+    def end_lock_waiters(self, query_prefix="", limit_s=5.0):
+        """pg_terminate_backend the daemons' sessions whose statement (one
+        starting with query_prefix) waits for a lock, as soon as there is
+        one: the server ends them with FATAL.  Returns how many it ended (0
+        when none waited within limit_s)."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            with self.connect() as c:
+                n = c.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                              " WHERE application_name = 'tenantqd' AND wait_event_type = 'Lock'"
+                              " AND query LIKE %s", (query_prefix + "%",)).fetchone()[0]
+            if n or time.monotonic() >= deadline:
+                return n
+            time.sleep(0.1)
+
     def truncate_all(self):
         with self.connect() as c:
             c.execute("SET lock_timeout = '10s'")
